@@ -1,0 +1,1 @@
+"""Data: reading tables from disk or the hub, and (``mathrecipe data build``) the recipe's training sets."""

@@ -1,0 +1,154 @@
+"""``mathrecipe run``: data -> SFT -> GRPO -> evaluation -> report, each arrow a file on disk.
+
+output_dir/
+  recipe.yaml            the resolved recipe (after overrides)
+  data/                  sft.jsonl, grpo.jsonl, test.jsonl (the held-out problems)
+  model-init/            the starting model (toy: built here)
+  sft/checkpoint-*/      one HF checkpoint per epoch, eval-epoch*.jsonl samples
+  grpo/final/            the GRPO policy (HF folder)
+  eval/                  samples and summaries of the final evaluation
+  report.json, report.md, report.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mathrecipe.data.io import load_table, require_columns, require_nonempty, write_jsonl
+from mathrecipe.evaluate.generation import SamplingSettings
+from mathrecipe.prompts import grpo_example, sft_example
+from mathrecipe.recipe import Recipe, dump_recipe
+from mathrecipe.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(recipe: Recipe, out: Path) -> dict[str, Path]:
+    """Write the SFT, GRPO and held-out sets the stages read (toy: generated; files: the recipe's paths)."""
+    d = recipe.data
+    if d.source == "files":
+        return {k: Path(v) for k, v in (("sft", d.sft_path), ("grpo", d.grpo_path), ("test", d.eval_path)) if v}
+    from mathrecipe.toy import make_toy_data
+
+    t = d.toy
+    splits = make_toy_data(t.n_sft, t.n_test, t.n_rl, t.verbose_fraction, t.max_verify_blocks, seed=recipe.seed)
+    return {
+        "sft": write_jsonl([sft_example(r["problem"], r["response"], d.system_prompt) for r in splits.sft],
+                           out / "sft.jsonl"),
+        "grpo": write_jsonl([grpo_example(r["problem"], r["answer"], d.system_prompt) for r in splits.rl],
+                            out / "grpo.jsonl"),
+        "test": write_jsonl([{"id": f"toy-{i}", **r} for i, r in enumerate(splits.test)], out / "test.jsonl"),
+    }
+
+
+def prepare_model(recipe: Recipe, out: Path) -> str:
+    """The starting model: an HF folder or hub id, or (``toy``) a tiny Llama built from the toy task."""
+    m = recipe.model
+    if m.name_or_path != "toy":
+        return m.name_or_path
+    from mathrecipe.toy import build_toy_model_folder, make_toy_data
+
+    t = recipe.data.toy
+    splits = make_toy_data(t.n_sft, t.n_test, t.n_rl, t.verbose_fraction, t.max_verify_blocks, seed=recipe.seed)
+    build_toy_model_folder(out, splits, vocab_size=m.toy.vocab_size, seed=recipe.seed,
+                           system_prompt=recipe.data.system_prompt, hidden_size=m.toy.hidden_size,
+                           num_layers=m.toy.num_layers, num_heads=m.toy.num_heads,
+                           intermediate_size=m.toy.intermediate_size)
+    return str(out)
+
+
+def load_problems(path: str | Path, problem_column: str = "problem", answer_column: str = "answer") -> list[dict]:
+    """Held-out problems as dicts with id, problem, answer; missing or empty fields are errors naming the row."""
+    ds = load_table(path)
+    source = f"evaluation data {path}"
+    require_columns(ds, [problem_column, answer_column], source)
+    require_nonempty(ds, [problem_column, answer_column], source)
+    ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
+    return [{"id": i, "problem": p, "answer": str(a)}
+            for i, p, a in zip(ids, ds[problem_column], ds[answer_column])]
+
+
+def sampling(recipe: Recipe) -> SamplingSettings:
+    e = recipe.eval
+    return SamplingSettings(n=e.samples, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
+                            seed=recipe.seed, stop_at_think=e.stop_at_think)
+
+
+def evaluate_checkpoint(recipe: Recipe, model_path: str, problems: list[dict], out: Path, name: str) -> dict:
+    """Evaluate one saved model on the held-out problems; write its samples and summary under ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathrecipe.evaluate.harness import evaluate_model
+
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
+    if next(model.parameters()).device.type == "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+    rows, summary = evaluate_model(model, tok, problems, sampling(recipe), recipe.data.system_prompt,
+                                   batch_size=recipe.eval.batch_size, desc=f"eval {name}")
+    write_jsonl(rows, out / f"{name}.samples.jsonl")
+    (out / f"{name}.summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo")) -> dict[str, Any]:
+    """Run the recipe's enabled stages in order and write the report. Returns the report dict."""
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_recipe(recipe, out / "recipe.yaml")
+    t0 = time.time()
+    paths = prepare_data(recipe, out / "data")
+    model_path = prepare_model(recipe, out / "model-init")
+    problems = load_problems(paths["test"], recipe.data.problem_column, recipe.data.answer_column)
+    e = recipe.eval
+    report: dict[str, Any] = {
+        "eval": {"n_problems": len(problems), "samples_per_problem": e.samples, "temperature": e.temperature,
+                 "max_new_tokens": e.max_new_tokens},
+    }
+    timings: dict[str, float] = {"data_and_model": time.time() - t0}
+    start = model_path
+    start_summary: dict[str, Any] | None = None
+    if "sft" in stages and recipe.sft.enabled:
+        from mathrecipe.sft import run_sft
+
+        t = time.time()
+        report["sft"] = run_sft(recipe, model_path, paths["sft"], problems, out / "sft")
+        timings["sft"] = time.time() - t
+        start = report["sft"]["selected_checkpoint"]
+        chosen = next(x for x in report["sft"]["epochs"] if x["epoch"] == report["sft"]["selected_epoch"])
+        if "accuracy" in chosen:
+            start_summary = {"accuracy": chosen["accuracy"], "mean_tokens": chosen["mean_tokens"],
+                             "mean_tokens_correct": chosen.get("mean_tokens_correct")}
+        name = f"SFT epoch {report['sft']['selected_epoch']}"
+    else:
+        name = "start model"
+    if "grpo" in stages and recipe.grpo.enabled:
+        from mathrecipe.grpo import run_grpo
+
+        if start_summary is None:
+            t = time.time()
+            start_summary = evaluate_checkpoint(recipe, start, problems, out / "eval", "start")
+            timings["eval_start"] = time.time() - t
+        t = time.time()
+        grpo = run_grpo(recipe, start, paths["grpo"], out / "grpo")
+        timings["grpo"] = time.time() - t
+        t = time.time()
+        summary = evaluate_checkpoint(recipe, grpo["checkpoint"], problems, out / "eval", "grpo")
+        timings["eval_grpo"] = time.time() - t
+        grpo.update(accuracy=summary["accuracy"], mean_tokens=summary["mean_tokens"],
+                    mean_tokens_correct=summary["mean_tokens_correct"],
+                    truncation_rate=summary["truncation_rate"])
+        report["grpo"] = grpo
+    if start_summary is not None:
+        report["start"] = {"name": name, "checkpoint": start, **start_summary}
+    timings["total"] = time.time() - t0
+    report["timings_s"] = timings
+    write_report(report, out)
+    return report

@@ -1,0 +1,343 @@
+"""The one config schema: a recipe YAML plus ``key=value`` overrides, validated before anything runs.
+
+The defaults ARE the toy recipe (``recipes/toy.yaml`` spells them out), so ``mathrecipe run`` with no recipe runs it.
+Every error names the key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mathrecipe.prompts import SYSTEM_PROMPT
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class ToyModelConfig:
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    vocab_size: int = 320
+
+
+@dataclass
+class ModelConfig:
+    # "toy" builds the tiny Llama model and its tokenizer from the toy data; otherwise an HF folder or hub id.
+    name_or_path: str = "toy"
+    toy: ToyModelConfig = field(default_factory=ToyModelConfig)
+    attn_implementation: str | None = None  # e.g. "flash_attention_2" on GPU
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ToyDataConfig:
+    n_sft: int = 2000
+    n_test: int = 200
+    n_rl: int = 3000
+    verbose_fraction: float = 0.5  # share of teacher traces with redundant "Wait, let me verify" re-checking
+    max_verify_blocks: int = 3
+
+
+@dataclass
+class DataConfig:
+    # "toy" generates the synthetic task; "files" reads the paths below (JSONL / parquet / a saved dataset folder).
+    source: Literal["toy", "files"] = "toy"
+    toy: ToyDataConfig = field(default_factory=ToyDataConfig)
+    sft_path: str | None = None  # rows with `prompt`/`completion` or `messages` (TRL conversational)
+    grpo_path: str | None = None  # rows with `prompt` (messages or text) and `answer`
+    eval_path: str | None = None  # rows with `problem` and `answer`
+    problem_column: str = "problem"
+    answer_column: str = "answer"
+    system_prompt: str = SYSTEM_PROMPT
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    epochs: int = 10
+    batch_size: int = 16  # per device
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1.5e-3
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 40
+    weight_decay: float = 0.01
+    max_length: int | None = 512
+    packing: bool = False
+    select: Literal["last", "best"] = "last"  # which epoch GRPO starts from: the last, or best held-out accuracy
+    eval_each_epoch: bool = True
+    save_only_model: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
+    gradient_checkpointing: bool | None = None  # None: on for GPU, off on CPU (2.4x slower there)
+    optim: str = "adamw_torch"
+    logging_steps: int = 25
+    deepspeed: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig as is
+
+
+@dataclass
+class CosineConfig:
+    max_len: int = 160
+    unit: Literal["tokens", "chars"] = "tokens"
+    min_value_correct: float = 0.1
+    max_value_correct: float = 1.0
+    min_value_wrong: float = -0.1
+    max_value_wrong: float = -1.0
+
+
+@dataclass
+class LengthConfig:
+    unit: Literal["tokens", "chars"] = "tokens"
+
+
+@dataclass
+class RewardsConfig:
+    format_weight: float = 1.0
+    cosine_weight: float = 1.0
+    length_weight: float = 1.0
+    cosine: CosineConfig = field(default_factory=CosineConfig)
+    length: LengthConfig = field(default_factory=LengthConfig)
+
+
+@dataclass
+class GRPOConfig:
+    enabled: bool = True
+    num_generations: int = 8
+    batch_size: int = 32  # completions per device per step (num_generations divides it)
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    beta: float = 0.04
+    epsilon: float = 0.2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_p: float | None = None
+    max_completion_length: int = 160
+    max_kl: float | None = 0.5  # collapse guard: stop when the logged KL passes this (None: off)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool | None = None
+    use_vllm: bool = False
+    logging_steps: int = 10
+    save_steps: int | None = None
+    deepspeed: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to trl.GRPOConfig as is
+
+
+@dataclass
+class EvalConfig:
+    samples: int = 4  # per problem; accuracy = mean pass@1 over them
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 160
+    batch_size: int = 256  # sequences per generate() call
+    stop_at_think: bool = False
+
+
+@dataclass
+class Recipe:
+    output_dir: str = "runs/toy"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except RecipeError as e:
+                errors.append(str(e))
+        raise RecipeError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise RecipeError(f"{key}: must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise RecipeError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise RecipeError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise RecipeError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise RecipeError(f"{key}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{prefix or 'recipe'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            raise RecipeError(
+                f"unknown recipe key '{key}'. {hint} Valid keys here: {', '.join(names)}".replace(".  ", ". ")
+            )
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"override '{dotted}': '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``sft.epochs=3`` -> ("sft.epochs", 3). Values are read as YAML (numbers, true/false, null, lists)."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not key=value (e.g. sft.epochs=3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise RecipeError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe YAML (None: the toy defaults), apply ``key=value`` overrides, and validate it."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError(f"recipe file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{p}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise RecipeError(f"{p}: a recipe is a mapping of sections (output_dir, model, data, sft, ...)")
+        tree = loaded or {}
+    for o in overrides or []:
+        k, v = parse_override(o)
+        _set_path(tree, k, v)
+    recipe = _build(Recipe, tree)
+    validate(recipe)
+    return recipe
+
+
+def validate(r: Recipe) -> None:
+    """Cross-key checks that a type check cannot see. Raises RecipeError naming the keys and the fix."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise RecipeError(msg)
+
+    need(r.sft.epochs >= 1, f"sft.epochs must be >= 1, got {r.sft.epochs}")
+    need(r.sft.batch_size >= 1, f"sft.batch_size must be >= 1, got {r.sft.batch_size}")
+    need(r.sft.learning_rate > 0, f"sft.learning_rate must be > 0, got {r.sft.learning_rate}")
+    g = r.grpo
+    need(g.num_generations >= 2, f"grpo.num_generations must be >= 2 (GRPO compares completions), got {g.num_generations}")
+    gen_batch = g.batch_size * g.gradient_accumulation_steps
+    need(
+        gen_batch % g.num_generations == 0,
+        f"grpo.num_generations={g.num_generations} does not divide the per-device generation batch "
+        f"grpo.batch_size x grpo.gradient_accumulation_steps = {gen_batch}; "
+        f"set grpo.batch_size to a multiple of {g.num_generations}",
+    )
+    need(g.max_steps >= 1, f"grpo.max_steps must be >= 1, got {g.max_steps}")
+    need(g.learning_rate > 0, f"grpo.learning_rate must be > 0, got {g.learning_rate}")
+    need(g.temperature > 0, f"grpo.temperature must be > 0, got {g.temperature}")
+    need(0 < g.top_p <= 1, f"grpo.top_p must be in (0, 1], got {g.top_p}")
+    need(g.max_completion_length >= 1, f"grpo.max_completion_length must be >= 1, got {g.max_completion_length}")
+    c = r.rewards.cosine
+    need(c.max_len >= 1, f"rewards.cosine.max_len must be >= 1, got {c.max_len}")
+    if c.unit == "tokens":
+        need(
+            c.max_len <= g.max_completion_length,
+            f"rewards.cosine.max_len={c.max_len} tokens exceeds grpo.max_completion_length={g.max_completion_length}: "
+            "no completion can reach it, so the cosine reward's end value is never used. "
+            f"Set rewards.cosine.max_len <= {g.max_completion_length} (or rewards.cosine.unit=chars)",
+        )
+    e = r.eval
+    need(e.samples >= 1, f"eval.samples must be >= 1, got {e.samples}")
+    need(e.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {e.max_new_tokens}")
+    need(e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}")
+    need(e.temperature >= 0, f"eval.temperature must be >= 0 (0 = greedy), got {e.temperature}")
+    d = r.data
+    if d.source == "files":
+        need(
+            any([d.sft_path, d.grpo_path, d.eval_path]),
+            "data.source=files needs data.sft_path, data.grpo_path and/or data.eval_path",
+        )
+        need(not (r.sft.enabled and not d.sft_path), "sft.enabled is true but data.sft_path is not set")
+        need(not (r.grpo.enabled and not d.grpo_path), "grpo.enabled is true but data.grpo_path is not set")
+        need(d.eval_path is not None, "data.source=files needs data.eval_path (the held-out problems)")
+    if r.model.name_or_path == "toy":
+        need(d.source == "toy", "model.name_or_path=toy builds its tokenizer from the toy task: set data.source=toy")
+
+
+def dump_recipe(r: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(r.to_dict(), sort_keys=False))

@@ -1,0 +1,191 @@
+"""The embedded toy: a synthetic math task and a tiny Llama model, built from nothing (no downloads).
+
+Task: "Compute a +- b +- c" with three two-digit operands and every running total in 10..99, so every number is
+exactly two digits wide (with mixed widths a ~1M-parameter model never learned to copy the right operand).
+Teacher traces are shaped like R1 traces; a seeded fraction re-checks work already done ("Wait, let me verify."),
+so the SFT model learns to be verbose sometimes -- the situation GRPO's length rewards fix.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mathrecipe.prompts import SYSTEM_PROMPT
+
+THINK, THINK_END, BOXED = "<think>", "</think>", "\\boxed{"
+IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    problem: str
+    answer: str
+    steps: tuple[tuple[int, str, int, int], ...]  # (left, op, right, result)
+
+
+def _sample_problem(rng: random.Random, n_operands: int = 3) -> ToyProblem:
+    while True:
+        total = rng.randint(10, 99)
+        text, steps = [str(total)], []
+        ok = True
+        for _ in range(n_operands - 1):
+            op = rng.choice("+-")
+            lo, hi = (10, 99 - total) if op == "+" else (10, total - 10)
+            if hi < lo:
+                op = "-" if op == "+" else "+"
+                lo, hi = (10, 99 - total) if op == "+" else (10, total - 10)
+            if hi < lo:
+                ok = False
+                break
+            b = rng.randint(lo, hi)
+            new = total + b if op == "+" else total - b
+            steps.append((total, op, b, new))
+            text.append(f"{op} {b}")
+            total = new
+        if ok:
+            return ToyProblem(f"Compute {' '.join(text)}.", str(total), tuple(steps))
+
+
+def teacher_trace(p: ToyProblem, verify_blocks: int = 0) -> str:
+    """An R1-shaped solution: ``<think>`` steps, optional redundant re-checks, the boxed answer, ``</think>``."""
+    work = "".join(f"{a} {op} {b} = {r}\n" for a, op, b, r in p.steps)
+    checks = "Wait, let me verify.\n" + work
+    return f"{THINK}\n{work}{checks * verify_blocks}\\boxed{{{p.answer}}}\n{THINK_END}\nThe answer is \\boxed{{{p.answer}}}."
+
+
+@dataclass
+class ToySplits:
+    sft: list[dict[str, str]]  # problem, answer, response
+    test: list[dict[str, str]]  # problem, answer
+    rl: list[dict[str, str]]  # problem, answer
+
+
+def make_toy_data(
+    n_sft: int = 2000,
+    n_test: int = 200,
+    n_rl: int = 3000,
+    verbose_fraction: float = 0.5,
+    max_verify_blocks: int = 3,
+    seed: int = 0,
+) -> ToySplits:
+    """Seeded splits. The held-out test problems appear in neither training split."""
+    if not 0 <= verbose_fraction <= 1:
+        raise ValueError(f"verbose_fraction must be in [0, 1], got {verbose_fraction}")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+
+    def fresh(n: int) -> list[ToyProblem]:
+        out = []
+        guard = 0
+        while len(out) < n:
+            p = _sample_problem(rng)
+            guard += 1
+            if guard > 50 * (n + 100):
+                raise ValueError(f"could not draw {n} distinct toy problems (the task has too few)")
+            if p.problem not in seen:
+                seen.add(p.problem)
+                out.append(p)
+        return out
+
+    test = fresh(n_test)  # drawn first so training never sees them
+    sft = fresh(n_sft)
+    rl = fresh(n_rl)
+    sft_rows = []
+    for p in sft:
+        k = rng.randint(1, max_verify_blocks) if rng.random() < verbose_fraction else 0
+        sft_rows.append({"problem": p.problem, "answer": p.answer, "response": teacher_trace(p, k)})
+    return ToySplits(
+        sft=sft_rows,
+        test=[{"problem": p.problem, "answer": p.answer} for p in test],
+        rl=[{"problem": p.problem, "answer": p.answer} for p in rl],
+    )
+
+
+# ------------------------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int = 320) -> Any:
+    """A byte-level BPE tokenizer trained on ``corpus``, digits always single tokens, with a ChatML template.
+
+    Digits are split off before BPE: a tokenizer that merged a space with the next digit tokenized the same digit
+    differently by position, and the model learned worse.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    specials = [PAD, IM_START, IM_END]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, additional_special_tokens=[IM_START]
+    )
+    # Not special: they must survive decode(skip_special_tokens=True), which TRL uses for completions.
+    fast.add_tokens([THINK, THINK_END, BOXED])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def toy_corpus(splits: ToySplits, system_prompt: str = SYSTEM_PROMPT) -> list[str]:
+    texts = [system_prompt, "system", "user", "assistant", "Wait, let me verify.", "The answer is"]
+    texts += [r["problem"] for r in splits.sft] + [r["response"] for r in splits.sft]
+    texts += [r["problem"] for r in splits.rl[:500]]
+    return texts
+
+
+def build_model(tokenizer: Any, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
+                intermediate_size: int = 512, seed: int = 0) -> Any:
+    """A tiny Llama (a Qwen2 config would make transformers swap in Qwen's tokenizer class)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    eos, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(PAD)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
+    return model
+
+
+def build_toy_model_folder(out_dir: str | Path, splits: ToySplits, vocab_size: int = 320, seed: int = 0,
+                           system_prompt: str = SYSTEM_PROMPT, **model_kwargs: int) -> Path:
+    """Train the tokenizer, build the model, and save both as a standard HF folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(toy_corpus(splits, system_prompt), vocab_size=vocab_size)
+    model = build_model(tok, seed=seed, **model_kwargs)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
