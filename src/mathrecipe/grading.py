@@ -110,6 +110,7 @@ def _worker_main(conn: Connection, parse_timeout: int) -> None:
     import math_verify  # noqa: F401  (import once, before the first job)
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    conn.send("ready")  # start-up (spawn, sympy import) must not count against the first answer's bound
     while True:
         try:
             job = conn.recv()
@@ -171,12 +172,24 @@ class Grader:
         self.errors = 0  # answers whose parse/verify raised (counted as wrong)
 
     # -- pool management
-    def _spawn(self) -> _Worker:
+    _STARTUP_TIMEOUT = 120.0
+
+    def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_main, args=(child, self._parse_timeout), daemon=True)
         proc.start()
         child.close()
         return _Worker(proc, parent)
+
+    def _await_ready(self, workers: list[_Worker]) -> None:
+        for w in workers:
+            if not w.conn.poll(self._STARTUP_TIMEOUT) or w.conn.recv() != "ready":
+                raise RuntimeError(f"a grading worker did not start within {self._STARTUP_TIMEOUT:.0f}s")
+
+    def _spawn(self) -> _Worker:
+        w = self._start()
+        self._await_ready([w])
+        return w
 
     def _kill(self, w: _Worker) -> None:
         try:
@@ -249,8 +262,9 @@ class Grader:
         if os.getpid() != self._pid:  # inherited through fork: the pipes belong to the parent
             self._workers, self._pid = [], os.getpid()
         want = min(self.max_workers, len(jobs))
-        while len(self._workers) < want:
-            self._workers.append(self._spawn())
+        new = [self._start() for _ in range(want - len(self._workers))]
+        self._await_ready(new)  # started together, so the pool is up in about one start-up time
+        self._workers.extend(new)
         out: list[bool] = [False] * len(jobs)
         pending = list(range(len(jobs) - 1, -1, -1))  # a stack, popped from the end
         idle = list(self._workers)

@@ -1,0 +1,115 @@
+import math
+
+import pytest
+
+from mathrecipe.rewards import (
+    CosineReward,
+    LengthPenalty,
+    boxed_before_think,
+    completion_text,
+    cosine_scaled,
+    format_reward,
+    kimi_length_penalty,
+)
+
+GOOD = "<think>\n1 + 1 = 2\n\\boxed{2}\n</think>\nThe answer is \\boxed{2}."
+AFTER = "<think>\n1 + 1 = 2\n</think>\nThe answer is \\boxed{2}."
+
+
+def test_format_rule():
+    assert boxed_before_think(GOOD)
+    assert not boxed_before_think(AFTER)  # boxed only after </think>
+    assert not boxed_before_think("<think>\\boxed{2}")  # never closed the reasoning
+    assert format_reward([GOOD, AFTER, "", [{"role": "assistant", "content": GOOD}]]) == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_completion_text_accepts_strings_and_messages():
+    assert completion_text("abc") == "abc"
+    assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"
+    with pytest.raises(TypeError):
+        completion_text(3)
+
+
+@pytest.mark.parametrize(
+    "length, correct, expected",
+    [(0, True, 1.0), (100, True, 0.1), (0, False, -1.0), (100, False, -0.1), (50, True, 0.55), (50, False, -0.55)],
+)
+def test_cosine_end_points(length, correct, expected):
+    assert cosine_scaled(length, 100, correct) == pytest.approx(expected)
+
+
+def test_cosine_is_clamped_past_max_len():
+    assert cosine_scaled(500, 100, True) == pytest.approx(0.1)
+    assert cosine_scaled(500, 100, False) == pytest.approx(-0.1)
+
+
+def test_cosine_monotone():
+    ok = [cosine_scaled(L, 100, True) for L in range(0, 130, 5)]
+    bad = [cosine_scaled(L, 100, False) for L in range(0, 130, 5)]
+    assert all(a >= b for a, b in zip(ok, ok[1:]))  # shorter correct answers earn more
+    assert all(a <= b for a, b in zip(bad, bad[1:]))  # longer wrong attempts cost less
+    assert min(ok) > max(bad)  # any correct answer beats any wrong one
+
+
+def test_cosine_custom_end_values():
+    assert cosine_scaled(0, 10, True, max_value_correct=2.0) == pytest.approx(2.0)
+    assert cosine_scaled(10, 10, False, min_value_wrong=-0.5) == pytest.approx(-0.5)
+
+
+def test_cosine_reward_tokens_vs_chars():
+    r_tok = CosineReward(max_len=10)
+    r_chr = CosineReward(max_len=len(GOOD), unit="chars")
+    ids = [[1] * 5]
+    assert r_tok([GOOD], answer=["2"], completion_ids=ids) == pytest.approx([0.55])
+    assert r_chr([GOOD], answer=["2"]) == pytest.approx([0.1])  # L = max_len chars
+    with pytest.raises(ValueError, match="completion_ids"):
+        r_tok([GOOD], answer=["2"])
+
+
+def test_cosine_reward_uses_grading():
+    r = CosineReward(max_len=10)
+    out = r([GOOD, GOOD], answer=["2", "3"], completion_ids=[[0] * 10, [0] * 10])
+    assert out == pytest.approx([0.1, -0.1])
+    with pytest.raises(ValueError, match="max_len"):
+        CosineReward(max_len=0)
+
+
+def test_kimi_group_formula():
+    # lambda = 0.5 - (L - 10) / (30 - 10)
+    out = kimi_length_penalty([10, 20, 30], [True, True, True])
+    assert out == pytest.approx([0.5, 0.0, -0.5])
+    out = kimi_length_penalty([10, 20, 30], [False, False, False])
+    assert out == pytest.approx([0.0, 0.0, -0.5])  # wrong: min(0, lambda)
+    assert kimi_length_penalty([7, 7, 7], [True, False, True]) == [0.0, 0.0, 0.0]
+
+
+def test_length_penalty_is_per_group_not_per_batch():
+    lp = LengthPenalty(group_size=2)
+    comps = [GOOD] * 4
+    # group 1: lengths 10, 20; group 2: lengths 100, 200 -- each normalised within itself
+    out = lp(comps, answer=["2"] * 4, completion_ids=[[0] * 10, [0] * 20, [0] * 100, [0] * 200])
+    assert out == pytest.approx([0.5, -0.5, 0.5, -0.5])
+
+
+def test_length_penalty_rejects_broken_groups():
+    lp = LengthPenalty(group_size=4)
+    with pytest.raises(ValueError, match="num_generations=4"):
+        lp([GOOD] * 6, answer=["2"] * 6, completion_ids=[[0]] * 6)
+    lp2 = LengthPenalty(group_size=2)
+    with pytest.raises(ValueError, match="share one prompt"):
+        lp2([GOOD] * 2, answer=["2"] * 2, completion_ids=[[0], [0, 0]], prompts=["a", "b"])
+    with pytest.raises(ValueError, match="group_size"):
+        LengthPenalty(group_size=1)
+
+
+def test_total_reward_ranks_short_correct_first():
+    """format + cosine + length: the short correct answer scores highest in its group."""
+    short, long_ = GOOD, GOOD.replace("\\boxed{2}\n</think>", "Wait, let me verify.\n1 + 1 = 2\n\\boxed{2}\n</think>")
+    comps, ids, ans = [short, long_], [[0] * 20, [0] * 40], ["2", "2"]
+    total = [
+        a + b + c
+        for a, b, c in zip(format_reward(comps), CosineReward(max_len=60)(comps, ans, ids),
+                           LengthPenalty(2)(comps, ans, ids))
+    ]
+    assert total[0] > total[1]
+    assert math.isfinite(sum(total))
