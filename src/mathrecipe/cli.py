@@ -80,12 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from mathrecipe.data.io import DataError
-    from mathrecipe.recipe import RecipeError
+    from mathrecipe.errors import MathRecipeError
 
     try:
         return int(args.func(args) or 0)
-    except (RecipeError, DataError) as e:
+    except MathRecipeError as e:
         print(f"mathrecipe: error: {e}", file=sys.stderr)
         return 2
 

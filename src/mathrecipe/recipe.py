@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 import yaml
 
+from mathrecipe.errors import MathRecipeError
 from mathrecipe.prompts import SYSTEM_PROMPT
 
 
-class RecipeError(ValueError):
+class RecipeError(MathRecipeError):
     """A recipe that cannot run; the message names the key and the fix."""
 
 

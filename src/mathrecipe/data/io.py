@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mathrecipe.errors import MathRecipeError
 
-class DataError(ValueError):
+
+class DataError(MathRecipeError):
     """Bad input data; the message names the file (or source), the row and the column."""
 
 

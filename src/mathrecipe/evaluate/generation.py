@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mathrecipe.errors import MathRecipeError
+
 THINK_END = "</think>"
 
 
@@ -139,39 +141,44 @@ def _finish(row: list[int], stop_ids: list[int], stop_strings: list[str], tokeni
     return Completion(text=text, token_ids=ids, finished=finished)
 
 
-def generate_vllm(
-    model_path: str,
-    prompts: Sequence[str],
-    settings: SamplingSettings,
-    tensor_parallel_size: int = 1,
-    gpu_memory_utilization: float = 0.9,
-    max_model_len: int | None = None,
-) -> list[list[Completion]]:
-    """Generation with vLLM (``pip install 'mathrecipe[vllm]'``), same settings and outputs as :func:`generate_hf`."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError as e:
-        raise RuntimeError(
-            "backend 'vllm' needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' (GPU machines), "
-            "or use --backend hf"
-        ) from e
-    llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, seed=settings.seed,
-              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
-    params = SamplingParams(
-        n=settings.n,
-        temperature=settings.temperature,
-        top_p=settings.top_p if settings.temperature > 0 else 1.0,
-        min_p=settings.min_p or 0.0,
-        max_tokens=settings.max_new_tokens,
-        seed=settings.seed,
-        stop=[THINK_END] if settings.stop_at_think else None,
-        include_stop_str_in_output=True,
-    )
-    results = llm.generate(list(prompts), params)
-    return [
-        [Completion(text=o.text, token_ids=list(o.token_ids), finished=o.finish_reason == "stop") for o in r.outputs]
-        for r in results
-    ]
+class VLLMMissing(MathRecipeError, RuntimeError):
+    """vLLM was asked for but is not installed."""
+
+
+class VLLMBackend:
+    """Generation with vLLM (``pip install 'mathrecipe[vllm]'``): same settings and outputs as :func:`generate_hf`."""
+
+    def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                 max_model_len: int | None = None, seed: int = 0) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise VLLMMissing(
+                "backend 'vllm' needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' (GPU machines), "
+                "or use --backend hf"
+            ) from e
+        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p if settings.temperature > 0 else 1.0,
+            min_p=settings.min_p or 0.0,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+            stop=[THINK_END] if settings.stop_at_think else None,
+            include_stop_str_in_output=True,
+        )
+        results = self.llm.generate(list(prompts), params, use_tqdm=False)
+        return [
+            [Completion(text=o.text, token_ids=list(o.token_ids), finished=o.finish_reason == "stop")
+             for o in r.outputs]
+            for r in results
+        ]
 
 
 def answer_tokens(completion: Completion, char_end: int | None, tokenizer: Any) -> int | None:

@@ -1,0 +1,135 @@
+"""The benchmark registry: MATH-500, AIME 2024/2025, AMC23, GSM8K, or any JSONL / parquet / hub dataset.
+
+Default source is the public HF hub dataset; a data folder (``--data-dir``, holding the registry's file names) or an
+explicit path overrides it. Every problem comes back as ``{"id", "problem", "answer"}``; a missing column or an empty
+answer is an error naming the file, the row and the column.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mathrecipe.data.io import DataError
+
+
+def _gsm8k_answer(text: str) -> str:
+    """GSM8K's hub answers are worked solutions ending in ``#### 18``; the gold answer is the part after it."""
+    return text.split("####")[-1].strip().replace(",", "") if "####" in text else text.strip()
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    hub_id: str
+    split: str
+    problem_column: str
+    answer_column: str
+    id_column: str | None
+    local_file: str  # its file name inside a data folder
+    hub_config: str | None = None
+    answer_transform: Callable[[str], str] | None = None
+
+
+REGISTRY: dict[str, BenchmarkSpec] = {
+    "math500": BenchmarkSpec("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer", "unique_id",
+                             "math500_test.jsonl"),
+    "aime24": BenchmarkSpec("aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer", "id",
+                            "aime2024.jsonl"),
+    "aime25": BenchmarkSpec("aime25", "yentinglin/aime_2025", "train", "problem", "answer", "id", "aime2025.jsonl"),
+    "amc23": BenchmarkSpec("amc23", "math-ai/amc23", "test", "question", "answer", "id", "amc23_test.jsonl"),
+    "gsm8k": BenchmarkSpec("gsm8k", "openai/gsm8k", "test", "question", "answer", None, "gsm8k_test.jsonl",
+                           hub_config="main", answer_transform=_gsm8k_answer),
+}
+
+
+def _answer_text(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return "" if v is None else str(v).strip()
+
+
+def _rows_to_problems(rows: list[dict[str, Any]], source: str, problem_col: str, answer_col: str,
+                      id_col: str | None, transform: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
+    problems = []
+    for i, row in enumerate(rows, 1):
+        for col in (problem_col, answer_col):
+            if col not in row:
+                raise DataError(f"{source}, row {i}: missing column {col!r} (columns: {', '.join(row)})")
+        problem = row[problem_col]
+        if not isinstance(problem, str) or not problem.strip():
+            raise DataError(f"{source}, row {i}: column {problem_col!r} is empty")
+        answer = _answer_text(row[answer_col])
+        if transform:
+            answer = transform(answer)
+        if not answer:
+            raise DataError(f"{source}, row {i}: column {answer_col!r} is empty")
+        pid = row.get(id_col) if id_col and row.get(id_col) is not None else row.get("id", i - 1)
+        problems.append({"id": pid, "problem": problem, "answer": answer})
+    ids = [p["id"] for p in problems]
+    if len(set(map(str, ids))) != len(ids):
+        raise DataError(f"{source}: ids are not unique")
+    return problems
+
+
+def _read_local(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, row {i}: not valid JSON ({e.msg})") from e
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}, row {i}: not a JSON object")
+                rows.append(obj)
+        return rows
+    from mathrecipe.data.io import load_table
+
+    return load_table(path).to_list()
+
+
+def load_benchmark(
+    name: str,
+    data_dir: str | Path | None = None,
+    problem_column: str | None = None,
+    answer_column: str | None = None,
+    limit: int | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
+    """(benchmark name, problems) for a registry name or a path to a JSONL / parquet / saved dataset.
+
+    A registry name reads ``data_dir/<its file>`` when ``data_dir`` is given, else the hub dataset.
+    """
+    spec = REGISTRY.get(name)
+    if spec is not None:
+        pcol, acol = problem_column or spec.problem_column, answer_column or spec.answer_column
+        if data_dir is not None:
+            path = Path(data_dir) / spec.local_file
+            if not path.exists():
+                raise DataError(f"benchmark {name!r}: {path} not found in the data folder {data_dir}")
+            # local copies are normalised to id/problem/answer
+            problems = _rows_to_problems(_read_local(path), str(path), problem_column or "problem",
+                                         answer_column or "answer", "id")
+        else:
+            import datasets
+
+            ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.split)
+            problems = _rows_to_problems(ds.to_list(), f"{spec.hub_id} ({spec.split})", pcol, acol, spec.id_column,
+                                         spec.answer_transform)
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise DataError(
+                f"unknown benchmark {name!r}: not a registry name ({', '.join(REGISTRY)}) nor an existing file"
+            )
+        problems = _rows_to_problems(_read_local(path), str(path), problem_column or "problem",
+                                     answer_column or "answer", "id")
+        name = path.stem
+    return name, problems[:limit] if limit else problems
