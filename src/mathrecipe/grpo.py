@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from mathrecipe.data.io import load_table, require_columns, require_nonempty
 from mathrecipe.hardware import precision_kwargs
+from mathrecipe.modeling import load_model_and_tokenizer
 from mathrecipe.prompts import build_messages
 from mathrecipe.recipe import Recipe
 from mathrecipe.rewards import CosineReward, LengthPenalty, format_reward
@@ -73,7 +74,6 @@ class CollapseGuard(TrainerCallback):
 
 def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Train stage 2 from ``model_path`` and save the final policy to ``out_dir/final``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     g = recipe.grpo
@@ -106,11 +106,7 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
         **g.extra,
     )
     dataset = load_grpo_dataset(data_path, recipe.data.system_prompt)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, attn_implementation=recipe.model.attn_implementation,
-        trust_remote_code=recipe.model.trust_remote_code,
-    )
+    model, tokenizer = load_model_and_tokenizer(model_path, recipe.model)
     guard = CollapseGuard(g.max_kl)
     trainer = GRPOTrainer(model=model, args=config, reward_funcs=rewards, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[guard])

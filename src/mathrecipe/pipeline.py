@@ -80,17 +80,14 @@ def sampling(recipe: Recipe) -> SamplingSettings:
 
 def evaluate_checkpoint(recipe: Recipe, model_path: str, problems: list[dict], out: Path, name: str) -> dict:
     """Evaluate one saved model on the held-out problems; write its samples and summary under ``out``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
 
     from mathrecipe.evaluate.harness import evaluate_model
+    from mathrecipe.modeling import load_model_and_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
-    if next(model.parameters()).device.type == "cpu":
-        import torch
-
-        if torch.cuda.is_available():
-            model = model.to("cuda")
+    model, tok = load_model_and_tokenizer(model_path, recipe.model)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     rows, summary = evaluate_model(model, tok, problems, sampling(recipe), recipe.data.system_prompt,
                                    batch_size=recipe.eval.batch_size, desc=f"eval {name}")
     write_jsonl(rows, out / f"{name}.samples.jsonl")
@@ -104,8 +101,11 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo")) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     dump_recipe(recipe, out / "recipe.yaml")
     t0 = time.time()
-    paths = prepare_data(recipe, out / "data")
-    model_path = prepare_model(recipe, out / "model-init")
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # under a multi-process launch, rank 0 writes the files first
+        paths = prepare_data(recipe, out / "data")
+        model_path = prepare_model(recipe, out / "model-init")
     problems = load_problems(paths["test"], recipe.data.problem_column, recipe.data.answer_column)
     e = recipe.eval
     report: dict[str, Any] = {

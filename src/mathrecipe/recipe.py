@@ -115,7 +115,7 @@ class RewardsConfig:
 class GRPOConfig:
     enabled: bool = True
     num_generations: int = 8
-    batch_size: int = 32  # completions per device per step (num_generations divides it)
+    batch_size: int = 64  # completions per device per step (num_generations divides it)
     gradient_accumulation_steps: int = 1
     max_steps: int = 100
     learning_rate: float = 5e-5

@@ -17,6 +17,7 @@ from mathrecipe.data.io import DataError, load_table, require_columns, write_jso
 from mathrecipe.evaluate.generation import SamplingSettings
 from mathrecipe.evaluate.harness import evaluate_model
 from mathrecipe.hardware import precision_kwargs
+from mathrecipe.modeling import load_model_and_tokenizer
 from mathrecipe.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,6 @@ def select_epoch(epochs: list[dict[str, Any]], how: str) -> dict[str, Any]:
 def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: list[dict[str, Any]],
             out_dir: str | Path) -> dict[str, Any]:
     """Train stage 1 and return its report section: per-epoch rows, the selected epoch and its checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     s = recipe.sft
@@ -121,11 +121,7 @@ def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: li
         **s.extra,
     )
     dataset = load_sft_dataset(data_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, attn_implementation=recipe.model.attn_implementation,
-        trust_remote_code=recipe.model.trust_remote_code,
-    )
+    model, tokenizer = load_model_and_tokenizer(model_path, recipe.model)
     epoch_eval = EpochEval(recipe, tokenizer, problems)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[epoch_eval])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,9 @@ def load_table(path: str | Path, split: str = "train") -> Any:
     raise DataError(f"{path}: no such file or folder")
 
 
-def _check_jsonl(p: Path) -> None:
-    """Fail on the first malformed line with its number (datasets' own error does not say which)."""
-    if p.suffix.lower() != ".jsonl":
-        return
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a malformed line is an error naming file and line."""
+    p = Path(path)
     with p.open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -51,6 +50,14 @@ def _check_jsonl(p: Path) -> None:
                 raise DataError(f"{p}, line {i}: not valid JSON ({e.msg})") from e
             if not isinstance(obj, dict):
                 raise DataError(f"{p}, line {i}: each line must be a JSON object, got {type(obj).__name__}")
+            yield i, obj
+
+
+def _check_jsonl(p: Path) -> None:
+    """Fail on the first malformed line with its number (datasets' own error does not say which)."""
+    if p.suffix.lower() == ".jsonl":
+        for _ in iter_jsonl(p):
+            pass
 
 
 def require_columns(ds: Any, columns: Sequence[str], source: str) -> None:

@@ -7,13 +7,12 @@ answer is an error naming the file, the row and the column.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.data.io import DataError
+from mathrecipe.data.io import DataError, iter_jsonl
 
 
 def _gsm8k_answer(text: str) -> str:
@@ -78,19 +77,7 @@ def _rows_to_problems(rows: list[dict[str, Any]], source: str, problem_col: str,
 def _read_local(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, row {i}: not valid JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}, row {i}: not a JSON object")
-                rows.append(obj)
-        return rows
+        return [obj for _, obj in iter_jsonl(path)]
     from mathrecipe.data.io import load_table
 
     return load_table(path).to_list()

@@ -9,27 +9,20 @@ from typing import Any
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from mathrecipe.data.io import DataError
+    from mathrecipe.data.io import DataError, iter_jsonl
     from mathrecipe.grading import Grader
 
     src = Path(args.input)
     if not src.is_file():
         raise DataError(f"{src}: no such file")
     rows: list[dict[str, Any]] = []
-    with src.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{src}, line {i}: not valid JSON ({e.msg})") from e
-            for col in (args.completion_column, args.answer_column):
-                if not isinstance(row, dict) or col not in row:
-                    raise DataError(f"{src}, line {i}: missing column {col!r}")
-                if row[col] is None:
-                    raise DataError(f"{src}, line {i}: column {col!r} is null")
-            rows.append(row)
+    for i, row in iter_jsonl(src):
+        for col in (args.completion_column, args.answer_column):
+            if col not in row:
+                raise DataError(f"{src}, line {i}: missing column {col!r}")
+            if row[col] is None:
+                raise DataError(f"{src}, line {i}: column {col!r} is null")
+        rows.append(row)
     with Grader(workers=args.workers, timeout=args.timeout) as grader:
         results = grader.grade([str(r[args.completion_column]) for r in rows],
                                [str(r[args.answer_column]) for r in rows])
