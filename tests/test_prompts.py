@@ -50,8 +50,9 @@ def test_prompt_identical_across_sft_grpo_and_eval(tiny_model_dir, tiny_tokenize
                     gradient_checkpointing=False, completion_only_loss=True, max_length=256)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tiny_tokenizer)
     row = trainer.train_dataset[0]
-    mask = row["completion_mask"]
-    prompt_ids = [t for t, m in zip(row["input_ids"], mask) if m == 0]
-    completion_ids = [t for t, m in zip(row["input_ids"], mask) if m == 1]
+    # TRL marks the tokens without loss with label -100 (older versions: completion_mask == 0)
+    trained = [lab != -100 for lab in row["labels"]] if "labels" in row else [m == 1 for m in row["completion_mask"]]
+    prompt_ids = [t for t, m in zip(row["input_ids"], trained) if not m]
+    completion_ids = [t for t, m in zip(row["input_ids"], trained) if m]
     assert prompt_ids == eval_ids  # completion-only loss: the prompt carries no loss
     assert tiny_tokenizer.decode(completion_ids).startswith(response)
