@@ -29,7 +29,8 @@ def test_run_all_stages_writes_report(tmp_path, capsys):
     assert report["sft"]["selected_epoch"] == 2
     assert report["grpo"]["steps"] == 2 and 0 <= report["grpo"]["accuracy"] <= 1
     assert report["eval"] == {"n_problems": 6, "samples_per_problem": 2, "temperature": 1.0, "max_new_tokens": 40}
-    for f in ["report.md", "report.png", "recipe.yaml", "data/sft.jsonl", "grpo/final/config.json",
+    for f in ["report.md", "report.png", "recipe.yaml", "data/sft/dataset_info.json", "data/grpo/dataset_info.json",
+              "data/data_report.json", "data/test.jsonl", "grpo/final/config.json",
               "eval/grpo.samples.jsonl", "sft/eval-epoch1.samples.jsonl"]:
         assert (out / f).exists(), f
     # the saved stages are standard HF folders
@@ -51,7 +52,7 @@ def test_grpo_stage_alone_from_a_checkpoint(tmp_path, tiny_model_dir):
     from mathrecipe.pipeline import prepare_data
 
     paths = prepare_data(load_recipe(None, ["data.toy.n_sft=8", "data.toy.n_test=4", "data.toy.n_rl=16"]),
-                         tmp_path / "data")
+                         tmp_path / "data", str(tiny_model_dir))
     args = [f"output_dir={out}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
             f"data.grpo_path={paths['grpo']}", f"data.eval_path={paths['test']}", "sft.enabled=false",
             *[a for a in TINY if a.startswith(("grpo.", "rewards.", "eval."))]]

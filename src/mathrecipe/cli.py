@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from mathrecipe import __version__
@@ -40,6 +41,17 @@ def cmd_run(args: argparse.Namespace, stages: tuple[str, ...] = ("sft", "grpo"))
     return 0
 
 
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from mathrecipe.data.build import build
+
+    recipe = _load(args)
+    report = build(recipe)
+    out = recipe.data.build.output_dir
+    print((Path(out) / "data_report.md").read_text())
+    print(f"SFT set: {report['outputs']['sft']}  GRPO set: {report['outputs']['grpo']}  report: {out}/data_report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mathrecipe",
@@ -66,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "the model before and after. Point model.name_or_path at an SFT checkpoint.")
     _recipe_args(p)
     p.set_defaults(func=lambda a: cmd_run(a, ("grpo",)))
+
+    p = sub.add_parser("data", help="build the recipe's training data (data build RECIPE.yaml)",
+                       description="Training data commands.")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    b = dsub.add_parser(
+        "build", help="build the SFT and GRPO sets, decontaminated, with a data report",
+        description="Build the stage-1 SFT set (OpenR1-Math-220k long/mid-accuracy samples + openr1_hard + "
+        "Light-R1 stage 2; merged, deduplicated, shortest correct trace per problem) and the stage-2 GRPO set "
+        "(Light-R1 stage-2 problems), drop every problem sharing a word n-gram with an evaluation benchmark, and "
+        "write sft/, grpo/ (datasets folders) and data_report.{json,md,png} to data.build.output_dir. Sources are "
+        "hub ids or local files, set under data.build in the recipe.",
+    )
+    _recipe_args(b)
+    b.set_defaults(func=cmd_data_build)
 
     from mathrecipe.evaluate.cli import add_eval_parsers
 

@@ -20,29 +20,40 @@ from typing import Any
 
 from mathrecipe.data.io import load_table, require_columns, require_nonempty, write_jsonl
 from mathrecipe.evaluate.generation import SamplingSettings
-from mathrecipe.prompts import grpo_example, sft_example
 from mathrecipe.recipe import Recipe, dump_recipe
 from mathrecipe.report import write_report
 
 log = logging.getLogger(__name__)
 
 
-def prepare_data(recipe: Recipe, out: Path) -> dict[str, Path]:
-    """Write the SFT, GRPO and held-out sets the stages read (toy: generated; files: the recipe's paths)."""
+def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -> dict[str, Path]:
+    """The SFT, GRPO and held-out sets the stages read (files: the recipe's paths; toy: generated, then built by
+    the same code as ``mathrecipe data build``: normalise, shortest correct trace, dedup, decontaminate, report)."""
     d = recipe.data
     if d.source == "files":
         return {k: Path(v) for k, v in (("sft", d.sft_path), ("grpo", d.grpo_path), ("test", d.eval_path)) if v}
+    import datasets
+    from transformers import AutoTokenizer
+
+    from mathrecipe.data.build import BuildReport, build_sets, register, write_outputs
+    from mathrecipe.data.sources import normalise_openr1, normalise_problems
     from mathrecipe.toy import make_toy_data
 
+    if tokenizer_path is None:
+        raise ValueError("the toy data step counts trace tokens: pass the toy model's folder as tokenizer_path")
     t = d.toy
     splits = make_toy_data(t.n_sft, t.n_test, t.n_rl, t.verbose_fraction, t.max_verify_blocks, seed=recipe.seed)
-    return {
-        "sft": write_jsonl([sft_example(r["problem"], r["response"], d.system_prompt) for r in splits.sft],
-                           out / "sft.jsonl"),
-        "grpo": write_jsonl([grpo_example(r["problem"], r["answer"], d.system_prompt) for r in splits.rl],
-                            out / "grpo.jsonl"),
-        "test": write_jsonl([{"id": f"toy-{i}", **r} for i, r in enumerate(splits.test)], out / "test.jsonl"),
-    }
+    test = [{"id": f"toy-{i}", **r} for i, r in enumerate(splits.test)]
+    # the toy teacher traces in OpenR1-Math's schema: one generation each, verified correct
+    raw = datasets.Dataset.from_list([{"problem": r["problem"], "answer": r["answer"], "generations": [r["response"]],
+                                       "correctness_math_verify": [True]} for r in splits.sft])
+    report = BuildReport()
+    sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
+    rl = normalise_problems(datasets.Dataset.from_list(splits.rl), "toy-rl")
+    sft, grpo = build_sets([("toy", sft_src)], ("toy-rl", rl), {"toy-test": test},
+                           AutoTokenizer.from_pretrained(tokenizer_path), d.build, d.system_prompt, report)
+    write_outputs(out, sft, grpo, report, {"benchmarks": ["toy-test"], "ngram": d.build.ngram})
+    return {"sft": out / "sft", "grpo": out / "grpo", "test": write_jsonl(test, out / "test.jsonl")}
 
 
 def prepare_model(recipe: Recipe, out: Path) -> str:
@@ -104,8 +115,8 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo")) -> dict[str, 
     from accelerate import PartialState
 
     with PartialState().main_process_first():  # under a multi-process launch, rank 0 writes the files first
-        paths = prepare_data(recipe, out / "data")
         model_path = prepare_model(recipe, out / "model-init")
+        paths = prepare_data(recipe, out / "data", model_path)
     problems = load_problems(paths["test"], recipe.data.problem_column, recipe.data.answer_column)
     e = recipe.eval
     report: dict[str, Any] = {

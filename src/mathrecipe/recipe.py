@@ -52,6 +52,35 @@ class ToyDataConfig:
 
 
 @dataclass
+class BuildConfig:
+    """``mathrecipe data build``: the paper's SFT and GRPO sets (defaults = the paper's recipe, see paper-notes)."""
+
+    output_dir: str = "data/built"
+    tokenizer: str | None = None  # counts trace tokens; default: model.name_or_path
+    # OpenR1-Math-220k: n_long problems whose kept trace is long (> long_min_tokens) with accuracy (share of
+    # generations verified correct) > long_min_accuracy, plus n_mid with accuracy in [mid_min, mid_max]. null n: all.
+    openr1: str | None = "open-r1/OpenR1-Math-220k"
+    openr1_split: str = "train"
+    long_min_tokens: int = 12800
+    long_min_accuracy: float = 0.5
+    n_long: int | None = 3000
+    mid_min_accuracy: float = 0.5
+    mid_max_accuracy: float = 0.75
+    n_mid: int | None = 3000
+    openr1_hard: str | None = "hoanganhpham/openr1_hard"  # same schema as OpenR1-Math; all rows are kept
+    openr1_hard_split: str = "train"
+    light_r1: str | None = "qihoo360/Light-R1-SFTData"  # stage 2: SFT traces, and the GRPO problems
+    light_r1_file: str = "stage2-3k.json"
+    max_tokens: int | None = None  # drop kept traces longer than this (null: keep all)
+    decontaminate: list[str] = field(default_factory=lambda: ["math500", "aime24", "aime25", "amc23"])
+    benchmark_dir: str | None = None  # local benchmark files (the evaluation registry's names); default: the hub
+    ngram: int = 8
+    min_overlap: float = 0.0  # 0: any shared n-gram drops a problem; 0.5: half its n-grams (ignores boilerplate)
+    num_proc: int = 1
+    batch_size: int = 1000
+
+
+@dataclass
 class DataConfig:
     # "toy" generates the synthetic task; "files" reads the paths below (JSONL / parquet / a saved dataset folder).
     source: Literal["toy", "files"] = "toy"
@@ -62,6 +91,7 @@ class DataConfig:
     problem_column: str = "problem"
     answer_column: str = "answer"
     system_prompt: str = SYSTEM_PROMPT
+    build: BuildConfig = field(default_factory=BuildConfig)
 
 
 @dataclass
@@ -190,6 +220,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in choices:
             raise RecipeError(f"{key}: must be one of {', '.join(map(repr, choices))}; got {value!r}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{key}: expected a mapping, got {value!r}")
@@ -341,6 +376,12 @@ def validate(r: Recipe) -> None:
         need(not (r.sft.enabled and not d.sft_path), "sft.enabled is true but data.sft_path is not set")
         need(not (r.grpo.enabled and not d.grpo_path), "grpo.enabled is true but data.grpo_path is not set")
         need(d.eval_path is not None, "data.source=files needs data.eval_path (the held-out problems)")
+    b = d.build
+    need(b.ngram >= 1, f"data.build.ngram must be >= 1, got {b.ngram}")
+    need(0 <= b.mid_min_accuracy <= b.mid_max_accuracy <= 1,
+         "data.build.mid_min_accuracy <= data.build.mid_max_accuracy, both in [0, 1]")
+    need(0 <= b.min_overlap <= 1, f"data.build.min_overlap must be in [0, 1], got {b.min_overlap}")
+    need(b.num_proc >= 1, f"data.build.num_proc must be >= 1, got {b.num_proc}")
     if r.model.name_or_path == "toy":
         need(d.source == "toy", "model.name_or_path=toy builds its tokenizer from the toy task: set data.source=toy")
 

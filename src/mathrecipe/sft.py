@@ -31,7 +31,7 @@ def load_sft_dataset(path: str | Path) -> Any:
     """
     ds = load_table(path)
     if "prompt" in ds.column_names and "completion" in ds.column_names:
-        return ds
+        return ds.select_columns(["prompt", "completion"])
     require_columns(ds, ["messages"], f"SFT data {path}")
 
     def split(row: dict[str, Any], idx: int) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def load_sft_dataset(path: str | Path) -> Any:
             raise DataError(f"SFT data {path}, row {idx + 1}: column 'messages' must end with an assistant turn")
         return {"prompt": msgs[:-1], "completion": msgs[-1:]}
 
-    return ds.map(split, with_indices=True, remove_columns=["messages"])
+    return ds.map(split, with_indices=True, remove_columns=ds.column_names)
 
 
 class EpochEval(TrainerCallback):

@@ -1,0 +1,206 @@
+"""`mathrecipe data build` on fixtures in the real sources' schemas (OpenR1-Math-220k, Light-R1-SFTData)."""
+
+import json
+
+import pytest
+
+from mathrecipe.cli import main
+from mathrecipe.data.decontam import build_index, first_match, ngrams, normalise_text
+
+T = "<think>\n{work}\n\\boxed{{{ans}}}\n</think>\nSo the answer is \\boxed{{{ans}}}."
+
+
+def trace(ans, words):
+    return T.format(work=" ".join(["step"] * words), ans=ans)
+
+
+def openr1_row(i, acc_flags, lengths, problem=None, answer=None):
+    ans = str(i) if answer is None else answer
+    return {
+        "problem": problem or f"Find the value number {i} of the sequence defined by a recurrence relation here.",
+        "answer": ans,
+        "generations": [trace(ans, n) for n in lengths],
+        "correctness_math_verify": acc_flags,
+        "uuid": f"u{i}",
+    }
+
+
+@pytest.fixture()
+def sources(tmp_path, shared_data):
+    math500 = json.loads((shared_data / "benchmarks" / "math500_test.jsonl").read_text().splitlines()[3])
+    aime25 = json.loads((shared_data / "benchmarks" / "aime2025.jsonl").read_text().splitlines()[4])
+    rows = [
+        # long (kept trace 84 tokens > 60) with accuracy 1.0 -> long sample candidates
+        *[openr1_row(i, [True, True], [60, 80]) for i in range(0, 6)],
+        # mid accuracy 0.5 (1 of 2 correct), short traces
+        *[openr1_row(i, [True, False], [5, 5]) for i in range(6, 12)],
+        # accuracy 0.25: neither sample
+        openr1_row(12, [True, False, False, False], [5, 5, 5, 5]),
+        # no verified-correct trace
+        openr1_row(13, [False, False], [5, 5]),
+        # missing generations
+        {**openr1_row(14, [], []), "generations": [], "correctness_math_verify": []},
+        # planted MATH-500 and AIME 2025 problems, reworded only in spacing and case; accuracy 0.5 -> sampled
+        openr1_row(15, [True, False], [5, 5], problem="  " + math500["problem"].upper().replace(" ", "   ")),
+        openr1_row(16, [True, False], [5, 5], problem=aime25["problem"].replace(" ", "\n ").lower()),
+    ]
+    # the shortest correct trace: generation 2 is correct and shortest
+    rows.append(openr1_row(17, [False, True, True], [3, 30, 10]))
+    openr1 = tmp_path / "openr1.jsonl"
+    openr1.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hard = tmp_path / "hard.jsonl"
+    # a duplicate of problem 17 (other spacing) with a still shorter correct trace; and one new problem
+    hard_rows = [openr1_row(17, [True], [2], problem="Find the value number 17 of the sequence  defined by a "
+                            "recurrence relation here."), openr1_row(40, [True], [7])]
+    hard.write_text("".join(json.dumps(r) + "\n" for r in hard_rows))
+    light = tmp_path / "light.json"
+    light_rows = [
+        {"conversations": [{"from": "user", "value": f"Light problem {k}: compute the area of shape {k} now please."},
+                           {"from": "assistant", "value": trace(str(k * 3), 8)}]} for k in range(4)
+    ] + [
+        {"conversations": [{"from": "user", "value": "Light problem without a boxed answer at all, only words."},
+                           {"from": "assistant", "value": "I am not sure."}]},
+        {"conversations": [{"from": "user", "value": "Light problem with no assistant turn in it at all."}]},
+    ]
+    light.write_text(json.dumps(light_rows))
+    return {"openr1": openr1, "hard": hard, "light": light, "math500": math500, "aime25": aime25}
+
+
+def _build(tmp_path, shared_data, tiny_model_dir, sources, *extra):
+    out = tmp_path / "built"
+    args = [
+        "-q", "data", "build", f"output_dir={tmp_path / 'run'}", f"data.build.output_dir={out}",
+        f"data.build.tokenizer={tiny_model_dir}", f"data.build.openr1={sources['openr1']}",
+        f"data.build.openr1_hard={sources['hard']}", f"data.build.light_r1={sources['light']}",
+        f"data.build.benchmark_dir={shared_data / 'benchmarks'}", "data.build.long_min_tokens=60",
+        "data.build.n_long=4", "data.build.n_mid=100", *extra,
+    ]
+    assert main(args) == 0
+    return out, json.loads((out / "data_report.json").read_text())
+
+
+def test_build_filters_dedup_shortest_trace_and_decontamination(tmp_path, shared_data, tiny_model_dir, sources):
+    import datasets
+
+    out, report = _build(tmp_path, shared_data, tiny_model_dir, sources)
+    sft = datasets.load_from_disk(str(out / "sft"))
+    grpo = datasets.load_from_disk(str(out / "grpo"))
+    src = report["sources"]
+
+    # OpenR1: 18 rows in; 13 has no correct trace, 14 misses generations; 4 of the 6 long rows are drawn; rows
+    # 6-11, 15, 16 (accuracy 1/2) and 17 (2/3, its shortest correct trace is only 34 tokens) form the mid sample;
+    # the 2 long rows not drawn (accuracy 1 > 0.75) and row 12 (accuracy 1/4) are in neither
+    o = src["openr1"]
+    assert o["rows_in"] == 18
+    assert o["dropped"]["no verified-correct trace"] == 1
+    assert o["dropped"]["missing field: generations"] == 1
+    sample = next(s for s in report["steps"] if s["step"] == "openr1: sample")
+    assert sample["long"] == 4 and sample["long_candidates"] == 6
+    assert sample["mid"] == 9
+    assert o["dropped"]["not selected (OpenR1 long/mid-accuracy sample)"] == 3
+    # contamination: the planted MATH-500 and AIME 2025 problems, each reported with the item it matched
+    matched = {c["matched"] for c in report["contaminated"]}
+    assert f"math500:{sources['math500']['id']}" in matched
+    assert f"aime25:{sources['aime25']['id']}" in matched
+    assert o["dropped"]["contaminated"] == 2
+    # dedup: problem 17 appears in openr1 and openr1_hard; the shortest correct trace (hard's, 2 words) wins
+    p17 = [r for r in sft if "number 17 " in r["messages"][1]["content"]]
+    assert len(p17) == 1 and p17[0]["source"] == "openr1_hard"
+    assert p17[0]["messages"][2]["content"] == trace("17", 2)
+    assert src["openr1"]["dropped"]["duplicate"] == 1
+    # Light-R1: the row without a boxed answer and the one without an assistant turn are reported
+    lr = src["light_r1"]
+    assert lr["dropped"] == {"missing field: answer": 1, "missing field: assistant turn": 1}
+    # rows out add up: every row in is either out or counted under a reason
+    for s in src.values():
+        assert s["rows_in"] == s["rows_out"] + sum(s["dropped"].values())
+    assert len(sft) == sum(s["rows_out"] for name, s in src.items() if "GRPO" not in name)
+    # TRL conversational rows with the shared system prompt
+    from mathrecipe.prompts import SYSTEM_PROMPT
+
+    assert [m["role"] for m in sft[0]["messages"]] == ["system", "user", "assistant"]
+    assert sft[0]["messages"][0]["content"] == SYSTEM_PROMPT
+    # GRPO: Light-R1 problems with the boxed answers of their traces
+    assert len(grpo) == 4 and sorted(grpo["answer"]) == ["0", "3", "6", "9"]
+    assert grpo[0]["prompt"][-1]["role"] == "user"
+    assert (out / "data_report.md").exists() and (out / "data_report.png").exists()
+    assert report["trace_tokens"]["count"] == len(sft)
+
+
+def test_shortest_correct_trace_is_by_tokens(tmp_path, shared_data, tiny_model_dir, sources):
+    import datasets
+
+    out, _ = _build(tmp_path, shared_data, tiny_model_dir, sources)
+    sft = datasets.load_from_disk(str(out / "sft"))
+    long_rows = [r for r in sft if r["source"] == "openr1" and r["trace_tokens"] > 60]
+    assert long_rows and all(r["messages"][2]["content"] == trace(r["answer"], 60) for r in long_rows)
+
+
+def test_too_long_filter_is_counted(tmp_path, shared_data, tiny_model_dir, sources):
+    _, report = _build(tmp_path, shared_data, tiny_model_dir, sources, "data.build.max_tokens=50")
+    assert report["sources"]["openr1"]["dropped"]["too long"] == 4
+
+
+def test_built_sets_train_through_the_stages(tmp_path, shared_data, tiny_model_dir, sources):
+    out, _ = _build(tmp_path, shared_data, tiny_model_dir, sources)
+    bench = tmp_path / "eval.jsonl"
+    bench.write_text('{"id": "e1", "problem": "Compute 10 + 10.", "answer": "20"}\n')
+    run = tmp_path / "run2"
+    assert main(["-q", "run", f"output_dir={run}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
+                 f"data.sft_path={out / 'sft'}", f"data.grpo_path={out / 'grpo'}", f"data.eval_path={bench}",
+                 "sft.epochs=1", "sft.batch_size=4", "grpo.max_steps=1", "grpo.batch_size=8",
+                 "grpo.num_generations=4", "grpo.max_completion_length=16", "rewards.cosine.max_len=16",
+                 "eval.samples=1", "eval.max_new_tokens=16"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["sft"]["train_rows"] > 0 and report["grpo"]["train_rows"] == 4
+
+
+def test_source_missing_a_column_names_source_and_column(tmp_path, shared_data, tiny_model_dir, sources, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "p", "answer": "1", "generations": ["x"]}\n')
+    rc = main(["data", "build", f"data.build.output_dir={tmp_path / 'o'}", f"data.build.tokenizer={tiny_model_dir}",
+               f"data.build.openr1={bad}", "data.build.openr1_hard=null", "data.build.light_r1=null",
+               "data.build.decontaminate=[]"])
+    assert rc == 2
+    assert "source 'openr1': missing column(s) 'correctness_math_verify'" in capsys.readouterr().err
+
+
+def test_real_training_rows_against_the_real_benchmarks(tmp_path, shared_data, tiny_model_dir):
+    """195 real historical AIME rows: two of them (AIME 2010 I #6, AIME 2015 II #6) are in MATH-500 itself."""
+    from mathrecipe.evaluate.benchmarks import load_benchmark
+
+    rows = [json.loads(x) for x in
+            (shared_data / "train-samples" / "deepscaler_aime1983_2023_train_sample.jsonl").read_text().splitlines()]
+    benches = dict(load_benchmark(b, shared_data / "benchmarks") for b in ("math500", "aime24", "aime25", "amc23"))
+    index = build_index(benches, 8)
+    leaked = {r["id"]: first_match(r["problem"], index, 8, 0.5) for r in rows}
+    leaked = {k: v[0] for k, v in leaked.items() if v}
+    assert leaked == {"aime2010-1-6-row560": "math500:test/intermediate_algebra/2146.json",
+                      "aime2015-2-6-row725": "math500:test/intermediate_algebra/1411.json"}
+    # any shared 8-gram (the default) also flags boilerplate, and still the two real leaks
+    loose = [r["id"] for r in rows if first_match(r["problem"], index, 8)]
+    assert set(leaked) <= set(loose) and len(loose) > 10
+    # the same rows as a build source: the leaks are dropped and reported with the item they matched
+    src = tmp_path / "aime.jsonl"
+    src.write_text("".join(json.dumps({"problem": r["problem"], "answer": r["answer"], "generations": [r["solution"]],
+                                       "correctness_math_verify": [True]}) + "\n" for r in rows))
+    out = tmp_path / "built"
+    assert main(["-q", "data", "build", f"data.build.output_dir={out}", f"data.build.tokenizer={tiny_model_dir}",
+                 f"data.build.openr1={src}", "data.build.openr1_hard=null", "data.build.light_r1=null",
+                 "data.build.long_min_tokens=0", "data.build.long_min_accuracy=0", "data.build.n_long=null",
+                 "data.build.min_overlap=0.5", f"data.build.benchmark_dir={shared_data / 'benchmarks'}"]) == 0
+    report = json.loads((out / "data_report.json").read_text())
+    assert sorted(c["matched"] for c in report["contaminated"]) == sorted(leaked.values())
+    assert report["sft_rows"] == len(rows) - 2 - report["sources"]["openr1"]["dropped"].get("duplicate", 0)
+
+
+def test_normalisation_and_ngrams():
+    assert normalise_text("Find  $a\\,b$\nNOW") == "find $a b$ now"
+    assert ngrams("one two three", 8) == ["one two three"]  # shorter than n: matched whole
+    assert len(ngrams(" ".join(str(i) for i in range(10)), 8)) == 3
+    index = build_index({"b": [{"id": 7, "problem": "a b c d e f g h i"}]}, 8)
+    assert first_match("x A  B c d e f g h", index, 8) == ("b:7", "a b c d e f g h")
+    assert first_match("a b c d e f g x", index, 8) is None
+    long_text = "a b c d e f g h " + " ".join(f"w{i}" for i in range(20))
+    assert first_match(long_text, index, 8) is not None
+    assert first_match(long_text, index, 8, min_overlap=0.5) is None  # 1 of 21 grams shared
