@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/bench_data.py
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

@@ -38,10 +38,19 @@ def synthetic_rows(n: int, seed: int = 0):
                "uuid": str(i)}
 
 
+def make_fixture(path: str, n: int) -> None:
+    import datasets
+
+    datasets.Dataset.from_generator(synthetic_rows, gen_kwargs={"n": n}).to_parquet(path)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--fixture"]:  # run in a child process, so its memory is not the build's
+        make_fixture(sys.argv[2], int(sys.argv[3]))
+        return 0
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     num_proc = int(sys.argv[2]) if len(sys.argv) > 2 else (os.cpu_count() or 1)
-    import datasets
+    import subprocess
 
     from mathrecipe.data.build import build
     from mathrecipe.recipe import load_recipe
@@ -50,7 +59,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         t = time.perf_counter()
-        datasets.Dataset.from_generator(synthetic_rows, gen_kwargs={"n": n}).to_parquet(str(d / "openr1.parquet"))
+        subprocess.run([sys.executable, __file__, "--fixture", str(d / "openr1.parquet"), str(n)], check=True,
+                       stderr=subprocess.DEVNULL)
         t_gen = time.perf_counter() - t
         tok = build_toy_model_folder(d / "tok", make_toy_data(500, 10, 10))
         recipe = load_recipe(None, [
@@ -59,14 +69,22 @@ def main() -> int:
             f"data.build.benchmark_dir={SHARED / 'benchmarks'}", "data.build.long_min_tokens=1200",
             f"data.build.num_proc={num_proc}",
         ])
+        from mathrecipe.data.sources import load_source
+
         t = time.perf_counter()
-        report = build(recipe)
+        load_source(str(d / "openr1.parquet"))  # datasets' parquet -> Arrow cache conversion, measured on its own
+        t_load = time.perf_counter() - t
+        rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t = time.perf_counter()
+        report = build(recipe)  # reads the Arrow cache written above
         t_build = time.perf_counter() - t
+        workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # map workers, or the fixture's
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_children = workers
     results = {
         "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "rows": n, "num_proc": num_proc,
-        "generate_fixture_s": t_gen, "build_s": t_build, "rows_per_s": n / t_build,
+        "generate_fixture_s": t_gen, "load_s": t_load, "build_s": t_build, "rows_per_s": n / (t_load + t_build),
+        "peak_rss_after_load_mib": rss_after_load,
         "peak_rss_mib": peak_self, "peak_rss_worker_mib": peak_children,
         "sft_rows": report["sft_rows"], "steps": report["steps"],
     }
@@ -79,9 +97,13 @@ def main() -> int:
 30-400 words each), the whole `mathrecipe data build` (sampling, shortest correct trace by tokens, dedup,
 decontamination against MATH-500/AIME24/AIME25/AMC23, saving, report).
 
-| rows | num_proc | build time | rows/s | peak RSS (main) | peak RSS (a worker) | SFT rows kept |
-|---:|---:|---:|---:|---:|---:|---:|
-| {n:,} | {num_proc} | {t_build:.0f} s | **{n / t_build:,.0f}** | {peak_self:,.0f} MiB | {peak_children:,.0f} MiB | {report['sft_rows']:,} |
+Time = loading the parquet source (datasets converts it to an Arrow cache) + the build itself. Peak RSS: the build's
+own process (the fixture is written by a child process first); of it, {rss_after_load:,.0f} MiB is already reached by
+datasets' parquet -> Arrow conversion; "largest child" is the larger of the fixture writer and the build's map workers.
+
+| rows | num_proc | load + build | rows/s | peak RSS after loading | peak RSS (build process) | largest child | SFT rows kept |
+|---:|---:|---:|---:|---:|---:|---:|---:|
+| {n:,} | {num_proc} | {t_load:.0f} s + {t_build:.0f} s | **{n / (t_load + t_build):,.0f}** | {rss_after_load:,.0f} MiB | {peak_self:,.0f} MiB | {peak_children:,.0f} MiB | {report['sft_rows']:,} |
 """
     (out / "data.md").write_text(md)
     print(md)
