@@ -67,14 +67,17 @@ def render_png(report: dict[str, Any], path: Path) -> None:
     if grpo and base:
         names = [base["name"], "after GRPO"]
         ax2.bar([0, 1], [base["accuracy"], grpo["accuracy"]], width=0.35, color="tab:blue", label="accuracy")
-        ax2.set_ylim(0, 1)
+        ax2.set_ylim(0, 1.15)  # headroom for the legend
         ax2.set_ylabel("accuracy")
         tw = ax2.twinx()
         tw.bar([0.4, 1.4], [base["mean_tokens"], grpo["mean_tokens"]], width=0.35, color="tab:orange",
                label="mean tokens")
         tw.set_ylabel("mean completion tokens")
+        tw.set_ylim(0, 1.15 * max(base["mean_tokens"], grpo["mean_tokens"]))
         ax2.set_xticks([0.2, 1.2], names)
         ax2.set_title("Stage 2: GRPO (accuracy, tokens)")
+        handles = ax2.get_legend_handles_labels()[0] + tw.get_legend_handles_labels()[0]
+        ax2.legend(handles, ["accuracy", "mean tokens"], loc="upper right")
     else:
         ax2.set_axis_off()
     fig.tight_layout()

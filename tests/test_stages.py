@@ -1,0 +1,55 @@
+"""Stage helpers: epoch selection, the GRPO collapse guard, device-aware precision, reward wiring."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from mathrecipe.grpo import CollapseGuard, build_rewards
+from mathrecipe.hardware import precision_kwargs
+from mathrecipe.recipe import load_recipe
+from mathrecipe.sft import select_epoch
+
+EPOCHS = [{"epoch": 1, "accuracy": 0.1}, {"epoch": 2, "accuracy": 0.7}, {"epoch": 3, "accuracy": 0.7},
+          {"epoch": 4, "accuracy": 0.6}]
+
+
+def test_select_epoch():
+    assert select_epoch(EPOCHS, "last")["epoch"] == 4
+    assert select_epoch(EPOCHS, "best")["epoch"] == 2  # earliest of the tied best
+    with pytest.raises(ValueError, match="eval_each_epoch"):
+        select_epoch([{"epoch": 1}], "best")
+
+
+def test_collapse_guard_stops_on_kl():
+    guard = CollapseGuard(max_kl=0.5)
+    control = SimpleNamespace(should_training_stop=False)
+    guard.on_log(None, SimpleNamespace(global_step=10), control, logs={"kl": 0.1, "reward": 1.0})
+    assert not control.should_training_stop and guard.stopped is None
+    guard.on_log(None, SimpleNamespace(global_step=20), control, logs={"kl": 0.8})
+    assert control.should_training_stop and guard.stopped == {"step": 20, "reason": "kl 0.800 > grpo.max_kl 0.5"}
+    assert [h["step"] for h in guard.history] == [10, 20]
+    off = CollapseGuard(max_kl=None)
+    control = SimpleNamespace(should_training_stop=False)
+    off.on_log(None, SimpleNamespace(global_step=1), control, logs={"kl": 99.0})
+    assert not control.should_training_stop
+
+
+def test_cpu_defaults_are_fp32_without_checkpointing():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    assert precision_kwargs("auto") == {"bf16": False, "fp16": False, "gradient_checkpointing": False,
+                                        "use_cpu": True}
+    assert precision_kwargs("auto", gradient_checkpointing=True)["gradient_checkpointing"] is True
+    with pytest.raises(ValueError, match="precision=bf16 needs a GPU"):
+        precision_kwargs("bf16")
+
+
+def test_rewards_follow_the_recipe():
+    r = load_recipe(None, ["rewards.cosine_weight=2", "rewards.cosine.unit=chars", "rewards.cosine.max_len=3000",
+                           "grpo.num_generations=4"])
+    funcs, weights = build_rewards(r)
+    assert [f.__name__ for f in funcs] == ["format", "cosine", "length"]
+    assert weights == [1.0, 2.0, 1.0]
+    assert funcs[1].unit == "chars" and funcs[1].max_len == 3000 and funcs[2].group_size == 4
