@@ -83,11 +83,6 @@ def answer_end(text: str | None) -> int | None:
     return ends[-1] if ends else None
 
 
-def has_boxed(text: str) -> bool:
-    """True when ``text`` holds at least one complete, non-empty ``\\boxed{...}``."""
-    return extract_answer(text) is not None
-
-
 # ----------------------------------------------------------------------------------------------- workers
 
 
