@@ -19,11 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.data.io import load_table, require_columns, require_nonempty, write_jsonl
-from mathrecipe.evaluate.generation import SamplingSettings
 from mathrecipe.recipe import Recipe, dump_recipe
 from mathrecipe.report import write_report
 
 log = logging.getLogger(__name__)
+
+
+def toy_splits(recipe: Recipe) -> Any:
+    """The recipe's toy task (seeded, so the model's tokenizer and the data step see the same splits)."""
+    from mathrecipe.toy import make_toy_data
+
+    t = recipe.data.toy
+    return make_toy_data(t.n_sft, t.n_test, t.n_rl, t.verbose_fraction, t.max_verify_blocks, seed=recipe.seed)
 
 
 def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -> dict[str, Path]:
@@ -37,12 +44,10 @@ def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -
 
     from mathrecipe.data.build import BuildReport, build_sets, register, write_outputs
     from mathrecipe.data.sources import normalise_openr1, normalise_problems
-    from mathrecipe.toy import make_toy_data
 
     if tokenizer_path is None:
         raise ValueError("the toy data step counts trace tokens: pass the toy model's folder as tokenizer_path")
-    t = d.toy
-    splits = make_toy_data(t.n_sft, t.n_test, t.n_rl, t.verbose_fraction, t.max_verify_blocks, seed=recipe.seed)
+    splits = toy_splits(recipe)
     test = [{"id": f"toy-{i}", **r} for i, r in enumerate(splits.test)]
     # the toy teacher traces in OpenR1-Math's schema: one generation each, verified correct
     raw = datasets.Dataset.from_list([{"problem": r["problem"], "answer": r["answer"], "generations": [r["response"]],
@@ -61,11 +66,9 @@ def prepare_model(recipe: Recipe, out: Path) -> str:
     m = recipe.model
     if m.name_or_path != "toy":
         return m.name_or_path
-    from mathrecipe.toy import build_toy_model_folder, make_toy_data
+    from mathrecipe.toy import build_toy_model_folder
 
-    t = recipe.data.toy
-    splits = make_toy_data(t.n_sft, t.n_test, t.n_rl, t.verbose_fraction, t.max_verify_blocks, seed=recipe.seed)
-    build_toy_model_folder(out, splits, vocab_size=m.toy.vocab_size, seed=recipe.seed,
+    build_toy_model_folder(out, toy_splits(recipe), vocab_size=m.toy.vocab_size, seed=recipe.seed,
                            system_prompt=recipe.data.system_prompt, hidden_size=m.toy.hidden_size,
                            num_layers=m.toy.num_layers, num_heads=m.toy.num_heads,
                            intermediate_size=m.toy.intermediate_size)
@@ -83,24 +86,17 @@ def load_problems(path: str | Path, problem_column: str = "problem", answer_colu
             for i, p, a in zip(ids, ds[problem_column], ds[answer_column])]
 
 
-def sampling(recipe: Recipe) -> SamplingSettings:
-    e = recipe.eval
-    return SamplingSettings(n=e.samples, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
-                            seed=recipe.seed, stop_at_think=e.stop_at_think)
-
-
 def evaluate_checkpoint(recipe: Recipe, model_path: str, problems: list[dict], out: Path, name: str) -> dict:
     """Evaluate one saved model on the held-out problems; write its samples and summary under ``out``."""
     import torch
 
-    from mathrecipe.evaluate.harness import evaluate_model
+    from mathrecipe.evaluate.harness import evaluate_for_recipe
     from mathrecipe.modeling import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(model_path, recipe.model)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    rows, summary = evaluate_model(model, tok, problems, sampling(recipe), recipe.data.system_prompt,
-                                   batch_size=recipe.eval.batch_size, desc=f"eval {name}")
+    rows, summary = evaluate_for_recipe(recipe, model, tok, problems, desc=f"eval {name}")
     write_jsonl(rows, out / f"{name}.samples.jsonl")
     (out / f"{name}.summary.json").write_text(json.dumps(summary, indent=2))
     return summary

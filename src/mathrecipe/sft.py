@@ -14,8 +14,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mathrecipe.data.io import DataError, load_table, require_columns, write_jsonl
-from mathrecipe.evaluate.generation import SamplingSettings
-from mathrecipe.evaluate.harness import evaluate_model
+from mathrecipe.evaluate.harness import evaluate_for_recipe
 from mathrecipe.hardware import precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer
 from mathrecipe.recipe import Recipe
@@ -56,13 +55,8 @@ class EpochEval(TrainerCallback):
         self._step_to_epoch[state.global_step] = epoch
         row: dict[str, Any] = {"epoch": epoch, "step": state.global_step}
         if self.recipe.sft.eval_each_epoch and state.is_world_process_zero:
-            e = self.recipe.eval
-            rows, summary = evaluate_model(
-                model, self.tokenizer, self.problems,
-                SamplingSettings(n=e.samples, temperature=e.temperature, top_p=e.top_p,
-                                 max_new_tokens=e.max_new_tokens, seed=self.recipe.seed, stop_at_think=e.stop_at_think),
-                system_prompt=self.recipe.data.system_prompt, batch_size=e.batch_size, desc=f"eval epoch {epoch}",
-            )
+            rows, summary = evaluate_for_recipe(self.recipe, model, self.tokenizer, self.problems,
+                                                desc=f"eval epoch {epoch}")
             row.update(accuracy=summary["accuracy"], mean_tokens=summary["mean_tokens"],
                        mean_tokens_correct=summary["mean_tokens_correct"],
                        truncation_rate=summary["truncation_rate"])

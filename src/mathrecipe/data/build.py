@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,6 @@ def register(report: BuildReport, name: str, ds: Any) -> Any:
 
 def _drop_marked(ds: Any, report: BuildReport, set_name: str) -> Any:
     """Count rows whose ``reason`` is set, per source and reason, then filter them out."""
-    from collections import Counter
-
     counts = Counter((s, r) for s, r in zip(ds["source"], ds["reason"]) if r)
     for (source, reason), n in counts.items():
         report.drop(source, reason, n)
@@ -128,10 +127,9 @@ def dedup(ds: Any, report: BuildReport, key_of: Any = normalise_text, prefer_sho
         if j is None or n < lengths[j]:
             best[k] = i
     keep = sorted(best.values())
-    dropped = sorted(set(range(len(ds))) - set(keep))
-    sources = ds["source"]
-    for i in dropped:
-        report.drop(sources[i], "duplicate", 1)
+    kept = Counter(ds.select(keep)["source"])
+    for source, n in Counter(ds["source"]).items():
+        report.drop(source, "duplicate", n - kept.get(source, 0))
     return ds.select(keep)
 
 
@@ -291,19 +289,16 @@ def build(recipe: Recipe) -> dict[str, Any]:
     parts: list[tuple[str, Any]] = []
     grpo_part = None
 
-    def take(name: str, ds: Any) -> Any:
-        return register(report, name, ds)
-
     if cfg.openr1:
-        ds = take("openr1", normalise_openr1(load_source(cfg.openr1, cfg.openr1_split), "openr1", cfg.num_proc,
+        ds = register(report, "openr1", normalise_openr1(load_source(cfg.openr1, cfg.openr1_split), "openr1", cfg.num_proc,
                                              cfg.batch_size))
         parts.append(("openr1", select_openr1(ds, cfg, tokenizer, recipe.seed, report, "openr1")))
     if cfg.openr1_hard:
-        parts.append(("openr1_hard", take("openr1_hard", normalise_openr1(
+        parts.append(("openr1_hard", register(report, "openr1_hard", normalise_openr1(
             load_source(cfg.openr1_hard, cfg.openr1_hard_split), "openr1_hard", cfg.num_proc, cfg.batch_size))))
     if cfg.light_r1:
         files = None if Path(cfg.light_r1).exists() else cfg.light_r1_file
-        light = take("light_r1", normalise_light_r1(load_source(cfg.light_r1, "train", files), "light_r1",
+        light = register(report, "light_r1", normalise_light_r1(load_source(cfg.light_r1, "train", files), "light_r1",
                                                      cfg.num_proc, cfg.batch_size))
         parts.append(("light_r1", light))
         grpo_part = ("light_r1", light.remove_columns(["generations"]))

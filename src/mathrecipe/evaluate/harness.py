@@ -27,17 +27,22 @@ def grade_completions(
     completions: Sequence[Sequence[Completion]],
     tokenizer: Any,
     grader: Grader | None = None,
-    benchmark: str | None = None,
+    benchmarks: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample rows for each problem's completions: extracted answer, correctness, tokens, answer_tokens."""
+    """Sample rows for each problem's completions: extracted answer, correctness, tokens, answer_tokens.
+
+    All completions are graded in one call, so the grader's workers run in parallel. ``benchmarks`` names each
+    problem's benchmark (a ``benchmark`` field is added when given).
+    """
     g = grader or default_grader()
-    flat = [(p, j, c) for p, cs in zip(problems, completions) for j, c in enumerate(cs)]
-    results = g.grade([c.text for _, _, c in flat], [str(p["answer"]) for p, _, _ in flat])
+    names = benchmarks if benchmarks is not None else [None] * len(problems)
+    flat = [(b, p, j, c) for b, p, cs in zip(names, problems, completions) for j, c in enumerate(cs)]
+    results = g.grade([c.text for *_, c in flat], [str(p["answer"]) for _, p, _, _ in flat])
     rows = []
-    for (p, j, c), r in zip(flat, results):
+    for (b, p, j, c), r in zip(flat, results):
         row: dict[str, Any] = {}
-        if benchmark is not None:
-            row["benchmark"] = benchmark
+        if b is not None:
+            row["benchmark"] = b
         row.update(
             id=p["id"],
             sample=j,
@@ -81,6 +86,16 @@ def evaluate_model(
         completions = generate_hf(model, tokenizer, prompts, settings, batch_size=batch_size, on_batch=bar.update)
     rows = grade_completions(problems, completions, tokenizer, grader)
     return rows, summarize(rows, ks=ks, budgets=budgets, same=same_answer(grader))
+
+
+def evaluate_for_recipe(recipe: Any, model: Any, tokenizer: Any, problems: Sequence[dict[str, Any]],
+                        desc: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`evaluate_model` with a recipe's ``eval`` settings, seed and system prompt (every in-run evaluation)."""
+    e = recipe.eval
+    settings = SamplingSettings(n=e.samples, temperature=e.temperature, top_p=e.top_p,
+                                max_new_tokens=e.max_new_tokens, seed=recipe.seed, stop_at_think=e.stop_at_think)
+    return evaluate_model(model, tokenizer, problems, settings, recipe.data.system_prompt,
+                          batch_size=e.batch_size, desc=desc)
 
 
 # ------------------------------------------------------------------------------------ ``mathrecipe eval``
@@ -171,12 +186,12 @@ def run_eval(
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
                 prompts = [render_prompt(tokenizer, p["problem"], system_prompt) for _, p in part]
-                # seeded by the chunk's first problem, so a resumed run draws what a straight run would
+                # a seed per chunk, from its first problem: reproducible for the same work left to do
                 seed = (settings.seed + zlib.crc32(f"{part[0][0]}/{part[0][1]['id']}".encode())) % 2**31
                 completions = gen(prompts, dataclasses.replace(settings, seed=seed), bar.update)
-                for (name, p), cs in zip(part, completions):
-                    for r in grade_completions([p], [cs], tokenizer, benchmark=name):
-                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                rows = grade_completions([p for _, p in part], completions, tokenizer,
+                                         benchmarks=[name for name, _ in part])
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
                 f.flush()
 
     all_rows = _read_samples(samples_path)
