@@ -167,7 +167,7 @@ def test_source_missing_a_column_names_source_and_column(tmp_path, shared_data, 
 
 def test_real_training_rows_against_the_real_benchmarks(tmp_path, shared_data, tiny_model_dir):
     """195 real historical AIME rows: two of them (AIME 2010 I #6, AIME 2015 II #6) are in MATH-500 itself."""
-    from mathrecipe.evaluate.benchmarks import load_benchmark
+    from mathrecipe.data.benchmarks import load_benchmark
 
     rows = [json.loads(x) for x in
             (shared_data / "train-samples" / "deepscaler_aime1983_2023_train_sample.jsonl").read_text().splitlines()]

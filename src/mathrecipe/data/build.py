@@ -277,7 +277,7 @@ def build(recipe: Recipe) -> dict[str, Any]:
     """Build both sets from the recipe's sources (hub ids or local files) into ``data.build.output_dir``."""
     from transformers import AutoTokenizer
 
-    from mathrecipe.evaluate.benchmarks import load_benchmark
+    from mathrecipe.data.benchmarks import load_benchmark
 
     cfg = recipe.data.build
     tok_name = cfg.tokenizer or recipe.model.name_or_path

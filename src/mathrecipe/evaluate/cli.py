@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval_parsers(sub: Any) -> None:
-    from mathrecipe.evaluate.benchmarks import REGISTRY
+    from mathrecipe.data.benchmarks import REGISTRY
     from mathrecipe.prompts import SYSTEM_PROMPT
 
     p = sub.add_parser(

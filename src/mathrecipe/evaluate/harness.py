@@ -146,7 +146,7 @@ def run_eval(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on ``benchmarks``; resumable: problems whose n samples are already in
     ``out_dir/samples.jsonl`` are not generated again. Writes samples.jsonl, summary.json, summary.md, budget.png."""
-    from mathrecipe.evaluate.benchmarks import load_benchmark
+    from mathrecipe.data.benchmarks import load_benchmark
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from mathrecipe.data.benchmarks import REGISTRY, _gsm8k_answer, load_benchmark
 from mathrecipe.data.io import DataError
-from mathrecipe.evaluate.benchmarks import REGISTRY, _gsm8k_answer, load_benchmark
 from mathrecipe.grading import Grader, extract_answer
 
 
