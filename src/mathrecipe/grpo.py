@@ -95,7 +95,7 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
         top_p=g.top_p,
         min_p=g.min_p,
         reward_weights=weights,
-        use_vllm=g.use_vllm,
+        use_vllm=g.backend == "vllm",
         logging_steps=g.logging_steps,
         save_strategy="steps" if g.save_steps else "no",
         save_steps=g.save_steps or 500,

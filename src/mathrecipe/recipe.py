@@ -49,6 +49,7 @@ class ToyDataConfig:
     n_rl: int = 3000
     verbose_fraction: float = 0.5  # share of teacher traces with redundant "Wait, let me verify" re-checking
     max_verify_blocks: int = 3
+    n_dev: int = 100  # development problems for sft.select=best, disjoint from the reported held-out set
 
 
 @dataclass
@@ -87,7 +88,8 @@ class DataConfig:
     toy: ToyDataConfig = field(default_factory=ToyDataConfig)
     sft_path: str | None = None  # rows with `prompt`/`completion` or `messages` (TRL conversational)
     grpo_path: str | None = None  # rows with `prompt` (messages or text) and `answer`
-    eval_path: str | None = None  # rows with `problem` and `answer`
+    eval_path: str | None = None  # rows with `problem` and `answer`: the reported held-out problems
+    dev_path: str | None = None  # rows with `problem` and `answer`: sft.select=best picks on these, not eval_path
     problem_column: str = "problem"
     answer_column: str = "answer"
     system_prompt: str = SYSTEM_PROMPT
@@ -106,9 +108,10 @@ class SFTConfig:
     weight_decay: float = 0.01
     max_length: int | None = 512
     packing: bool = False
-    select: Literal["last", "best"] = "last"  # which epoch GRPO starts from: the last, or best held-out accuracy
+    select: Literal["last", "best"] = "last"  # which epoch GRPO starts from: the last, or best dev-set accuracy
     eval_each_epoch: bool = True
-    save_only_model: bool = True
+    save_steps: int | None = None  # extra resume points within an epoch (a checkpoint is always saved per epoch)
+    save_only_model: bool = False  # true: smaller checkpoints, but a resumed run restarts optimizer and scheduler
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
     gradient_checkpointing: bool | None = None  # None: on for GPU, off on CPU (2.4x slower there)
     optim: str = "adamw_torch"
@@ -157,10 +160,18 @@ class GRPOConfig:
     top_p: float = 1.0
     min_p: float | None = None
     max_completion_length: int = 160
-    max_kl: float | None = 0.5  # collapse guard: stop when the logged KL passes this (None: off)
+    max_kl: float | None = 0.5  # collapse guard: stop when the logged KL passes this (None: off; needs beta > 0)
+    # TRL 1.16 defaults to "dapo" (tokens normalised over the batch); the paper's TRL normalised per sequence ("grpo")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool | None = None
-    use_vllm: bool = False
+    # rollouts: hf = transformers generate; paged = TRL's continuous batching; vllm = vLLM (GPU)
+    backend: Literal["hf", "paged", "vllm"] = "hf"
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_importance_sampling_correction: bool = True  # TRL 1.16 default; the paper's TRL had no such correction
     logging_steps: int = 10
     save_steps: int | None = None
     deepspeed: str | None = None
@@ -172,21 +183,36 @@ class EvalConfig:
     samples: int = 4  # per problem; accuracy = mean pass@1 over them
     temperature: float = 1.0
     top_p: float = 1.0
+    min_p: float | None = None
     max_new_tokens: int = 160
-    batch_size: int = 256  # sequences per generate() call
+    batch_size: int | Literal["auto"] = 256  # sequences per generate() call; auto: the most the KV budget holds
+    kv_cache_gib: float | None = None  # KV-cache budget per device for batch_size=auto (None: measured free memory)
+    backend: Literal["hf", "vllm"] = "hf"
     stop_at_think: bool = False
+
+
+@dataclass
+class HealthConfig:
+    """GRPO alarms, listed in report.md; with ``stop: true`` an alarm stops training like the collapse guard."""
+
+    max_truncation: float = 0.2  # share of completions cut at grpo.max_completion_length
+    max_zero_std_groups: float = 0.5  # share of prompt groups whose rewards are all equal (no learning signal)
+    window: int = 10  # steps over which "format up while accuracy down" is judged
+    stop: bool = False
 
 
 @dataclass
 class Recipe:
     output_dir: str = "runs/toy"
     seed: int = 0
+    report_to: str | list[str] = "none"  # both stages: none, tensorboard, wandb, ... (or a list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -364,7 +390,7 @@ def validate(r: Recipe) -> None:
     e = r.eval
     need(e.samples >= 1, f"eval.samples must be >= 1, got {e.samples}")
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {e.max_new_tokens}")
-    need(e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}")
+    need(e.batch_size == "auto" or e.batch_size >= 1, f"eval.batch_size must be >= 1 or auto, got {e.batch_size}")
     need(e.temperature >= 0, f"eval.temperature must be >= 0 (0 = greedy), got {e.temperature}")
     d = r.data
     if d.source == "files":
