@@ -67,6 +67,9 @@ def _boxed_spans(text: str) -> list[tuple[str, int]]:
     return out
 
 
+boxed_spans = _boxed_spans  # public: (content, end offset) of every complete box, in order
+
+
 def extract_answer(text: str | None) -> str | None:
     """The final answer: the content of the last complete ``\\boxed{...}`` in ``text``; None when there is none."""
     if not text:

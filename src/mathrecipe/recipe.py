@@ -116,7 +116,8 @@ class SFTConfig:
     gradient_checkpointing: bool | None = None  # None: on for GPU, off on CPU (2.4x slower there)
     optim: str = "adamw_torch"
     logging_steps: int = 25
-    deepspeed: str | None = None
+    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. recipes/accelerate/deepspeed_zero3.json
+    fsdp: str | None = None  # an FSDP config JSON (full_shard, auto_wrap), e.g. recipes/accelerate/fsdp2.json
     extra: dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig as is
 
 
@@ -174,7 +175,8 @@ class GRPOConfig:
     vllm_importance_sampling_correction: bool = True  # TRL 1.16 default; the paper's TRL had no such correction
     logging_steps: int = 10
     save_steps: int | None = None
-    deepspeed: str | None = None
+    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. recipes/accelerate/deepspeed_zero2.json
+    fsdp: str | None = None  # an FSDP config JSON
     extra: dict[str, Any] = field(default_factory=dict)  # passed to trl.GRPOConfig as is
 
 
@@ -206,6 +208,8 @@ class Recipe:
     output_dir: str = "runs/toy"
     seed: int = 0
     report_to: str | list[str] = "none"  # both stages: none, tensorboard, wandb, ... (or a list)
+    # the `accelerate launch --config_file` this recipe is meant for (process count checked against batch sizes)
+    accelerate_config: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

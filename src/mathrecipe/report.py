@@ -6,6 +6,62 @@ import json
 from pathlib import Path
 from typing import Any
 
+# The paper's two effects, as the toy claims them (issue thresholds; the toy must meet them with margin).
+EFFECT1_MIN_LAST = 0.70  # last-epoch accuracy
+EFFECT1_MIN_GAIN = 0.30  # last epoch minus epoch 1
+EFFECT2_MAX_TOKEN_RATIO = 0.70  # mean tokens after GRPO / before
+EFFECT2_MAX_ACC_DROP = 0.03  # accuracy may fall by at most this
+
+
+def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's two effects judged on a run's report: one row each, with the numbers and, when not reproduced,
+    the likely cause.
+
+    effect 1 (long SFT keeps improving): acc[last] >= 0.70 and acc[last] >= acc[1] + 0.30
+    effect 2 (GRPO shortens, keeps accuracy): tokens_after / tokens_before <= 0.70 and acc_after >= acc_before - 0.03
+    """
+    out: list[dict[str, Any]] = []
+    sft = report.get("sft") or {}
+    scored = [e for e in sft.get("epochs", []) if e.get("accuracy") is not None]
+    if scored:
+        first, last = scored[0]["accuracy"], scored[-1]["accuracy"]
+        ok = last >= EFFECT1_MIN_LAST and last >= first + EFFECT1_MIN_GAIN
+        why = None
+        if not ok:
+            why = ("SFT did not learn the task" if last < EFFECT1_MIN_LAST
+                   else "accuracy was already high after the first epoch: nothing left for long SFT to show")
+        out.append({"effect": "effect 1 (long SFT keeps improving)", "reproduced": ok,
+                    "numbers": f"{first:.2f} -> {last:.2f}", "first": first, "last": last, "cause": why})
+    start, grpo = report.get("start"), report.get("grpo")
+    if start and grpo and start.get("mean_tokens") and grpo.get("accuracy") is not None:
+        ratio = grpo["mean_tokens"] / start["mean_tokens"]
+        delta = grpo["accuracy"] - start["accuracy"]
+        ok = ratio <= EFFECT2_MAX_TOKEN_RATIO and delta >= -EFFECT2_MAX_ACC_DROP
+        why = None
+        if not ok:
+            if start["accuracy"] < EFFECT1_MIN_LAST:
+                why = (f"the starting model solves only {start['accuracy']:.0%} of the problems, so the rewards were "
+                       "mostly 'wrong' and GRPO had little to shorten")
+            elif delta < -EFFECT2_MAX_ACC_DROP:
+                why = "GRPO cut length at the cost of accuracy (try a lower grpo.learning_rate or a higher grpo.beta)"
+            else:
+                why = "GRPO did not shorten enough (more grpo.max_steps, or more prompts per step)"
+        out.append({"effect": "effect 2 (GRPO shortens, keeps accuracy)", "reproduced": ok,
+                    "numbers": f"{ratio:.2f}x, {delta:+.2f}", "token_ratio": ratio, "accuracy_change": delta,
+                    "cause": why})
+    return out
+
+
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """``effect 1 (...): reproduced (0.05 -> 0.82)`` or ``NOT reproduced (...): cause``."""
+    lines = []
+    for v in verdicts(report):
+        if v["reproduced"]:
+            lines.append(f"{v['effect']}: reproduced ({v['numbers']})")
+        else:
+            lines.append(f"{v['effect']}: NOT reproduced ({v['numbers']}): {v['cause']}")
+    return lines
+
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
@@ -40,6 +96,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         if grpo.get("stopped_early"):
             s = grpo["stopped_early"]
             lines.append(f"\nCollapse guard stopped GRPO at step {s['step']}: {s['reason']}.")
+    v = verdict_lines(report)
+    if v:
+        lines += ["", "## Verdict", ""] + [f"- {x}" for x in v]
     return "\n".join(lines) + "\n"
 
 
