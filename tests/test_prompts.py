@@ -56,3 +56,69 @@ def test_prompt_identical_across_sft_grpo_and_eval(tiny_model_dir, tiny_tokenize
     completion_ids = [t for t, m in zip(row["input_ids"], trained) if m]
     assert prompt_ids == eval_ids  # completion-only loss: the prompt carries no loss
     assert tiny_tokenizer.decode(completion_ids).startswith(response)
+
+
+TRACE = "<think>\nWait, 45 - 12 = 33, then 33 + 30 = 63.\n\\boxed{63}\n</think>\nThe answer is \\boxed{63}."
+
+
+@pytest.mark.parametrize("name", ["deepseek_r1_distill", "qwen2_5", "qwen3", "llama3"])
+def test_sft_trains_the_whole_assistant_turn_under_real_templates(name, tmp_path):
+    """TRL's own template diff trains only what follows </think> under DeepSeek-R1-Distill (its template drops the
+    reasoning); mathrecipe's tokenisation trains the whole trace plus the end-of-turn token, under every template."""
+    from conftest import make_template_model_dir
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from mathrecipe.prompts import prompt_ids, turn_format
+    from mathrecipe.sft import tokenize_sft
+
+    folder = make_template_model_dir(tmp_path / name, name)
+    tok = AutoTokenizer.from_pretrained(folder)
+    problem = "Compute 45 - 12 + 30."
+    ds = tokenize_sft(Dataset.from_list([{"prompt": build_messages(problem), "completion": TRACE}]), tok)
+    cfg = SFTConfig(output_dir=str(tmp_path / "o"), report_to="none", use_cpu=True, bf16=False,
+                    gradient_checkpointing=False, completion_only_loss=True, max_length=512)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(folder), args=cfg, train_dataset=ds,
+                         processing_class=tok)
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    trained = [t for t in labels if t != -100]
+    prompt_part = [t for t, lab in zip(ids, labels) if lab == -100]
+    fmt = turn_format(tok)
+    opening = "<think>\n" if fmt.generation_prefix.endswith("<think>\n") else ""  # DeepSeek's prompt opens it
+    assert trained[-1] == fmt.end_id == tok.convert_tokens_to_ids(tok.eos_token)
+    assert tok.decode(trained[:-1]) == TRACE[len(opening):]  # reasoning, answer: all of it, once
+    assert prompt_part == prompt_ids(tok, problem)  # the prompt GRPO and evaluation use, token for token
+    if tok.bos_token_id is not None:
+        assert ids.count(tok.bos_token_id) == 1  # the template's BOS, not a second one from the tokenizer
+    if name == "deepseek_r1_distill":  # the defect this guards against: TRL's own rendering loses the reasoning
+        plain = SFTTrainer(model=trainer.model, args=cfg, processing_class=tok, train_dataset=Dataset.from_list(
+            [{"prompt": build_messages(problem), "completion": [{"role": "assistant", "content": TRACE}]}]))
+        plain_trained = [t for t in plain.train_dataset[0]["labels"] if t != -100]
+        assert "Wait" not in tok.decode(plain_trained) and len(plain_trained) < len(trained) // 2
+
+
+@pytest.mark.parametrize("name", ["deepseek_r1_distill", "qwen3"])
+def test_inspect_json_shows_the_trained_reasoning(name, tmp_path, capsys):
+    import json
+
+    from conftest import make_template_model_dir
+
+    from mathrecipe.cli import main
+
+    folder = make_template_model_dir(tmp_path / name, name)
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"messages": build_messages("Compute 45 - 12 + 30.") +
+                                [{"role": "assistant", "content": TRACE}]}) + "\n")
+    ev = tmp_path / "test.jsonl"
+    ev.write_text(json.dumps({"problem": "Compute 1 + 1.", "answer": "2"}) + "\n")
+    assert main(["inspect", f"model.name_or_path={folder}", "data.source=files", f"data.sft_path={data}",
+                 f"data.eval_path={ev}", "grpo.enabled=false", f"output_dir={tmp_path / 'run'}", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert "Wait, 45 - 12 = 33" in rec["sft"]["trained_text"] and rec["sft"]["trained_text"].endswith(
+        "The answer is \\boxed{63}." + ("<｜end▁of▁sentence｜>" if name.startswith("deepseek") else "<|im_end|>"))
+    assert rec["prompts_identical"] is True
+    assert rec["sft"]["n_trained"] < rec["sft"]["n_tokens"]
+    assert rec["train_dtype"]["params"] == "float32"
+    assert set(rec) == {"sft", "grpo", "eval", "prompts_identical", "train_dtype"}

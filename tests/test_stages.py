@@ -9,15 +9,17 @@ from mathrecipe.hardware import precision_kwargs
 from mathrecipe.recipe import load_recipe
 from mathrecipe.sft import select_epoch
 
-EPOCHS = [{"epoch": 1, "accuracy": 0.1}, {"epoch": 2, "accuracy": 0.7}, {"epoch": 3, "accuracy": 0.7},
-          {"epoch": 4, "accuracy": 0.6}]
+EPOCHS = [{"epoch": 1, "accuracy": 0.1, "dev_accuracy": 0.2}, {"epoch": 2, "accuracy": 0.9, "dev_accuracy": 0.7},
+          {"epoch": 3, "accuracy": 0.7, "dev_accuracy": 0.7}, {"epoch": 4, "accuracy": 0.6, "dev_accuracy": 0.6}]
 
 
-def test_select_epoch():
+def test_select_epoch_on_dev_accuracy_not_the_reported_one():
     assert select_epoch(EPOCHS, "last")["epoch"] == 4
-    assert select_epoch(EPOCHS, "best")["epoch"] == 2  # earliest of the tied best
-    with pytest.raises(ValueError, match="eval_each_epoch"):
-        select_epoch([{"epoch": 1}], "best")
+    assert select_epoch(EPOCHS, "best")["epoch"] == 2  # earliest of the tied best dev accuracies
+    skewed = [dict(e, accuracy=1.0 if e["epoch"] == 4 else 0.0) for e in EPOCHS]
+    assert select_epoch(skewed, "best")["epoch"] == 2  # the held-out (reported) accuracy plays no part
+    with pytest.raises(ValueError, match="dev"):
+        select_epoch([{"epoch": 1, "accuracy": 0.5}], "best")
 
 
 def test_collapse_guard_stops_on_kl():
@@ -25,8 +27,10 @@ def test_collapse_guard_stops_on_kl():
     control = SimpleNamespace(should_training_stop=False)
     guard.on_log(None, SimpleNamespace(global_step=10), control, logs={"kl": 0.1, "reward": 1.0})
     assert not control.should_training_stop and guard.stopped is None
-    guard.on_log(None, SimpleNamespace(global_step=20), control, logs={"kl": 0.8})
-    assert control.should_training_stop and guard.stopped == {"step": 20, "reason": "kl 0.800 > grpo.max_kl 0.5"}
+    guard.on_log(SimpleNamespace(logging_steps=10), SimpleNamespace(global_step=20), control, logs={"kl": 0.8})
+    assert control.should_training_stop
+    # the logged KL averages steps 11..20, so the last good policy is the one saved at step 10 or before
+    assert guard.stopped == {"step": 20, "window_start": 10, "reason": "kl 0.800 > grpo.max_kl 0.5"}
     assert [h["step"] for h in guard.history] == [10, 20]
     off = CollapseGuard(max_kl=None)
     control = SimpleNamespace(should_training_stop=False)
@@ -50,6 +54,6 @@ def test_rewards_follow_the_recipe():
     r = load_recipe(None, ["rewards.cosine_weight=2", "rewards.cosine.unit=chars", "rewards.cosine.max_len=3000",
                            "grpo.num_generations=4"])
     funcs, weights = build_rewards(r)
-    assert [f.__name__ for f in funcs] == ["format", "cosine", "length"]
-    assert weights == [1.0, 2.0, 1.0]
+    assert [f.__name__ for f in funcs] == ["format", "cosine", "length", "accuracy"]
+    assert weights == [1.0, 2.0, 1.0, 0.0]  # accuracy is logged, never trained on
     assert funcs[1].unit == "chars" and funcs[1].max_len == 3000 and funcs[2].group_size == 4

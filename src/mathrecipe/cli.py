@@ -13,9 +13,13 @@ from mathrecipe import __version__
 RECIPE_HELP = "recipe YAML (default: the toy recipe, built in); then key=value overrides, e.g. sft.epochs=3"
 
 
-def _recipe_args(p: argparse.ArgumentParser) -> None:
+def _recipe_args(p: argparse.ArgumentParser, restart: bool = False) -> None:
     p.add_argument("recipe", nargs="?", help=RECIPE_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides (values read as YAML)")
+    if restart:
+        p.add_argument("--restart", action="store_true",
+                       help="delete output_dir and start over (default: resume an interrupted run, skip finished "
+                       "stages)")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -29,15 +33,25 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace, stages: tuple[str, ...] = ("sft", "grpo")) -> int:
+    from mathrecipe.hardware import distributed_state
     from mathrecipe.pipeline import run
+    from mathrecipe.report import render_markdown, verdict_lines
 
     recipe = _load(args)
-    report = run(recipe, stages)
-    out = recipe.output_dir
-    print(f"\nReport: {out}/report.md  {out}/report.json  {out}/report.png")
-    from mathrecipe.report import render_markdown
+    report = run(recipe, stages, restart=args.restart)
+    if distributed_state().is_main_process:
+        out = recipe.output_dir
+        print(f"\nReport: {out}/report.md  {out}/report.json  {out}/report.png")
+        print(render_markdown(report))
+        for line in verdict_lines(report):
+            print(line)
+    return 0
 
-    print(render_markdown(report))
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mathrecipe.inspection import cmd_inspect as inspect
+
+    print(inspect(_load(args), args.row, args.json))
     return 0
 
 
@@ -65,18 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole recipe: data -> SFT -> GRPO -> evaluation -> report",
                        description="Run every enabled stage of a recipe in order and write report.json/.md/.png "
                        "to its output_dir. With no recipe, runs the toy recipe (tiny model, synthetic task, CPU).")
-    _recipe_args(p)
+    _recipe_args(p, restart=True)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sft", help="run stage 1 only (data -> SFT with per-epoch evaluation -> report)",
                        description="Run the data step and stage 1 (SFT) of a recipe; GRPO is skipped.")
-    _recipe_args(p)
+    _recipe_args(p, restart=True)
     p.set_defaults(func=lambda a: cmd_run(a, ("sft",)))
 
     p = sub.add_parser("grpo", help="run stage 2 only, from model.name_or_path (e.g. an SFT checkpoint)",
                        description="Run the data step and stage 2 (GRPO) from model.name_or_path, evaluating "
                        "the model before and after. Point model.name_or_path at an SFT checkpoint.")
-    _recipe_args(p)
+    _recipe_args(p, restart=True)
     p.set_defaults(func=lambda a: cmd_run(a, ("grpo",)))
 
     p = sub.add_parser("data", help="build the recipe's training data (data build RECIPE.yaml)",
@@ -92,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recipe_args(b)
     b.set_defaults(func=cmd_data_build)
+
+    p = sub.add_parser(
+        "inspect", help="show what SFT, GRPO and evaluation see for one data row, before any training",
+        description="Print the SFT text of one row with its trained span marked (the tokens that carry loss), the "
+        "GRPO prompt, the evaluation prompt, whether the three prompts are token-identical, and the dtypes training "
+        "will use. Loads only the tokenizer, so it works on CPU with any local model folder.",
+    )
+    _recipe_args(p)
+    p.add_argument("--row", type=int, default=0, help="SFT row to show (default 0)")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.set_defaults(func=cmd_inspect)
 
     from mathrecipe.evaluate.cli import add_eval_parsers
 

@@ -30,3 +30,12 @@ def precision_kwargs(precision: str = "auto", gradient_checkpointing: bool | Non
         "gradient_checkpointing": cuda if gradient_checkpointing is None else gradient_checkpointing,
         "use_cpu": not cuda,
     }
+
+
+def distributed_state() -> Any:
+    """The process group as the trainers will see it. Under ``accelerate launch --multi_gpu`` on a machine without
+    CUDA, a plain ``PartialState()`` reports no distribution (every rank thinks it is rank 0 of 1); with
+    ``cpu=True`` it joins the gloo group, as TrainingArguments(use_cpu=True) does later."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not has_cuda())

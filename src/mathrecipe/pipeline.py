@@ -1,44 +1,71 @@
-"""``mathrecipe run``: data -> SFT -> GRPO -> evaluation -> report, each arrow a file on disk.
+"""``mathrecipe run``: data -> SFT -> GRPO -> evaluation -> report, each arrow a file on disk; resumable.
 
 output_dir/
-  recipe.yaml            the resolved recipe (after overrides)
-  data/                  sft.jsonl, grpo.jsonl, test.jsonl (the held-out problems)
+  recipe.yaml            the resolved recipe (after overrides); a rerun with other settings is refused
+  data/                  sft/, grpo/ (datasets folders), test.jsonl (held out), dev.jsonl (epoch selection)
   model-init/            the starting model (toy: built here)
-  sft/checkpoint-*/      one HF checkpoint per epoch, eval-epoch*.jsonl samples
-  grpo/final/            the GRPO policy (HF folder)
-  eval/                  samples and summaries of the final evaluation
+  sft/checkpoint-*/      one HF checkpoint per epoch (complete ones carry mathrecipe_complete.json);
+                         epochs.jsonl, eval-epoch*.samples.jsonl, DONE.json when the stage finished
+  grpo/final/            the GRPO policy (HF folder); grpo/DONE.json
+  eval/                  samples and summaries of the start and final evaluations
   report.json, report.md, report.png
+
+Everything a run needs is checked before any compute (``preflight``). A rerun of the same command resumes: finished
+stages are skipped, an interrupted stage continues from its last complete checkpoint. Under a multi-process launch
+every rank trains and evaluates its share; rank 0 alone writes the shared files, the others wait at barriers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.data.io import load_table, require_columns, require_nonempty, write_jsonl
-from mathrecipe.recipe import Recipe, dump_recipe
+import yaml
+
+from mathrecipe.data.io import DataError, load_table, require_columns, require_nonempty, write_jsonl
+from mathrecipe.errors import MathRecipeError
+from mathrecipe.files import atomic_write_json, atomic_write_text, replace_dir
+from mathrecipe.hardware import distributed_state
+from mathrecipe.recipe import Recipe, RecipeError
 from mathrecipe.report import write_report
 
 log = logging.getLogger(__name__)
+DONE = "DONE.json"
+# recipe keys that may change between an interrupted run and its resumption without invalidating it
+RESUMABLE_CHANGES = ("report_to", "sft.logging_steps", "grpo.logging_steps", "health.")
 
 
-def toy_splits(recipe: Recipe) -> Any:
-    """The recipe's toy task (seeded, so the model's tokenizer and the data step see the same splits)."""
+# --------------------------------------------------------------------------------------------- data, model
+
+
+def toy_splits(recipe: Recipe) -> tuple[Any, list[dict[str, str]]]:
+    """The recipe's toy task (seeded, so the model's tokenizer and the data step see the same splits), and its dev
+    problems: the last ``n_dev`` RL problems, set apart (disjoint from SFT, RL and the held-out test problems)."""
     from mathrecipe.toy import make_toy_data
 
     t = recipe.data.toy
-    return make_toy_data(t.n_sft, t.n_test, t.n_rl, t.verbose_fraction, t.max_verify_blocks, seed=recipe.seed)
+    splits = make_toy_data(t.n_sft, t.n_test, t.n_rl + t.n_dev, t.verbose_fraction, t.max_verify_blocks,
+                           seed=recipe.seed)
+    dev = splits.rl[t.n_rl:]
+    splits.rl = splits.rl[: t.n_rl]
+    return splits, dev
 
 
 def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -> dict[str, Path]:
-    """The SFT, GRPO and held-out sets the stages read (files: the recipe's paths; toy: generated, then built by
-    the same code as ``mathrecipe data build``: normalise, shortest correct trace, dedup, decontaminate, report)."""
+    """The SFT, GRPO, held-out and dev sets the stages read (files: the recipe's paths; toy: generated, then built by
+    the same code as ``mathrecipe data build``: normalise, shortest correct trace, dedup, decontaminate, report).
+    The toy build goes to a temporary folder renamed into place, so a kill never leaves half a data folder."""
     d = recipe.data
     if d.source == "files":
-        return {k: Path(v) for k, v in (("sft", d.sft_path), ("grpo", d.grpo_path), ("test", d.eval_path)) if v}
+        return {k: Path(v) for k, v in (("sft", d.sft_path), ("grpo", d.grpo_path), ("test", d.eval_path),
+                                        ("dev", d.dev_path)) if v}
+    paths = {"sft": out / "sft", "grpo": out / "grpo", "test": out / "test.jsonl", "dev": out / "dev.jsonl"}
+    if (out / DONE).is_file():
+        return paths
     import datasets
     from transformers import AutoTokenizer
 
@@ -47,18 +74,25 @@ def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -
 
     if tokenizer_path is None:
         raise ValueError("the toy data step counts trace tokens: pass the toy model's folder as tokenizer_path")
-    splits = toy_splits(recipe)
+    splits, dev_rows = toy_splits(recipe)
     test = [{"id": f"toy-{i}", **r} for i, r in enumerate(splits.test)]
+    dev = [{"id": f"toy-dev-{i}", **r} for i, r in enumerate(dev_rows)]
     # the toy teacher traces in OpenR1-Math's schema: one generation each, verified correct
     raw = datasets.Dataset.from_list([{"problem": r["problem"], "answer": r["answer"], "generations": [r["response"]],
                                        "correctness_math_verify": [True]} for r in splits.sft])
     report = BuildReport()
     sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
     rl = normalise_problems(datasets.Dataset.from_list(splits.rl), "toy-rl")
-    sft, grpo = build_sets([("toy", sft_src)], ("toy-rl", rl), {"toy-test": test},
+    sft, grpo = build_sets([("toy", sft_src)], ("toy-rl", rl), {"toy-test": test, "toy-dev": dev},
                            AutoTokenizer.from_pretrained(tokenizer_path), d.build, d.system_prompt, report)
-    write_outputs(out, sft, grpo, report, {"benchmarks": ["toy-test"], "ngram": d.build.ngram})
-    return {"sft": out / "sft", "grpo": out / "grpo", "test": write_jsonl(test, out / "test.jsonl")}
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram})
+    write_jsonl(test, tmp / "test.jsonl")
+    write_jsonl(dev, tmp / "dev.jsonl")
+    atomic_write_json(tmp / DONE, {"rows": {"test": len(test), "dev": len(dev)}})
+    replace_dir(tmp, out)
+    return paths
 
 
 def prepare_model(recipe: Recipe, out: Path) -> str:
@@ -66,12 +100,18 @@ def prepare_model(recipe: Recipe, out: Path) -> str:
     m = recipe.model
     if m.name_or_path != "toy":
         return m.name_or_path
+    if (out / DONE).is_file():
+        return str(out)
     from mathrecipe.toy import build_toy_model_folder
 
-    build_toy_model_folder(out, toy_splits(recipe), vocab_size=m.toy.vocab_size, seed=recipe.seed,
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_toy_model_folder(tmp, toy_splits(recipe)[0], vocab_size=m.toy.vocab_size, seed=recipe.seed,
                            system_prompt=recipe.data.system_prompt, hidden_size=m.toy.hidden_size,
                            num_layers=m.toy.num_layers, num_heads=m.toy.num_heads,
                            intermediate_size=m.toy.intermediate_size)
+    atomic_write_json(tmp / DONE, {"model": "toy"})
+    replace_dir(tmp, out)
     return str(out)
 
 
@@ -86,76 +126,212 @@ def load_problems(path: str | Path, problem_column: str = "problem", answer_colu
             for i, p, a in zip(ids, ds[problem_column], ds[answer_column])]
 
 
+# --------------------------------------------------------------------------------------------- preflight
+
+
+def _check_sft_rows(path: str) -> None:
+    ds = load_table(path)
+    source = f"SFT data {path}"
+    if "prompt" in ds.column_names and "completion" in ds.column_names:
+        require_nonempty(ds, ["prompt", "completion"], source)
+    else:
+        require_columns(ds, ["messages"], source)
+        require_nonempty(ds, ["messages"], source)
+
+
+def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
+    """Check every input the whole run will need, before any compute: trainer settings, files, columns, non-empty
+    fields, the model folder's weights, the GRPO set, the evaluation set, optional backends. Raises one line."""
+    from mathrecipe.grpo import grpo_args
+    from mathrecipe.modeling import check_model_folder
+    from mathrecipe.sft import sft_args
+
+    out = Path(recipe.output_dir)
+    do_sft = "sft" in stages and recipe.sft.enabled
+    do_grpo = "grpo" in stages and recipe.grpo.enabled
+    if do_sft:
+        sft_args(recipe, out / "sft")  # sft.extra clashes, precision on this machine
+    if do_grpo:
+        grpo_args(recipe, out / "grpo")
+    name = recipe.model.name_or_path
+    if name != "toy" and Path(name).expanduser().exists():
+        check_model_folder(Path(name).expanduser(), "model.name_or_path")
+    elif name != "toy":
+        try:
+            from mathrecipe.modeling import resolve_model
+
+            resolve_model(name, "model.name_or_path")
+        except ImportError:  # hub checks arrive with mathrecipe.hub
+            pass
+    d = recipe.data
+    if d.source == "files":
+        if do_sft:
+            _check_sft_rows(d.sft_path)
+        if do_grpo:
+            ds = load_table(d.grpo_path)
+            require_columns(ds, ["prompt", "answer"], f"GRPO data {d.grpo_path}")
+            require_nonempty(ds, ["prompt", "answer"], f"GRPO data {d.grpo_path}")
+        load_problems(d.eval_path, d.problem_column, d.answer_column)
+        if do_sft and recipe.sft.select == "best":
+            if not d.dev_path:
+                raise RecipeError("sft.select=best picks the epoch on development problems apart from the reported "
+                                  "ones: set data.dev_path (or sft.select=last)")
+            load_problems(d.dev_path, d.problem_column, d.answer_column)
+    for key, backend in (("eval.backend", recipe.eval.backend), ("grpo.backend", recipe.grpo.backend)):
+        if backend == "vllm" and not (key == "grpo.backend" and not do_grpo):
+            try:
+                import vllm  # noqa: F401
+            except ImportError as e:
+                raise RecipeError(f"{key}=vllm needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' "
+                                  f"on a GPU machine, or set {key}=hf") from e
+
+
+def check_output_dir(recipe: Recipe, out: Path) -> None:
+    """Refuse to resume a run made with other settings (one line listing the keys)."""
+    saved = out / "recipe.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except yaml.YAMLError:
+        return  # unreadable: it is rewritten below
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(tree, dict):
+            return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: tree}
+
+    a, b = flat(old), flat(recipe.to_dict())
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if diff:
+        raise MathRecipeError(
+            f"{out} holds a run made with other settings ({', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''} "
+            "differ); rerun with the same settings to resume it, add --restart to start over, or use another "
+            "output_dir")
+
+
+# -------------------------------------------------------------------------------------------------- stages
+
+
 def evaluate_checkpoint(recipe: Recipe, model_path: str, problems: list[dict], out: Path, name: str) -> dict:
-    """Evaluate one saved model on the held-out problems; write its samples and summary under ``out``."""
+    """Evaluate one saved model on the held-out problems (every rank its share); rank 0 writes samples and summary.
+    A summary already on disk (an earlier, interrupted run) is reused."""
     import torch
 
     from mathrecipe.evaluate.harness import evaluate_for_recipe
     from mathrecipe.modeling import load_model_and_tokenizer
 
+    done = out / f"{name}.summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     model, tok = load_model_and_tokenizer(model_path, recipe.model)
+    state = distributed_state()
     if torch.cuda.is_available():
-        model = model.to("cuda")
+        model = model.to(state.device)
     rows, summary = evaluate_for_recipe(recipe, model, tok, problems, desc=f"eval {name}")
-    write_jsonl(rows, out / f"{name}.samples.jsonl")
-    (out / f"{name}.summary.json").write_text(json.dumps(summary, indent=2))
+    if state.is_main_process:
+        write_jsonl(rows, out / f"{name}.samples.jsonl")
+        atomic_write_json(done, summary)
+    state.wait_for_everyone()
     return summary
 
 
-def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo")) -> dict[str, Any]:
-    """Run the recipe's enabled stages in order and write the report. Returns the report dict."""
-    out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_recipe(recipe, out / "recipe.yaml")
-    t0 = time.time()
-    from accelerate import PartialState
+def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary.get(k) for k in ("accuracy", "mean_tokens", "mean_tokens_correct", "truncation_rate")}
 
-    with PartialState().main_process_first():  # under a multi-process launch, rank 0 writes the files first
+
+def _stage_done(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool = False) -> dict[str, Any]:
+    """Run the recipe's enabled stages in order (resuming an interrupted run) and write the report."""
+    state = distributed_state()
+    out = Path(recipe.output_dir)
+    preflight(recipe, stages)
+    if restart and state.is_main_process and out.exists():
+        shutil.rmtree(out)
+    state.wait_for_everyone()
+    check_output_dir(recipe, out)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    t0 = time.time()
+    if state.is_main_process:  # rank 0 builds the model and data; the others wait, then read them
+        model_path = prepare_model(recipe, out / "model-init")
+        paths = prepare_data(recipe, out / "data", model_path)
+    state.wait_for_everyone()
+    if not state.is_main_process:
         model_path = prepare_model(recipe, out / "model-init")
         paths = prepare_data(recipe, out / "data", model_path)
     problems = load_problems(paths["test"], recipe.data.problem_column, recipe.data.answer_column)
+    dev = load_problems(paths["dev"], recipe.data.problem_column, recipe.data.answer_column) if "dev" in paths else None
     e = recipe.eval
     report: dict[str, Any] = {
         "eval": {"n_problems": len(problems), "samples_per_problem": e.samples, "temperature": e.temperature,
                  "max_new_tokens": e.max_new_tokens},
+        "processes": state.num_processes,
+        "resumed": {},
     }
     timings: dict[str, float] = {"data_and_model": time.time() - t0}
     start = model_path
     start_summary: dict[str, Any] | None = None
+    name = "start model"
     if "sft" in stages and recipe.sft.enabled:
         from mathrecipe.sft import run_sft
 
         t = time.time()
-        report["sft"] = run_sft(recipe, model_path, paths["sft"], problems, out / "sft")
+        sft = _stage_done(out / "sft" / DONE)
+        if sft is None:
+            sft = run_sft(recipe, model_path, paths["sft"], problems, out / "sft", dev)
+            if state.is_main_process:
+                atomic_write_json(out / "sft" / DONE, sft)
+            state.wait_for_everyone()
+            if sft.get("resumed_from"):
+                report["resumed"]["sft"] = sft["resumed_from"]
+        else:
+            report["resumed"]["sft"] = "finished earlier"
+        report["sft"] = sft
         timings["sft"] = time.time() - t
-        start = report["sft"]["selected_checkpoint"]
-        chosen = next(x for x in report["sft"]["epochs"] if x["epoch"] == report["sft"]["selected_epoch"])
-        if "accuracy" in chosen:
-            start_summary = {"accuracy": chosen["accuracy"], "mean_tokens": chosen["mean_tokens"],
-                             "mean_tokens_correct": chosen.get("mean_tokens_correct")}
-        name = f"SFT epoch {report['sft']['selected_epoch']}"
-    else:
-        name = "start model"
+        start = sft["selected_checkpoint"]
+        chosen = next(x for x in sft["epochs"] if x["epoch"] == sft["selected_epoch"])
+        if chosen.get("accuracy") is not None:
+            start_summary = _headline(chosen)
+        name = f"SFT epoch {sft['selected_epoch']}"
     if "grpo" in stages and recipe.grpo.enabled:
         from mathrecipe.grpo import run_grpo
 
         if start_summary is None:
             t = time.time()
-            start_summary = evaluate_checkpoint(recipe, start, problems, out / "eval", "start")
+            start_summary = _headline(evaluate_checkpoint(recipe, start, problems, out / "eval", "start"))
             timings["eval_start"] = time.time() - t
         t = time.time()
-        grpo = run_grpo(recipe, start, paths["grpo"], out / "grpo")
+        grpo = _stage_done(out / "grpo" / DONE)
+        if grpo is None:
+            grpo = run_grpo(recipe, start, paths["grpo"], out / "grpo")
+            if state.is_main_process:
+                atomic_write_json(out / "grpo" / DONE, grpo)
+            state.wait_for_everyone()
+            if grpo.get("resumed_from"):
+                report["resumed"]["grpo"] = grpo["resumed_from"]
+        else:
+            report["resumed"]["grpo"] = "finished earlier"
         timings["grpo"] = time.time() - t
         t = time.time()
         summary = evaluate_checkpoint(recipe, grpo["checkpoint"], problems, out / "eval", "grpo")
         timings["eval_grpo"] = time.time() - t
-        grpo.update(accuracy=summary["accuracy"], mean_tokens=summary["mean_tokens"],
-                    mean_tokens_correct=summary["mean_tokens_correct"],
-                    truncation_rate=summary["truncation_rate"])
+        grpo.update(_headline(summary))
         report["grpo"] = grpo
     if start_summary is not None:
         report["start"] = {"name": name, "checkpoint": start, **start_summary}
     timings["total"] = time.time() - t0
     report["timings_s"] = timings
-    write_report(report, out)
+    if not report["resumed"]:
+        del report["resumed"]
+    if state.is_main_process:
+        write_report(report, out)
+    state.wait_for_everyone()
     return report
+
+
+__all__ = ["run", "preflight", "prepare_data", "prepare_model", "load_problems", "evaluate_checkpoint", "DataError"]

@@ -1,18 +1,29 @@
-"""What the model is shown: the one prompt every stage uses.
+"""What the model is shown: the one prompt every stage uses, and the exact tokens SFT trains on.
 
-SFT, GRPO and evaluation all build their prompts here, and always render them through the tokenizer's
-own chat template (a hand-written template that differs from the model's native one was a pitfall of
-the paper's code).
+SFT, GRPO and evaluation all build their prompts here, always through the tokenizer's own chat template (a
+hand-written template that differs from the model's native one was a pitfall of the paper's code), and always as
+token ids with ``add_special_tokens=False``: the template writes the BOS itself, so letting the tokenizer add one too
+would double it.
+
+SFT does NOT render the assistant turn through the template. Real templates rewrite it: DeepSeek-R1-Distill's drops
+everything up to ``</think>`` (the whole reasoning), Qwen3's moves the reasoning around. Training on the template's
+rendering of the assistant turn would train on the final summary only. Instead, SFT trains on exactly what inference
+produces: prompt ids (identical to GRPO's and evaluation's), then the trace's ids, then the end-of-turn token the model
+must emit to stop. When the generation prompt already opens the reasoning (``<｜Assistant｜><think>\\n``), the trace's
+copy of that opening is not trained again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 # The paper's system prompt (arXiv 2507.08267, and DeepSeek-R1's recommended instruction).
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 Message = dict[str, str]
+_SENTINEL = "MATHRECIPE_SENTINEL_7f3a"
 
 
 def build_messages(problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[Message]:
@@ -26,20 +37,112 @@ def build_messages(problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> l
     return messages
 
 
-def render_prompt(tokenizer: Any, problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> str:
-    """The exact prompt text, ending with the assistant's generation prefix, via the tokenizer's chat template."""
+def _require_template(tokenizer: Any) -> None:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
             "mathrecipe renders every prompt through the model's own template (set tokenizer.chat_template)"
         )
-    return tokenizer.apply_chat_template(
-        build_messages(problem, system_prompt), tokenize=False, add_generation_prompt=True
-    )
+
+
+def render_messages(tokenizer: Any, messages: Sequence[Message]) -> str:
+    """The template's text for ``messages``, ending with the assistant's generation prompt."""
+    _require_template(tokenizer)
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def render_prompt(tokenizer: Any, problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> str:
+    """The exact prompt text, ending with the assistant's generation prefix, via the tokenizer's chat template."""
+    return render_messages(tokenizer, build_messages(problem, system_prompt))
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of already-rendered text: never with added special tokens (the template wrote them)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tokenizer: Any, problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[int]:
+    """The prompt's token ids, as SFT trains on them, GRPO samples from them and evaluation generates from them."""
+    return encode_text(tokenizer, render_prompt(tokenizer, problem, system_prompt))
+
+
+def messages_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a conversational prompt (system/user turns) plus the generation prompt."""
+    return encode_text(tokenizer, render_messages(tokenizer, messages))
+
+
+@dataclass(frozen=True)
+class TurnFormat:
+    """How the tokenizer's chat template opens and closes the assistant's turn.
+
+    generation_prefix: what ``add_generation_prompt`` appends (e.g. ``<|im_start|>assistant\\n``, or
+    ``<｜Assistant｜><think>\\n`` for DeepSeek-R1-Distill, which opens the reasoning for the model).
+    end_id: the token that ends an assistant turn (``<|im_end|>``, ``<｜end▁of▁sentence｜>``, ``<|eot_id|>``); the model
+    learns to emit it, and generation stops on it.
+    """
+
+    generation_prefix: str
+    end_id: int
+
+
+def turn_format(tokenizer: Any) -> TurnFormat:
+    """Read :class:`TurnFormat` off the chat template by rendering a sentinel conversation."""
+    _require_template(tokenizer)
+    user = [{"role": "user", "content": "1 + 1"}]
+    with_gen = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    without = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=False)
+    if not with_gen.startswith(without):
+        raise ValueError("the chat template renders a prompt differently with and without add_generation_prompt; "
+                         "mathrecipe cannot find where the assistant's turn starts")
+    prefix = with_gen[len(without):]
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    cut = full.rfind(_SENTINEL)
+    after = full[cut + len(_SENTINEL):] if cut >= 0 else ""
+    tail = encode_text(tokenizer, after) if after else []
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+    }
+    if tail and tail[0] in special:
+        end_id = tail[0]
+    elif tokenizer.eos_token_id is not None:
+        end_id = int(tokenizer.eos_token_id)
+    else:
+        raise ValueError("the tokenizer has no eos token and its chat template closes assistant turns with no "
+                         "special token: set tokenizer.eos_token")
+    return TurnFormat(prefix, int(end_id))
+
+
+def strip_opening(trace: str, generation_prefix: str) -> str:
+    """The trace without the part the generation prompt already wrote.
+
+    The longest k such that the prefix ends with trace[:k] is cut, when that overlap has visible text (so a
+    ``<think>\\n`` already in ``<｜Assistant｜><think>\\n`` is not trained twice; a lone newline is left alone).
+    """
+    for k in range(min(len(trace), len(generation_prefix)), 0, -1):
+        if generation_prefix.endswith(trace[:k]):
+            return trace[k:] if trace[:k].strip() else trace
+    return trace
+
+
+def sft_tokens(tokenizer: Any, prompt: Sequence[Message], completion: str,
+               fmt: TurnFormat | None = None) -> dict[str, list[int]]:
+    """``input_ids`` and ``completion_mask`` (1 = trained) for one SFT row: prompt ids, trace ids, end-of-turn id.
+
+    The trained span is the whole assistant turn (reasoning, final answer, end token), never re-rendered by the
+    template. Pass ``fmt`` (from :func:`turn_format`) when tokenising many rows.
+    """
+    fmt = fmt or turn_format(tokenizer)
+    p = messages_ids(tokenizer, prompt)
+    body = strip_opening(completion, fmt.generation_prefix)
+    end_text = tokenizer.convert_ids_to_tokens(fmt.end_id)
+    if isinstance(end_text, str) and body.endswith(end_text):  # a trace that already carries the end token
+        body = body[: -len(end_text)]
+    c = (encode_text(tokenizer, body) if body else []) + [fmt.end_id]
+    return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
 
 
 def sft_example(problem: str, response: str, system_prompt: str | None = SYSTEM_PROMPT) -> dict[str, Any]:
-    """A TRL conversational prompt-completion row: loss falls on the completion only."""
+    """A conversational prompt-completion row (the trace is the completion: the loss falls on it only)."""
     return {
         "prompt": build_messages(problem, system_prompt),
         "completion": [{"role": "assistant", "content": response}],

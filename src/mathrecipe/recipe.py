@@ -199,7 +199,9 @@ class HealthConfig:
 
     max_truncation: float = 0.2  # share of completions cut at grpo.max_completion_length
     max_zero_std_groups: float = 0.5  # share of prompt groups whose rewards are all equal (no learning signal)
-    window: int = 10  # steps over which "format up while accuracy down" is judged
+    window: int = 10  # steps over which the alarms are judged (rolling means)
+    trend: float = 0.05  # "format up while accuracy down": both halves of the window differ by more than this
+    max_entropy_growth: float = 3.0  # entropy over the window / entropy at the first step
     stop: bool = False
 
 
@@ -382,6 +384,23 @@ def validate(r: Recipe) -> None:
     need(g.temperature > 0, f"grpo.temperature must be > 0, got {g.temperature}")
     need(0 < g.top_p <= 1, f"grpo.top_p must be in (0, 1], got {g.top_p}")
     need(g.max_completion_length >= 1, f"grpo.max_completion_length must be >= 1, got {g.max_completion_length}")
+    need(g.max_kl is None or g.beta > 0,
+         f"grpo.max_kl={g.max_kl} with grpo.beta=0: without a KL term TRL logs no KL, so the collapse guard could "
+         "never fire; set grpo.beta > 0, or grpo.max_kl=null to run without the guard")
+    need(g.save_steps is None or g.save_steps >= 1, f"grpo.save_steps must be >= 1 or null, got {g.save_steps}")
+    need(r.sft.save_steps is None or r.sft.save_steps >= 1,
+         f"sft.save_steps must be >= 1 or null, got {r.sft.save_steps}")
+    need(not (r.sft.select == "best" and not r.sft.eval_each_epoch),
+         "sft.select=best picks the epoch with the best dev accuracy, but sft.eval_each_epoch=false evaluates no "
+         "epoch: set sft.eval_each_epoch=true, or sft.select=last")
+    need(not (r.sft.select == "best" and r.data.source == "toy" and r.data.toy.n_dev < 1),
+         "sft.select=best needs dev problems apart from the reported ones: set data.toy.n_dev >= 1")
+    need(0 < g.vllm_gpu_memory_utilization < 1,
+         f"grpo.vllm_gpu_memory_utilization must be in (0, 1), got {g.vllm_gpu_memory_utilization}")
+    h = r.health
+    need(h.window >= 2, f"health.window must be >= 2 steps, got {h.window}")
+    need(0 <= h.max_truncation <= 1 and 0 <= h.max_zero_std_groups <= 1,
+         "health.max_truncation and health.max_zero_std_groups are shares in [0, 1]")
     c = r.rewards.cosine
     need(c.max_len >= 1, f"rewards.cosine.max_len must be >= 1, got {c.max_len}")
     if c.unit == "tokens":

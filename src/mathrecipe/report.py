@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +144,13 @@ def render_png(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
+    from mathrecipe.files import atomic_write_json, atomic_write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(render_markdown(report))
-    render_png(report, out / "report.png")
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", render_markdown(report))
+    tmp = out / ".report.tmp.png"
+    render_png(report, tmp)
+    tmp.replace(out / "report.png")
     return out / "report.json"

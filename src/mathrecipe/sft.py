@@ -1,132 +1,231 @@
-"""Stage 1: long full-parameter SFT with completion-only loss, and a held-out evaluation after every epoch.
+"""Stage 1: long full-parameter SFT on the whole assistant turn, and a held-out evaluation after every epoch.
 
-recipe -> data -> tokenizer/model -> SFTTrainer -> train (checkpoint + eval each epoch) -> select epoch -> report.
+recipe -> data (tokenised here: prompt ids as GRPO/eval see them, then trace + end-of-turn) -> model (fp32 master
+weights) -> SFTTrainer -> train (checkpoint + eval each epoch; resumable) -> select epoch -> report section.
 
 The paper trains ~10 epochs: accuracy dips or stays flat early, then breaks through; the per-epoch table shows it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from mathrecipe.checkpoints import CompleteMarker, last_complete_checkpoint
 from mathrecipe.data.io import DataError, load_table, require_columns, write_jsonl
+from mathrecipe.errors import MathRecipeError
 from mathrecipe.evaluate.harness import evaluate_for_recipe
+from mathrecipe.files import read_jsonl_rows
 from mathrecipe.hardware import precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer
-from mathrecipe.recipe import Recipe
+from mathrecipe.prompts import sft_tokens, turn_format
+from mathrecipe.recipe import Recipe, RecipeError
 
 log = logging.getLogger(__name__)
+EPOCHS_FILE = "epochs.jsonl"  # one row per evaluated epoch, appended as training goes (survives a kill)
+
+
+# ------------------------------------------------------------------------------------------------- data
 
 
 def load_sft_dataset(path: str | Path) -> Any:
-    """SFT rows as TRL conversational prompt-completion (loss on the completion only).
+    """SFT rows as ``prompt`` (system/user messages) and ``completion`` (the assistant's trace, a string).
 
-    Accepts ``prompt``/``completion`` message lists, or ``messages`` (system/user/assistant) whose last turn is the
-    assistant's: it becomes the completion.
+    Accepts ``messages`` whose last turn is the assistant's, or ``prompt``/``completion`` (message lists or strings).
     """
     ds = load_table(path)
+    source = f"SFT data {path}"
     if "prompt" in ds.column_names and "completion" in ds.column_names:
-        return ds.select_columns(["prompt", "completion"])
-    require_columns(ds, ["messages"], f"SFT data {path}")
+        def pc(row: dict[str, Any], idx: int) -> dict[str, Any]:
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(prompt, str):
+                prompt = [{"role": "user", "content": prompt}]
+            if isinstance(completion, list):
+                completion = "".join(m.get("content") or "" for m in completion if m.get("role") == "assistant")
+            if not prompt or not isinstance(completion, str) or not completion.strip():
+                raise DataError(f"{source}, row {idx + 1}: empty prompt or completion")
+            return {"prompt": prompt, "completion": completion}
+
+        return ds.map(pc, with_indices=True, remove_columns=ds.column_names)
+    require_columns(ds, ["messages"], source)
 
     def split(row: dict[str, Any], idx: int) -> dict[str, Any]:
         msgs = row["messages"]
-        if not msgs or msgs[-1].get("role") != "assistant":
-            raise DataError(f"SFT data {path}, row {idx + 1}: column 'messages' must end with an assistant turn")
-        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+        if not msgs or msgs[-1].get("role") != "assistant" or not (msgs[-1].get("content") or "").strip():
+            raise DataError(f"{source}, row {idx + 1}: column 'messages' must end with a non-empty assistant turn")
+        return {"prompt": msgs[:-1], "completion": msgs[-1]["content"]}
 
     return ds.map(split, with_indices=True, remove_columns=ds.column_names)
 
 
-class EpochEval(TrainerCallback):
-    """After every epoch, evaluate on the held-out problems and remember the checkpoint."""
+def tokenize_sft(ds: Any, tokenizer: Any, num_proc: int | None = None) -> Any:
+    """``input_ids`` + ``completion_mask`` per row (see :func:`mathrecipe.prompts.sft_tokens`); TRL trains on the
+    tokens whose mask is 1 and does not re-tokenise (a dataset with ``input_ids`` is taken as prepared)."""
+    fmt = turn_format(tokenizer)
 
-    def __init__(self, recipe: Recipe, tokenizer: Any, problems: list[dict[str, Any]]) -> None:
-        self.recipe, self.tokenizer, self.problems = recipe, tokenizer, problems
-        self.epochs: list[dict[str, Any]] = []
-        self._step_to_epoch: dict[int, int] = {}
+    def fn(batch: dict[str, list]) -> dict[str, list]:
+        rows = [sft_tokens(tokenizer, p, c, fmt) for p, c in zip(batch["prompt"], batch["completion"])]
+        return {"input_ids": [r["input_ids"] for r in rows], "completion_mask": [r["completion_mask"] for r in rows]}
+
+    return ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenise SFT rows")
+
+
+def check_lengths(tokenized: Any, max_length: int | None, path: str | Path) -> None:
+    """Refuse rows longer than ``sft.max_length``: TRL would cut them and lose the answer and the end token."""
+    if max_length is None:
+        return
+    lengths = [len(x) for x in tokenized["input_ids"]]
+    over = [n for n in lengths if n > max_length]
+    if over:
+        raise DataError(
+            f"SFT data {path}: {len(over)} of {len(lengths)} rows are longer than sft.max_length={max_length} tokens "
+            f"(longest {max(over)}); training would cut off their answer and end token. Raise sft.max_length, or "
+            "drop them when building the data (data.build.max_tokens)"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+# TRL arguments the recipe sets itself, and the recipe key to use instead of passing them through sft.extra.
+RECIPE_OWNED = {
+    "output_dir": "output_dir", "num_train_epochs": "sft.epochs", "per_device_train_batch_size": "sft.batch_size",
+    "gradient_accumulation_steps": "sft.gradient_accumulation_steps", "learning_rate": "sft.learning_rate",
+    "lr_scheduler_type": "sft.lr_scheduler", "warmup_steps": "sft.warmup_steps", "weight_decay": "sft.weight_decay",
+    "max_length": "sft.max_length", "packing": "sft.packing", "optim": "sft.optim", "save_strategy": "sft.save_steps",
+    "save_steps": "sft.save_steps", "save_only_model": "sft.save_only_model", "logging_steps": "sft.logging_steps",
+    "report_to": "report_to", "seed": "seed", "deepspeed": "sft.deepspeed", "fsdp": "sft.fsdp",
+    "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision", "use_cpu": "sft.precision",
+    "gradient_checkpointing": "sft.gradient_checkpointing", "completion_only_loss": "(always on: the trace is trained)",
+}
+
+
+def check_extra(extra: dict[str, Any], owned: dict[str, str], section: str) -> None:
+    """Refuse ``<section>.extra`` keys the recipe already sets (they used to raise a bare TypeError in TRL)."""
+    clash = [k for k in extra if k in owned]
+    if clash:
+        raise RecipeError("; ".join(f"{section}.extra.{k} clashes with a recipe setting: use {owned[k]} instead"
+                                    for k in clash))
+
+
+def sft_args(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Keyword arguments for ``trl.SFTConfig`` (validated: ``sft.extra`` cannot override the recipe)."""
+    s = recipe.sft
+    check_extra(s.extra, RECIPE_OWNED, "sft")
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(out), num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
+        lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
+        max_length=s.max_length, packing=s.packing, completion_only_loss=True, optim=s.optim,
+        save_strategy="steps" if s.save_steps else "epoch", save_only_model=s.save_only_model,
+        logging_steps=s.logging_steps, report_to=recipe.report_to, seed=recipe.seed, deepspeed=s.deepspeed,
+        disable_tqdm=False, **precision_kwargs(s.precision, s.gradient_checkpointing),
+    )
+    if s.save_steps:
+        kwargs["save_steps"] = s.save_steps
+    if s.fsdp:
+        kwargs.update(fsdp="full_shard auto_wrap", fsdp_config=s.fsdp)
+    return {**kwargs, **s.extra}
+
+
+# --------------------------------------------------------------------------------------------- callbacks
+
+
+class EpochEval(TrainerCallback):
+    """After every epoch: evaluate on the held-out problems (and the dev problems when selecting the best epoch),
+    append the row to ``epochs.jsonl``, and force a checkpoint.
+
+    Every rank evaluates its share of the problems (rank-aware evaluation); rank 0 writes the files.
+    """
+
+    def __init__(self, recipe: Recipe, tokenizer: Any, problems: list[dict[str, Any]],
+                 dev: list[dict[str, Any]] | None, out: Path) -> None:
+        self.recipe, self.tokenizer, self.problems, self.dev, self.out = recipe, tokenizer, problems, dev, out
+        self.epochs: dict[int, dict[str, Any]] = {r["epoch"]: r for r in read_jsonl_rows(out / EPOCHS_FILE)}
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         epoch = int(round(state.epoch))
-        self._step_to_epoch[state.global_step] = epoch
-        row: dict[str, Any] = {"epoch": epoch, "step": state.global_step}
-        if self.recipe.sft.eval_each_epoch and state.is_world_process_zero:
+        row: dict[str, Any] = {"epoch": epoch, "step": state.global_step,
+                               "checkpoint": str(self.out / f"checkpoint-{state.global_step}")}
+        if self.recipe.sft.eval_each_epoch:
             rows, summary = evaluate_for_recipe(self.recipe, model, self.tokenizer, self.problems,
                                                 desc=f"eval epoch {epoch}")
             row.update(accuracy=summary["accuracy"], mean_tokens=summary["mean_tokens"],
                        mean_tokens_correct=summary["mean_tokens_correct"],
                        truncation_rate=summary["truncation_rate"])
-            write_jsonl(rows, Path(args.output_dir) / f"eval-epoch{epoch}.samples.jsonl")
-            log.info("SFT epoch %d: accuracy %.3f, mean tokens %.1f", epoch, summary["accuracy"], summary["mean_tokens"])
-        self.epochs.append(row)
-
-    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        epoch = self._step_to_epoch.get(state.global_step)
-        ckpt = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-        for row in self.epochs:
-            if row["epoch"] == epoch:
-                row["checkpoint"] = ckpt
+            if state.is_world_process_zero:
+                write_jsonl(rows, self.out / f"eval-epoch{epoch}.samples.jsonl")
+            if self.dev:
+                _, dev_summary = evaluate_for_recipe(self.recipe, model, self.tokenizer, self.dev,
+                                                     desc=f"dev epoch {epoch}")
+                row["dev_accuracy"] = dev_summary["accuracy"]
+            log.info("SFT epoch %d: accuracy %.3f, mean tokens %.1f", epoch, summary["accuracy"],
+                     summary["mean_tokens"])
+        self.epochs[epoch] = row
+        if state.is_world_process_zero:
+            with (self.out / EPOCHS_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        control.should_save = True  # one checkpoint per epoch, also when save_steps adds more
 
 
 def select_epoch(epochs: list[dict[str, Any]], how: str) -> dict[str, Any]:
-    """The epoch GRPO starts from: the last, or the best held-out accuracy (the earliest among ties)."""
+    """The epoch GRPO starts from: the last, or the best DEV accuracy (the earliest among ties).
+
+    The best epoch is chosen on development problems disjoint from the reported held-out ones: choosing on the
+    reported problems would bias the reported number upward.
+    """
     if not epochs:
         raise ValueError("SFT produced no epochs")
     if how == "last":
         return epochs[-1]
-    scored = [e for e in epochs if "accuracy" in e]
+    scored = [e for e in epochs if e.get("dev_accuracy") is not None]
     if not scored:
-        raise ValueError("sft.select=best needs sft.eval_each_epoch=true (no epoch was evaluated)")
-    return max(scored, key=lambda e: (e["accuracy"], -e["epoch"]))
+        raise MathRecipeError("sft.select=best needs dev accuracy per epoch (sft.eval_each_epoch=true and dev "
+                              "problems: data.dev_path, or data.toy.n_dev > 0)")
+    return max(scored, key=lambda e: (e["dev_accuracy"], -e["epoch"]))
+
+
+# ------------------------------------------------------------------------------------------------- stage
 
 
 def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: list[dict[str, Any]],
-            out_dir: str | Path) -> dict[str, Any]:
-    """Train stage 1 and return its report section: per-epoch rows, the selected epoch and its checkpoint."""
+            out_dir: str | Path, dev: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train stage 1 (resuming from the last complete checkpoint in ``out_dir``) and return its report section:
+    per-epoch rows, the selected epoch and its checkpoint."""
     from trl import SFTConfig, SFTTrainer
 
     s = recipe.sft
     out = Path(out_dir)
-    config = SFTConfig(
-        output_dir=str(out),
-        num_train_epochs=s.epochs,
-        per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup_steps,
-        weight_decay=s.weight_decay,
-        max_length=s.max_length,
-        packing=s.packing,
-        completion_only_loss=True,
-        optim=s.optim,
-        save_strategy="epoch",
-        save_only_model=s.save_only_model,
-        logging_steps=s.logging_steps,
-        report_to="none",
-        seed=recipe.seed,
-        deepspeed=s.deepspeed,
-        disable_tqdm=False,
-        **precision_kwargs(s.precision, s.gradient_checkpointing),
-        **s.extra,
-    )
-    dataset = load_sft_dataset(data_path)
-    model, tokenizer = load_model_and_tokenizer(model_path, recipe.model)
-    epoch_eval = EpochEval(recipe, tokenizer, problems)
+    out.mkdir(parents=True, exist_ok=True)
+    config = SFTConfig(**sft_args(recipe, out))
+    model, tokenizer = load_model_and_tokenizer(model_path, recipe.model, training=True)
+    with config.main_process_first(desc="tokenise SFT data"):
+        dataset = tokenize_sft(load_sft_dataset(data_path), tokenizer)
+    check_lengths(dataset, s.max_length, data_path)
+    resume = last_complete_checkpoint(out)
+    epoch_eval = EpochEval(recipe, tokenizer, problems, dev if s.select == "best" else None, out)
+    if resume is None:
+        epoch_eval.epochs.clear()  # rows of an earlier, unfinished attempt without a checkpoint
+    else:
+        done = json.loads((resume / "trainer_state.json").read_text())["global_step"]
+        epoch_eval.epochs = {e: r for e, r in epoch_eval.epochs.items() if r["step"] <= done}
+        log.info("SFT: resuming from %s", resume)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[epoch_eval])
-    trainer.train()
-    chosen = select_epoch(epoch_eval.epochs, s.select)
-    if "checkpoint" not in chosen:
+                         callbacks=[epoch_eval, CompleteMarker()])
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    epochs = [epoch_eval.epochs[e] for e in sorted(epoch_eval.epochs)]
+    chosen = select_epoch(epochs, s.select)
+    if not Path(chosen["checkpoint"]).is_dir():
         raise RuntimeError(f"SFT epoch {chosen['epoch']} has no saved checkpoint under {out}")
     return {
-        "epochs": epoch_eval.epochs,
+        "epochs": epochs,
         "selected_epoch": chosen["epoch"],
         "selected_checkpoint": chosen["checkpoint"],
+        "selected_by": "last epoch" if s.select == "last" else "best dev accuracy",
         "train_rows": len(dataset),
         "steps": trainer.state.global_step,
+        "resumed_from": str(resume) if resume else None,
     }

@@ -1,0 +1,93 @@
+"""``mathrecipe inspect``: what every stage sees for one row, before any training.
+
+The SFT text with the trained span (tokens whose label is not -100), the GRPO prompt as TRL tokenises it, the
+evaluation prompt, whether the three prompts are token-identical, and the dtypes training will use. It needs only
+the tokenizer (no model weights are loaded), so it runs on CPU for any model folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mathrecipe.errors import MathRecipeError
+from mathrecipe.prompts import prompt_ids, sft_tokens, turn_format
+from mathrecipe.recipe import Recipe
+
+
+def trained_labels(input_ids: list[int], completion_mask: list[int]) -> list[int]:
+    """Labels as TRL's SFTTrainer builds them from ``completion_mask`` (completion_only_loss): -100 = no loss."""
+    return [t if m else -100 for t, m in zip(input_ids, completion_mask)]
+
+
+def view_row(tokenizer: Any, prompt: list[dict[str, str]], completion: str,
+             system_prompt: str | None) -> dict[str, Any]:
+    """The inspect record for one SFT row (prompt messages + trace) under ``tokenizer``'s chat template."""
+    feats = sft_tokens(tokenizer, prompt, completion, turn_format(tokenizer))
+    ids, labels = feats["input_ids"], trained_labels(feats["input_ids"], feats["completion_mask"])
+    sft_prompt = [t for t, lab in zip(ids, labels) if lab == -100]
+    trained = [t for t in labels if t != -100]
+    # GRPO: TRL 1.16 tokenises a conversational prompt with apply_chat_template(tokenize=True, generation prompt)
+    grpo = list(tokenizer.apply_chat_template(conversation=[prompt], add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"][0])
+    user = next((m["content"] for m in prompt if m.get("role") == "user"), None)
+    if user is None:
+        raise MathRecipeError("the SFT row's prompt has no user turn")
+    ev = prompt_ids(tokenizer, user, system_prompt)
+    return {
+        "sft": {"text": tokenizer.decode(ids), "trained_text": tokenizer.decode(trained), "n_tokens": len(ids),
+                "n_trained": len(trained)},
+        "grpo": {"prompt": tokenizer.decode(grpo)},
+        "eval": {"prompt": tokenizer.decode(ev)},
+        "prompts_identical": sft_prompt == grpo == ev,
+        "prompt_ids": {"sft": len(sft_prompt), "grpo": len(grpo), "eval": len(ev)},
+    }
+
+
+def inspect_recipe(recipe: Recipe, row: int = 0) -> dict[str, Any]:
+    """The inspect record for SFT row ``row`` of the recipe's data (the toy builds its model folder and data into
+    ``output_dir`` first: the same files ``mathrecipe run`` then reuses)."""
+    from mathrecipe.modeling import load_tokenizer, train_dtypes
+    from mathrecipe.pipeline import prepare_data, prepare_model
+    from mathrecipe.sft import load_sft_dataset
+
+    out = Path(recipe.output_dir)
+    model_path = prepare_model(recipe, out / "model-init")
+    paths = prepare_data(recipe, out / "data", model_path)
+    if "sft" not in paths:
+        raise MathRecipeError("inspect shows an SFT row: set data.sft_path")
+    ds = load_sft_dataset(paths["sft"])
+    if not 0 <= row < len(ds):
+        raise MathRecipeError(f"--row {row}: the SFT data {paths['sft']} has rows 0..{len(ds) - 1}")
+    tokenizer = load_tokenizer(model_path, recipe.model)
+    rec = view_row(tokenizer, ds[row]["prompt"], ds[row]["completion"], recipe.data.system_prompt)
+    s = recipe.sft
+    rec["train_dtype"] = train_dtypes(s.precision, sharded=bool(s.deepspeed or s.fsdp))
+    rec["row"], rec["model"] = row, model_path
+    return rec
+
+
+def render_text(rec: dict[str, Any]) -> str:
+    """The human view: the SFT text with the trained span between ⟦ and ⟧, then the prompts and dtypes."""
+    sft = rec["sft"]
+    text, trained = sft["text"], sft["trained_text"]
+    cut = text.rfind(trained) if trained else -1
+    marked = f"{text[:cut]}⟦{trained}⟧" if cut >= 0 else f"{text}\n[trained span not found verbatim: {trained!r}]"
+    same = "yes" if rec["prompts_identical"] else "NO (the stages would see different prompts)"
+    d = rec["train_dtype"]
+    return "\n".join([
+        f"# SFT row {rec['row']} of {rec['model']}: {sft['n_tokens']} tokens, {sft['n_trained']} trained (⟦...⟧)",
+        marked, "", "# GRPO prompt", rec["grpo"]["prompt"], "", "# evaluation prompt", rec["eval"]["prompt"], "",
+        f"prompts token-identical across SFT, GRPO and evaluation: {same} {rec['prompt_ids']}",
+        f"training dtypes: parameters {d['params']}, compute {d['compute']} (mixed precision by "
+        f"{d['mixed_precision_by']})",
+    ])
+
+
+def cmd_inspect(recipe: Recipe, row: int, as_json: bool) -> str:
+    rec = inspect_recipe(recipe, row)
+    if as_json:
+        return json.dumps({k: rec[k] for k in ("sft", "grpo", "eval", "prompts_identical", "train_dtype")},
+                          indent=2, ensure_ascii=False)
+    return render_text(rec)
