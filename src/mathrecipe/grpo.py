@@ -23,7 +23,6 @@ from mathrecipe.modeling import load_model_and_tokenizer
 from mathrecipe.prompts import build_messages
 from mathrecipe.recipe import Recipe
 from mathrecipe.rewards import CosineReward, LengthPenalty, completion_text, format_reward
-from mathrecipe.sft import check_extra
 
 log = logging.getLogger(__name__)
 
@@ -77,29 +76,11 @@ def build_rewards(recipe: Recipe) -> tuple[list[Any], list[float]]:
 
 # ------------------------------------------------------------------------------------------------ config
 
-RECIPE_OWNED = {
-    "output_dir": "output_dir", "per_device_train_batch_size": "grpo.batch_size",
-    "gradient_accumulation_steps": "grpo.gradient_accumulation_steps", "num_generations": "grpo.num_generations",
-    "max_completion_length": "grpo.max_completion_length", "max_steps": "grpo.max_steps",
-    "learning_rate": "grpo.learning_rate", "lr_scheduler_type": "grpo.lr_scheduler",
-    "warmup_steps": "grpo.warmup_steps", "beta": "grpo.beta", "epsilon": "grpo.epsilon",
-    "temperature": "grpo.temperature", "top_p": "grpo.top_p", "min_p": "grpo.min_p", "loss_type": "grpo.loss_type",
-    "scale_rewards": "grpo.scale_rewards", "mask_truncated_completions": "grpo.mask_truncated_completions",
-    "reward_weights": "rewards.*_weight", "use_vllm": "grpo.backend", "vllm_mode": "grpo.vllm_mode",
-    "vllm_gpu_memory_utilization": "grpo.vllm_gpu_memory_utilization",
-    "vllm_importance_sampling_correction": "grpo.vllm_importance_sampling_correction",
-    "use_transformers_paged": "grpo.backend", "use_transformers_continuous_batching": "grpo.backend",
-    "logging_steps": "grpo.logging_steps", "save_strategy": "grpo.save_steps", "save_steps": "grpo.save_steps",
-    "report_to": "report_to", "seed": "seed", "deepspeed": "grpo.deepspeed", "fsdp": "grpo.fsdp",
-    "fsdp_config": "grpo.fsdp", "bf16": "grpo.precision", "fp16": "grpo.precision", "use_cpu": "grpo.precision",
-    "gradient_checkpointing": "grpo.gradient_checkpointing",
-}
 
 
 def grpo_args(recipe: Recipe, out: Path) -> dict[str, Any]:
-    """Keyword arguments for ``trl.GRPOConfig`` (validated: ``grpo.extra`` cannot override the recipe)."""
+    """Keyword arguments for ``trl.GRPOConfig`` (``grpo.extra`` cannot override the recipe: see recipe.GRPO_OWNED)."""
     g = recipe.grpo
-    check_extra(g.extra, RECIPE_OWNED, "grpo")
     _, weights = build_rewards(recipe)
     prec = precision_kwargs(g.precision, g.gradient_checkpointing)
     kwargs: dict[str, Any] = dict(

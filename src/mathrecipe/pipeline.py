@@ -139,20 +139,36 @@ def _check_sft_rows(path: str) -> None:
         require_nonempty(ds, ["messages"], source)
 
 
-def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
-    """Check every input the whole run will need, before any compute: trainer settings, files, columns, non-empty
-    fields, the model folder's weights, the GRPO set, the evaluation set, optional backends. Raises one line."""
-    from mathrecipe.grpo import grpo_args
-    from mathrecipe.modeling import check_model_folder
-    from mathrecipe.sft import sft_args
+def _require_path(value: str | None, key: str) -> None:
+    """A data path that looks local must exist (checked at once; never sent to the hub)."""
+    if not value:
+        return
+    p = Path(value).expanduser()
+    if p.exists():
+        return
+    try:
+        from mathrecipe.hub import looks_local
+    except ImportError:  # before mathrecipe.hub: anything that is not owner/name is local
+        def looks_local(name: str) -> bool:
+            return name.count("/") != 1 or name.startswith((".", "/", "~"))
+    if looks_local(value):
+        raise DataError(f"{key}={value}: no such file or folder")
 
-    out = Path(recipe.output_dir)
+
+def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
+    """Check every input the whole run will need, before any compute, cheapest first: paths, the model folder's
+    files, then columns and non-empty fields of every data file, optional backends, trainer settings. One line."""
+    from mathrecipe.modeling import check_model_folder
+
     do_sft = "sft" in stages and recipe.sft.enabled
     do_grpo = "grpo" in stages and recipe.grpo.enabled
-    if do_sft:
-        sft_args(recipe, out / "sft")  # sft.extra clashes, precision on this machine
-    if do_grpo:
-        grpo_args(recipe, out / "grpo")
+    d = recipe.data
+    if d.source == "files":
+        for key, value, needed in (("data.sft_path", d.sft_path, do_sft), ("data.grpo_path", d.grpo_path, do_grpo),
+                                   ("data.eval_path", d.eval_path, True),
+                                   ("data.dev_path", d.dev_path, do_sft and recipe.sft.select == "best")):
+            if needed:
+                _require_path(value, key)
     name = recipe.model.name_or_path
     if name != "toy" and Path(name).expanduser().exists():
         check_model_folder(Path(name).expanduser(), "model.name_or_path")
@@ -163,7 +179,6 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
             resolve_model(name, "model.name_or_path")
         except ImportError:  # hub checks arrive with mathrecipe.hub
             pass
-    d = recipe.data
     if d.source == "files":
         if do_sft:
             _check_sft_rows(d.sft_path)
@@ -177,13 +192,21 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
                 raise RecipeError("sft.select=best picks the epoch on development problems apart from the reported "
                                   "ones: set data.dev_path (or sft.select=last)")
             load_problems(d.dev_path, d.problem_column, d.answer_column)
-    for key, backend in (("eval.backend", recipe.eval.backend), ("grpo.backend", recipe.grpo.backend)):
-        if backend == "vllm" and not (key == "grpo.backend" and not do_grpo):
+    for key, backend, used in (("eval.backend", recipe.eval.backend, True),
+                               ("grpo.backend", recipe.grpo.backend, do_grpo)):
+        if backend == "vllm" and used:
             try:
                 import vllm  # noqa: F401
             except ImportError as e:
                 raise RecipeError(f"{key}=vllm needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' "
                                   f"on a GPU machine, or set {key}=hf") from e
+    from mathrecipe.hardware import precision_kwargs
+
+    for key, stage in (("sft", recipe.sft), ("grpo", recipe.grpo)):
+        try:
+            precision_kwargs(stage.precision, stage.gradient_checkpointing)
+        except ValueError as e:
+            raise RecipeError(f"{key}.precision: {e}") from e
 
 
 def check_output_dir(recipe: Recipe, out: Path) -> None:
@@ -246,9 +269,9 @@ def _stage_done(path: Path) -> dict[str, Any] | None:
 
 def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool = False) -> dict[str, Any]:
     """Run the recipe's enabled stages in order (resuming an interrupted run) and write the report."""
+    preflight(recipe, stages)
     state = distributed_state()
     out = Path(recipe.output_dir)
-    preflight(recipe, stages)
     if restart and state.is_main_process and out.exists():
         shutil.rmtree(out)
     state.wait_for_everyone()

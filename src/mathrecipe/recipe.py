@@ -360,6 +360,46 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     return recipe
 
 
+# TRL arguments each stage sets from the recipe, and the recipe key to use instead of passing them through *.extra
+# (passing one there used to raise a bare TypeError inside TRL).
+SFT_OWNED = {
+    "output_dir": "output_dir", "num_train_epochs": "sft.epochs", "per_device_train_batch_size": "sft.batch_size",
+    "gradient_accumulation_steps": "sft.gradient_accumulation_steps", "learning_rate": "sft.learning_rate",
+    "lr_scheduler_type": "sft.lr_scheduler", "warmup_steps": "sft.warmup_steps", "weight_decay": "sft.weight_decay",
+    "max_length": "sft.max_length", "packing": "sft.packing", "optim": "sft.optim", "save_strategy": "sft.save_steps",
+    "save_steps": "sft.save_steps", "save_only_model": "sft.save_only_model", "logging_steps": "sft.logging_steps",
+    "report_to": "report_to", "seed": "seed", "deepspeed": "sft.deepspeed", "fsdp": "sft.fsdp",
+    "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision", "use_cpu": "sft.precision",
+    "gradient_checkpointing": "sft.gradient_checkpointing", "completion_only_loss": "(always on: the trace is trained)",
+}
+
+GRPO_OWNED = {
+    "output_dir": "output_dir", "per_device_train_batch_size": "grpo.batch_size",
+    "gradient_accumulation_steps": "grpo.gradient_accumulation_steps", "num_generations": "grpo.num_generations",
+    "max_completion_length": "grpo.max_completion_length", "max_steps": "grpo.max_steps",
+    "learning_rate": "grpo.learning_rate", "lr_scheduler_type": "grpo.lr_scheduler",
+    "warmup_steps": "grpo.warmup_steps", "beta": "grpo.beta", "epsilon": "grpo.epsilon",
+    "temperature": "grpo.temperature", "top_p": "grpo.top_p", "min_p": "grpo.min_p", "loss_type": "grpo.loss_type",
+    "scale_rewards": "grpo.scale_rewards", "mask_truncated_completions": "grpo.mask_truncated_completions",
+    "reward_weights": "rewards.*_weight", "use_vllm": "grpo.backend", "vllm_mode": "grpo.vllm_mode",
+    "vllm_gpu_memory_utilization": "grpo.vllm_gpu_memory_utilization",
+    "vllm_importance_sampling_correction": "grpo.vllm_importance_sampling_correction",
+    "use_transformers_paged": "grpo.backend", "use_transformers_continuous_batching": "grpo.backend",
+    "logging_steps": "grpo.logging_steps", "save_strategy": "grpo.save_steps", "save_steps": "grpo.save_steps",
+    "report_to": "report_to", "seed": "seed", "deepspeed": "grpo.deepspeed", "fsdp": "grpo.fsdp",
+    "fsdp_config": "grpo.fsdp", "bf16": "grpo.precision", "fp16": "grpo.precision", "use_cpu": "grpo.precision",
+    "gradient_checkpointing": "grpo.gradient_checkpointing",
+}
+
+
+def check_extra(extra: dict[str, Any], owned: dict[str, str], section: str) -> None:
+    """Refuse ``<section>.extra`` keys the recipe already sets (they used to raise a bare TypeError in TRL)."""
+    clash = [k for k in extra if k in owned]
+    if clash:
+        raise RecipeError("; ".join(f"{section}.extra.{k} clashes with a recipe setting: use {owned[k]} instead"
+                                    for k in clash))
+
+
 def validate(r: Recipe) -> None:
     """Cross-key checks that a type check cannot see. Raises RecipeError naming the keys and the fix."""
 
@@ -397,6 +437,8 @@ def validate(r: Recipe) -> None:
          "sft.select=best needs dev problems apart from the reported ones: set data.toy.n_dev >= 1")
     need(0 < g.vllm_gpu_memory_utilization < 1,
          f"grpo.vllm_gpu_memory_utilization must be in (0, 1), got {g.vllm_gpu_memory_utilization}")
+    check_extra(r.sft.extra, SFT_OWNED, "sft")
+    check_extra(r.grpo.extra, GRPO_OWNED, "grpo")
     h = r.health
     need(h.window >= 2, f"health.window must be >= 2 steps, got {h.window}")
     need(0 <= h.max_truncation <= 1 and 0 <= h.max_zero_std_groups <= 1,

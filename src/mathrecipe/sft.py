@@ -23,7 +23,7 @@ from mathrecipe.files import read_jsonl_rows
 from mathrecipe.hardware import precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer
 from mathrecipe.prompts import sft_tokens, turn_format
-from mathrecipe.recipe import Recipe, RecipeError
+from mathrecipe.recipe import Recipe
 
 log = logging.getLogger(__name__)
 EPOCHS_FILE = "epochs.jsonl"  # one row per evaluated epoch, appended as training goes (survives a kill)
@@ -90,31 +90,11 @@ def check_lengths(tokenized: Any, max_length: int | None, path: str | Path) -> N
 
 # ------------------------------------------------------------------------------------------------ config
 
-# TRL arguments the recipe sets itself, and the recipe key to use instead of passing them through sft.extra.
-RECIPE_OWNED = {
-    "output_dir": "output_dir", "num_train_epochs": "sft.epochs", "per_device_train_batch_size": "sft.batch_size",
-    "gradient_accumulation_steps": "sft.gradient_accumulation_steps", "learning_rate": "sft.learning_rate",
-    "lr_scheduler_type": "sft.lr_scheduler", "warmup_steps": "sft.warmup_steps", "weight_decay": "sft.weight_decay",
-    "max_length": "sft.max_length", "packing": "sft.packing", "optim": "sft.optim", "save_strategy": "sft.save_steps",
-    "save_steps": "sft.save_steps", "save_only_model": "sft.save_only_model", "logging_steps": "sft.logging_steps",
-    "report_to": "report_to", "seed": "seed", "deepspeed": "sft.deepspeed", "fsdp": "sft.fsdp",
-    "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision", "use_cpu": "sft.precision",
-    "gradient_checkpointing": "sft.gradient_checkpointing", "completion_only_loss": "(always on: the trace is trained)",
-}
-
-
-def check_extra(extra: dict[str, Any], owned: dict[str, str], section: str) -> None:
-    """Refuse ``<section>.extra`` keys the recipe already sets (they used to raise a bare TypeError in TRL)."""
-    clash = [k for k in extra if k in owned]
-    if clash:
-        raise RecipeError("; ".join(f"{section}.extra.{k} clashes with a recipe setting: use {owned[k]} instead"
-                                    for k in clash))
 
 
 def sft_args(recipe: Recipe, out: Path) -> dict[str, Any]:
-    """Keyword arguments for ``trl.SFTConfig`` (validated: ``sft.extra`` cannot override the recipe)."""
+    """Keyword arguments for ``trl.SFTConfig`` (``sft.extra`` cannot override the recipe: see recipe.SFT_OWNED)."""
     s = recipe.sft
-    check_extra(s.extra, RECIPE_OWNED, "sft")
     kwargs: dict[str, Any] = dict(
         output_dir=str(out), num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
