@@ -95,6 +95,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         if grpo.get("stopped_early"):
             s = grpo["stopped_early"]
             lines.append(f"\nCollapse guard stopped GRPO at step {s['step']}: {s['reason']}.")
+            if s.get("restored_step") is not None:
+                lines.append(f"The saved policy is the last checkpoint before the trip, step {s['restored_step']} "
+                             f"(the KL average that tripped covers steps {s['window_start'] + 1}-{s['step']}).")
+            elif s.get("note"):
+                lines.append(f"Note: {s['note']}.")
+        alarms = (grpo.get("health") or {}).get("alarms") or []
+        lines += ["", "### Health alarms", ""]
+        if alarms:
+            lines += [f"- step {a['step']}: **{a['name']}**: {a['message']}" for a in alarms]
+        else:
+            lines.append("None (truncation, zero-variance groups, format-vs-accuracy trend, KL, entropy).")
+    resumed = report.get("resumed")
+    if resumed:
+        lines += ["", "Resumed: " + "; ".join(f"{k} from {v}" for k, v in resumed.items()) + "."]
     v = verdict_lines(report)
     if v:
         lines += ["", "## Verdict", ""] + [f"- {x}" for x in v]
@@ -107,7 +121,13 @@ def render_png(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = ((report.get("grpo") or {}).get("health") or {}).get("steps") or []
+    if steps:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        (ax1, ax2), (ax3, ax4) = axes
+        _health_panels(steps, ax3, ax4)
+    else:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     sft = report.get("sft")
     if sft and any("accuracy" in e for e in sft["epochs"]):
         ep = [e["epoch"] for e in sft["epochs"] if "accuracy" in e]
@@ -141,6 +161,51 @@ def render_png(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _health_panels(steps: list[dict[str, Any]], ax_len: Any, ax_rew: Any) -> None:
+    """GRPO per step: completion length (mean, p95) and truncation; reward means, accuracy, KL and entropy."""
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pts = [(r["step"], r[key]) for r in steps if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    for key, style, label in (("mean_length", "-", "mean length"), ("p95_length", "--", "p95 length")):
+        x, y = series(key)
+        if x:
+            ax_len.plot(x, y, style, color="tab:orange", label=label)
+    ax_len.set_xlabel("GRPO step")
+    ax_len.set_ylabel("completion tokens")
+    tw = ax_len.twinx()
+    x, y = series("truncation")
+    if x:
+        tw.plot(x, y, ":", color="tab:red", label="truncated share")
+    tw.set_ylim(0, 1)
+    tw.set_ylabel("share")
+    x, y = series("zero_std_groups")
+    if x:
+        tw.plot(x, y, "-.", color="tab:gray", label="zero-variance groups")
+    handles = ax_len.get_legend_handles_labels()[0] + tw.get_legend_handles_labels()[0]
+    if handles:
+        ax_len.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    ax_len.set_title("GRPO health: length, truncation, signal")
+    for key, color in (("reward_format", "tab:green"), ("reward_accuracy", "tab:blue"),
+                       ("reward_cosine", "tab:purple"), ("reward_length", "tab:brown")):
+        x, y = series(key)
+        if x:
+            ax_rew.plot(x, y, "-", color=color, label=key.removeprefix("reward_"))
+    ax_rew.set_xlabel("GRPO step")
+    ax_rew.set_ylabel("reward mean")
+    tw2 = ax_rew.twinx()
+    for key, style in (("kl", "--"), ("entropy", ":")):
+        x, y = series(key)
+        if x:
+            tw2.plot(x, y, style, color="black", label=key)
+    tw2.set_ylabel("KL, entropy")
+    handles = ax_rew.get_legend_handles_labels()[0] + tw2.get_legend_handles_labels()[0]
+    if handles:
+        ax_rew.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
+    ax_rew.set_title("GRPO health: rewards, KL, entropy")
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
