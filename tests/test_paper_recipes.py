@@ -237,6 +237,46 @@ def test_sft_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
     assert config.completion_only_loss is True  # the project's deliberate deviation (README, "loss on")
 
 
+TRACE = "Compute 1 + 2 = 3. Wait, let me verify."
+
+
+def _trained_text(recipe: Any, model_dir: Path, tmp_path: Path, monkeypatch) -> str:
+    """The text the paper recipe's SFT stage puts in the loss for one data-build row, under R1-Distill's template."""
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.chat_template_utils import deepseek_r1_distill_chat_template  # TRL's copy of the hub template
+
+    from mathrecipe.data.io import write_jsonl
+    from mathrecipe.prompts import build_messages
+    from mathrecipe.sft import load_sft_dataset
+
+    kwargs = _trl_kwargs(monkeypatch, "sft", recipe, tmp_path)
+    monkeypatch.undo()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = deepseek_r1_distill_chat_template
+    # a row as `mathrecipe data build` writes it: the assistant turn is the whole R1 trace
+    row = {"messages": build_messages("Compute 1 + 2", recipe.data.system_prompt)
+           + [{"role": "assistant", "content": f"<think>\n{TRACE}\n</think>\nThe answer is \\boxed{{3}}."}]}
+    trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=trl.SFTConfig(**kwargs),
+                             train_dataset=load_sft_dataset(write_jsonl([row], tmp_path / "sft.jsonl")),
+                             processing_class=tokenizer)
+    block = trainer.train_dataset[0]
+    return tokenizer.decode([t for t, label in zip(block["input_ids"], block["labels"]) if label != -100])
+
+
+def test_sft_pins_keep_the_reasoning_trace_in_the_loss(tiny_model_dir, monkeypatch, tmp_path):
+    """R1-Distill's template renders an assistant turn as its text after </think>; the recipe's pins keep the trace."""
+    recipe = load_recipe(PAPER / "fast-math-r1-14b.yaml", CPU + ["sft.extra.dataset_num_proc=1"])
+    trained = _trained_text(recipe, tiny_model_dir, tmp_path, monkeypatch)
+    assert TRACE in trained and "\\boxed{3}" in trained
+    assert "reason step by step" not in trained  # the prompt stays out of the loss
+    # without the pin, TRL's default renders the row through the template as shipped: the trace is gone
+    bare = load_recipe(PAPER / "fast-math-r1-14b.yaml", CPU + ["sft.extra.dataset_num_proc=1",
+                                                                "sft.extra.assistant_only_loss=false"])
+    trained = _trained_text(bare, tiny_model_dir, tmp_path / "bare", monkeypatch)
+    assert TRACE not in trained and "\\boxed{3}" in trained
+
+
 @pytest.mark.parametrize("name", [n for n in RECIPES if load_recipe(PAPER / n).grpo.enabled])
 def test_grpo_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
     import trl
