@@ -1,0 +1,302 @@
+"""The paper recipes load, hold exactly the values recipes/paper/README.md sources, and those values reach TRL.
+
+The README tables are the one truth: a row whose recipe key is in backticks is parsed here and must equal the
+recipe's value, so the table and the YAML files cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mathrecipe.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "recipes" / "paper"
+RECIPES = sorted(p.name for p in PAPER.glob("*.yaml"))
+# The stages build TRL configs on CPU here: no GPU precision, no DeepSpeed (not installed), nothing loaded.
+CPU = ["sft.precision=fp32", "grpo.precision=fp32", "sft.deepspeed=null", "grpo.deepspeed=null"]
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
+
+
+def parse_pins(text: str) -> dict[str, dict[str, Any]]:
+    """{recipe file: {dotted recipe key: value}} from the README's pin tables.
+
+    A pin table has "recipe key" and "value" columns and follows an "Applies to:" line naming recipe files; a row is
+    a pin when its key cell is one backticked dotted key, and its value is the value cell's first backticked span,
+    read as YAML. Later tables override earlier ones for the recipes they name.
+    """
+    pins: dict[str, dict[str, Any]] = {}
+    targets: list[str] | None = None
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("Applies to:"):
+            targets = re.findall(r"`([^`]+\.yaml)`", line)
+        if not line.startswith("|"):
+            i += 1
+            continue
+        header = _cells(line)
+        table = []
+        i += 2  # header and separator
+        while i < len(lines) and lines[i].startswith("|"):
+            table.append(_cells(lines[i]))
+            i += 1
+        if "recipe key" not in header:
+            continue
+        assert targets, f"README table with header {header} has no 'Applies to:' line before it"
+        k, v = header.index("recipe key"), header.index("value")
+        for cells in table:
+            key = re.fullmatch(r"`([A-Za-z_][\w.]*)`", cells[k])
+            if not key:
+                continue
+            value = re.search(r"`([^`]*)`", cells[v])
+            assert value, f"README row for {key.group(1)}: the value cell has no backticked value"
+            for t in targets:
+                pins.setdefault(t, {})[key.group(1)] = yaml.safe_load(value.group(1))
+        targets = None
+    return pins
+
+
+PINS = parse_pins((PAPER / "README.md").read_text())
+
+
+def lookup(recipe: Any, dotted: str) -> Any:
+    """``grpo.extra.optim`` -> recipe.grpo.extra["optim"]; KeyError naming the key when it is not set."""
+    node = recipe
+    for part in dotted.split("."):
+        if dataclasses.is_dataclass(node) and part in {f.name for f in dataclasses.fields(node)}:
+            node = getattr(node, part)
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise KeyError(f"{dotted}: not set in the recipe")
+    return node
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and not by bool/int coincidence (``True == 1``); ints and floats compare by value."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return getattr(a, "value", a) == getattr(b, "value", b)  # TRL enums (lr_scheduler_type, optim) by value
+
+
+def test_parser_reads_pins_and_overrides():
+    text = """Applies to: `a.yaml`, `b.yaml`
+
+| setting | recipe key | value | source |
+|---|---|---|---|
+| lr | `grpo.learning_rate` | `4.0e-6` | S2 |
+| doc only | — | 512 | C L74 |
+| kw | `grpo.extra.lr_scheduler_kwargs` | `{num_cycles: 0.25}` | x \\| y |
+
+| not a pin table | x |
+|---|---|
+| `grpo.beta` | `1` |
+
+Applies to: `b.yaml`
+
+| setting | recipe key | value |
+|---|---|---|
+| lr | `grpo.learning_rate` | `1.0e-6` |
+"""
+    assert parse_pins(text) == {
+        "a.yaml": {"grpo.learning_rate": 4e-6, "grpo.extra.lr_scheduler_kwargs": {"num_cycles": 0.25}},
+        "b.yaml": {"grpo.learning_rate": 1e-6, "grpo.extra.lr_scheduler_kwargs": {"num_cycles": 0.25}},
+    }
+
+
+def test_readme_covers_every_paper_recipe():
+    assert len(RECIPES) >= 5
+    assert sorted(PINS) == RECIPES
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_holds_the_readme_values(name):
+    recipe = load_recipe(PAPER / name)  # no download: the schema is checked, nothing is fetched
+    wrong = []
+    for key, want in PINS[name].items():
+        try:
+            got = lookup(recipe, key)
+        except KeyError as e:
+            wrong.append(str(e))
+            continue
+        if not same(got, want):
+            wrong.append(f"{key}: recipe {got!r}, README {want!r}")
+    assert not wrong, f"{name} disagrees with recipes/paper/README.md:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_trl_passthrough_is_sourced(name):
+    """A TRL field set through sft.extra / grpo.extra without a README row would be an unexplained pin."""
+    recipe = load_recipe(PAPER / name)
+    extras = [f"sft.extra.{k}" for k in recipe.sft.extra] + [f"grpo.extra.{k}" for k in recipe.grpo.extra]
+    assert extras, f"{name} pins nothing through extra"
+    assert [k for k in extras if k not in PINS[name]] == []
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_passthrough_keys_are_trl_fields(name):
+    import trl
+
+    recipe = load_recipe(PAPER / name)
+    sft_fields = {f.name for f in dataclasses.fields(trl.SFTConfig)}
+    grpo_fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    assert [k for k in recipe.sft.extra if k not in sft_fields] == []
+    assert [k for k in recipe.grpo.extra if k not in grpo_fields] == []
+
+
+def test_paper_recipes_keep_fp32_master_weights():
+    """bf16 compute with fp32 master weights: DeepSpeed's bf16 optimizer, on every enabled stage."""
+    for name in RECIPES:
+        r = load_recipe(PAPER / name)
+        for stage in (r.sft, r.grpo):
+            if stage.enabled:
+                assert stage.precision == "bf16" and (stage.deepspeed or stage.fsdp), name
+
+
+class _Built(Exception):
+    """Raised by the stand-in config class: the stage built its TRL config; stop before data and model load."""
+
+
+def _trl_kwargs(monkeypatch, stage: str, recipe: Any, tmp_path: Path) -> dict[str, Any]:
+    """The keyword arguments the stage passes to TRL's SFTConfig / GRPOConfig for this recipe."""
+    import trl
+
+    import mathrecipe.grpo
+    import mathrecipe.sft
+
+    cls = "SFTConfig" if stage == "sft" else "GRPOConfig"
+    seen: dict[str, Any] = {}
+
+    def capture(**kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise _Built
+
+    monkeypatch.setattr(trl, cls, capture)
+    module = mathrecipe.sft if stage == "sft" else mathrecipe.grpo
+    if hasattr(module, cls):  # imported at module level
+        monkeypatch.setattr(module, cls, capture)
+    with pytest.raises(_Built):
+        if stage == "sft":
+            mathrecipe.sft.run_sft(recipe, "no-model", tmp_path / "no-data", [], tmp_path / "sft")
+        else:
+            mathrecipe.grpo.run_grpo(recipe, "no-model", tmp_path / "no-data", tmp_path / "grpo")
+    return seen
+
+
+# recipe key -> the TRL field the stage fills from it
+SFT_TO_TRL = {"sft.epochs": "num_train_epochs", "sft.batch_size": "per_device_train_batch_size",
+              "sft.gradient_accumulation_steps": "gradient_accumulation_steps", "sft.learning_rate": "learning_rate",
+              "sft.lr_scheduler": "lr_scheduler_type", "sft.warmup_steps": "warmup_steps",
+              "sft.weight_decay": "weight_decay", "sft.max_length": "max_length", "sft.packing": "packing",
+              "sft.optim": "optim", "sft.logging_steps": "logging_steps", "seed": "seed"}
+GRPO_TO_TRL = {"grpo.num_generations": "num_generations", "grpo.batch_size": "per_device_train_batch_size",
+               "grpo.gradient_accumulation_steps": "gradient_accumulation_steps", "grpo.max_steps": "max_steps",
+               "grpo.learning_rate": "learning_rate", "grpo.lr_scheduler": "lr_scheduler_type",
+               "grpo.warmup_steps": "warmup_steps", "grpo.beta": "beta", "grpo.epsilon": "epsilon",
+               "grpo.temperature": "temperature", "grpo.top_p": "top_p", "grpo.min_p": "min_p",
+               "grpo.max_completion_length": "max_completion_length", "grpo.logging_steps": "logging_steps",
+               "grpo.save_steps": "save_steps", "seed": "seed"}
+# recipe keys the schema has but mathrecipe.grpo does not yet hand to TRL (see the README's Known gaps)
+GRPO_NOT_YET_PASSED = {"grpo.loss_type": "loss_type", "grpo.scale_rewards": "scale_rewards",
+                       "grpo.mask_truncated_completions": "mask_truncated_completions",
+                       "grpo.vllm_importance_sampling_correction": "vllm_importance_sampling_correction",
+                       "grpo.vllm_mode": "vllm_mode", "grpo.vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization"}
+
+
+def _check_reaches_trl(config: Any, recipe: Any, mapping: dict[str, str], prefix: str, name: str) -> None:
+    wrong = [f"{key} -> {field}: TRL {getattr(config, field)!r}, recipe {lookup(recipe, key)!r}"
+             for key, field in mapping.items() if not same(getattr(config, field), lookup(recipe, key))]
+    wrong += [f"{key}: TRL {getattr(config, key.split('.')[-1])!r}, README {want!r}"
+              for key, want in PINS[name].items()
+              if key.startswith(prefix) and not same(getattr(config, key.split(".")[-1]), want)]
+    assert not wrong, f"{name}: " + "; ".join(wrong)
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if load_recipe(PAPER / n).sft.enabled])
+def test_sft_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
+    import trl
+
+    recipe = load_recipe(PAPER / name, CPU)
+    kwargs = _trl_kwargs(monkeypatch, "sft", recipe, tmp_path)
+    monkeypatch.undo()
+    config = trl.SFTConfig(**kwargs)  # TRL itself accepts every field and value
+    _check_reaches_trl(config, recipe, SFT_TO_TRL, "sft.extra.", name)
+    assert config.completion_only_loss is True  # the project's deliberate deviation (README, "loss on")
+
+
+TRACE = "Compute 1 + 2 = 3. Wait, let me verify."
+
+
+def _trained_text(recipe: Any, model_dir: Path, tmp_path: Path, monkeypatch) -> str:
+    """The text the paper recipe's SFT stage puts in the loss for one data-build row, under R1-Distill's template."""
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.chat_template_utils import deepseek_r1_distill_chat_template  # TRL's copy of the hub template
+
+    from mathrecipe.data.io import write_jsonl
+    from mathrecipe.prompts import build_messages
+    from mathrecipe.sft import load_sft_dataset
+
+    kwargs = _trl_kwargs(monkeypatch, "sft", recipe, tmp_path)
+    monkeypatch.undo()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = deepseek_r1_distill_chat_template
+    # a row as `mathrecipe data build` writes it: the assistant turn is the whole R1 trace
+    row = {"messages": build_messages("Compute 1 + 2", recipe.data.system_prompt)
+           + [{"role": "assistant", "content": f"<think>\n{TRACE}\n</think>\nThe answer is \\boxed{{3}}."}]}
+    trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=trl.SFTConfig(**kwargs),
+                             train_dataset=load_sft_dataset(write_jsonl([row], tmp_path / "sft.jsonl")),
+                             processing_class=tokenizer)
+    block = trainer.train_dataset[0]
+    return tokenizer.decode([t for t, label in zip(block["input_ids"], block["labels"]) if label != -100])
+
+
+def test_sft_pins_keep_the_reasoning_trace_in_the_loss(tiny_model_dir, monkeypatch, tmp_path):
+    """R1-Distill's template renders an assistant turn as its text after </think>; the recipe's pins keep the trace."""
+    recipe = load_recipe(PAPER / "fast-math-r1-14b.yaml", CPU + ["sft.extra.dataset_num_proc=1"])
+    trained = _trained_text(recipe, tiny_model_dir, tmp_path, monkeypatch)
+    assert TRACE in trained and "\\boxed{3}" in trained
+    assert "reason step by step" not in trained  # the prompt stays out of the loss
+    # without the pin, TRL's default renders the row through the template as shipped: the trace is gone
+    bare = load_recipe(PAPER / "fast-math-r1-14b.yaml", CPU + ["sft.extra.dataset_num_proc=1",
+                                                                "sft.extra.assistant_only_loss=false"])
+    trained = _trained_text(bare, tiny_model_dir, tmp_path / "bare", monkeypatch)
+    assert TRACE not in trained and "\\boxed{3}" in trained
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if load_recipe(PAPER / n).grpo.enabled])
+def test_grpo_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
+    import trl
+
+    recipe = load_recipe(PAPER / name, CPU)
+    kwargs = _trl_kwargs(monkeypatch, "grpo", recipe, tmp_path)
+    monkeypatch.undo()
+    config = trl.GRPOConfig(**kwargs)
+    _check_reaches_trl(config, recipe, GRPO_TO_TRL, "grpo.extra.", name)
+    assert config.use_vllm is (recipe.grpo.backend == "vllm")
+    assert config.reward_weights == [recipe.rewards.format_weight, recipe.rewards.cosine_weight,
+                                     recipe.rewards.length_weight]
+
+
+@pytest.mark.xfail(strict=True, reason="mathrecipe.grpo does not pass loss_type, scale_rewards, "
+                   "mask_truncated_completions or the vllm_* keys to GRPOConfig yet (README: Known gaps)")
+@pytest.mark.parametrize("name", ["fast-math-r1-14b.yaml", "fast-math-qwen3-14b.yaml"])
+def test_grpo_stage_hands_loss_and_vllm_keys_to_trl(name, monkeypatch, tmp_path):
+    recipe = load_recipe(PAPER / name, CPU)
+    kwargs = _trl_kwargs(monkeypatch, "grpo", recipe, tmp_path)
+    missing = {key: lookup(recipe, key) for key, field in GRPO_NOT_YET_PASSED.items()
+               if field not in kwargs or not same(kwargs[field], lookup(recipe, key))}
+    assert not missing, f"{name}: not passed to GRPOConfig: {missing}"
