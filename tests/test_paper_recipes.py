@@ -172,28 +172,10 @@ class _Built(Exception):
 
 def _trl_kwargs(monkeypatch, stage: str, recipe: Any, tmp_path: Path) -> dict[str, Any]:
     """The keyword arguments the stage passes to TRL's SFTConfig / GRPOConfig for this recipe."""
-    import trl
+    from mathrecipe.grpo import grpo_args
+    from mathrecipe.sft import sft_args
 
-    import mathrecipe.grpo
-    import mathrecipe.sft
-
-    cls = "SFTConfig" if stage == "sft" else "GRPOConfig"
-    seen: dict[str, Any] = {}
-
-    def capture(**kwargs: Any) -> None:
-        seen.update(kwargs)
-        raise _Built
-
-    monkeypatch.setattr(trl, cls, capture)
-    module = mathrecipe.sft if stage == "sft" else mathrecipe.grpo
-    if hasattr(module, cls):  # imported at module level
-        monkeypatch.setattr(module, cls, capture)
-    with pytest.raises(_Built):
-        if stage == "sft":
-            mathrecipe.sft.run_sft(recipe, "no-model", tmp_path / "no-data", [], tmp_path / "sft")
-        else:
-            mathrecipe.grpo.run_grpo(recipe, "no-model", tmp_path / "no-data", tmp_path / "grpo")
-    return seen
+    return sft_args(recipe, tmp_path / "sft") if stage == "sft" else grpo_args(recipe, tmp_path / "grpo")
 
 
 # recipe key -> the TRL field the stage fills from it
@@ -208,12 +190,10 @@ GRPO_TO_TRL = {"grpo.num_generations": "num_generations", "grpo.batch_size": "pe
                "grpo.warmup_steps": "warmup_steps", "grpo.beta": "beta", "grpo.epsilon": "epsilon",
                "grpo.temperature": "temperature", "grpo.top_p": "top_p", "grpo.min_p": "min_p",
                "grpo.max_completion_length": "max_completion_length", "grpo.logging_steps": "logging_steps",
-               "grpo.save_steps": "save_steps", "seed": "seed"}
-# recipe keys the schema has but mathrecipe.grpo does not yet hand to TRL (see the README's Known gaps)
-GRPO_NOT_YET_PASSED = {"grpo.loss_type": "loss_type", "grpo.scale_rewards": "scale_rewards",
-                       "grpo.mask_truncated_completions": "mask_truncated_completions",
-                       "grpo.vllm_importance_sampling_correction": "vllm_importance_sampling_correction",
-                       "grpo.vllm_mode": "vllm_mode", "grpo.vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization"}
+               "grpo.save_steps": "save_steps", "seed": "seed", "grpo.loss_type": "loss_type",
+               "grpo.scale_rewards": "scale_rewards", "grpo.mask_truncated_completions": "mask_truncated_completions"}
+GRPO_VLLM_TO_TRL = {"grpo.vllm_importance_sampling_correction": "vllm_importance_sampling_correction",
+                    "grpo.vllm_mode": "vllm_mode", "grpo.vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization"}
 
 
 def _check_reaches_trl(config: Any, recipe: Any, mapping: dict[str, str], prefix: str, name: str) -> None:
@@ -240,41 +220,31 @@ def test_sft_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
 TRACE = "Compute 1 + 2 = 3. Wait, let me verify."
 
 
-def _trained_text(recipe: Any, model_dir: Path, tmp_path: Path, monkeypatch) -> str:
-    """The text the paper recipe's SFT stage puts in the loss for one data-build row, under R1-Distill's template."""
+def test_paper_sft_trains_the_reasoning_trace_under_the_r1_distill_template(monkeypatch, tmp_path):
+    """R1-Distill's template renders an assistant turn as its text after </think>; the SFT stage, with the paper
+    recipe's settings, still puts the whole trace in the loss (and the prompt out of it)."""
     import trl
+    from conftest import make_template_model_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl.chat_template_utils import deepseek_r1_distill_chat_template  # TRL's copy of the hub template
 
     from mathrecipe.data.io import write_jsonl
     from mathrecipe.prompts import build_messages
-    from mathrecipe.sft import load_sft_dataset
+    from mathrecipe.sft import load_sft_dataset, tokenize_sft
 
+    recipe = load_recipe(PAPER / "fast-math-r1-14b.yaml", CPU + ["sft.extra.dataset_num_proc=1",
+                                                                  "sft.max_length=256"])
+    model_dir = make_template_model_dir(tmp_path / "m", "deepseek_r1_distill")
     kwargs = _trl_kwargs(monkeypatch, "sft", recipe, tmp_path)
-    monkeypatch.undo()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = deepseek_r1_distill_chat_template
-    # a row as `mathrecipe data build` writes it: the assistant turn is the whole R1 trace
     row = {"messages": build_messages("Compute 1 + 2", recipe.data.system_prompt)
            + [{"role": "assistant", "content": f"<think>\n{TRACE}\n</think>\nThe answer is \\boxed{{3}}."}]}
+    data = tokenize_sft(load_sft_dataset(write_jsonl([row] * 4, tmp_path / "sft.jsonl")), tokenizer)
     trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=trl.SFTConfig(**kwargs),
-                             train_dataset=load_sft_dataset(write_jsonl([row], tmp_path / "sft.jsonl")),
-                             processing_class=tokenizer)
+                             train_dataset=data, processing_class=tokenizer)
     block = trainer.train_dataset[0]
-    return tokenizer.decode([t for t, label in zip(block["input_ids"], block["labels"]) if label != -100])
-
-
-def test_sft_pins_keep_the_reasoning_trace_in_the_loss(tiny_model_dir, monkeypatch, tmp_path):
-    """R1-Distill's template renders an assistant turn as its text after </think>; the recipe's pins keep the trace."""
-    recipe = load_recipe(PAPER / "fast-math-r1-14b.yaml", CPU + ["sft.extra.dataset_num_proc=1"])
-    trained = _trained_text(recipe, tiny_model_dir, tmp_path, monkeypatch)
+    trained = tokenizer.decode([t for t, label in zip(block["input_ids"], block["labels"]) if label != -100])
     assert TRACE in trained and "\\boxed{3}" in trained
     assert "reason step by step" not in trained  # the prompt stays out of the loss
-    # without the pin, TRL's default renders the row through the template as shipped: the trace is gone
-    bare = load_recipe(PAPER / "fast-math-r1-14b.yaml", CPU + ["sft.extra.dataset_num_proc=1",
-                                                                "sft.extra.assistant_only_loss=false"])
-    trained = _trained_text(bare, tiny_model_dir, tmp_path / "bare", monkeypatch)
-    assert TRACE not in trained and "\\boxed{3}" in trained
 
 
 @pytest.mark.parametrize("name", [n for n in RECIPES if load_recipe(PAPER / n).grpo.enabled])
@@ -287,16 +257,10 @@ def test_grpo_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
     config = trl.GRPOConfig(**kwargs)
     _check_reaches_trl(config, recipe, GRPO_TO_TRL, "grpo.extra.", name)
     assert config.use_vllm is (recipe.grpo.backend == "vllm")
+    if config.use_vllm:
+        _check_reaches_trl(config, recipe, GRPO_VLLM_TO_TRL, "grpo.extra.", name)
+    # the three rewards, then the zero-weight accuracy monitor (logged, never trained on)
     assert config.reward_weights == [recipe.rewards.format_weight, recipe.rewards.cosine_weight,
-                                     recipe.rewards.length_weight]
+                                     recipe.rewards.length_weight, 0.0]
 
 
-@pytest.mark.xfail(strict=True, reason="mathrecipe.grpo does not pass loss_type, scale_rewards, "
-                   "mask_truncated_completions or the vllm_* keys to GRPOConfig yet (README: Known gaps)")
-@pytest.mark.parametrize("name", ["fast-math-r1-14b.yaml", "fast-math-qwen3-14b.yaml"])
-def test_grpo_stage_hands_loss_and_vllm_keys_to_trl(name, monkeypatch, tmp_path):
-    recipe = load_recipe(PAPER / name, CPU)
-    kwargs = _trl_kwargs(monkeypatch, "grpo", recipe, tmp_path)
-    missing = {key: lookup(recipe, key) for key, field in GRPO_NOT_YET_PASSED.items()
-               if field not in kwargs or not same(kwargs[field], lookup(recipe, key))}
-    assert not missing, f"{name}: not passed to GRPOConfig: {missing}"

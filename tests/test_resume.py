@@ -69,8 +69,8 @@ def test_kill_9_mid_sft_then_rerun_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_mid_grpo_then_rerun_continues_at_the_right_step_and_lr(tmp_path):
-    from transformers import get_cosine_schedule_with_warmup
     import torch
+    from transformers import get_cosine_schedule_with_warmup
 
     out = tmp_path / "run"
     cmd = _cmd(out, "sft.epochs=1", "grpo.max_steps=6", "grpo.save_steps=2", "grpo.lr_scheduler=cosine",

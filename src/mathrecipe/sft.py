@@ -183,7 +183,7 @@ def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: li
     config = SFTConfig(**sft_args(recipe, out))
     model, tokenizer = load_model_and_tokenizer(model_path, recipe.model, training=True)
     with config.main_process_first(desc="tokenise SFT data"):
-        dataset = tokenize_sft(load_sft_dataset(data_path), tokenizer)
+        dataset = tokenize_sft(load_sft_dataset(data_path), tokenizer, config.dataset_num_proc)
     check_lengths(dataset, s.max_length, data_path)
     resume = last_complete_checkpoint(out)
     epoch_eval = EpochEval(recipe, tokenizer, problems, dev if s.select == "best" else None, out)
