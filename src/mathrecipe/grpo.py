@@ -291,9 +291,8 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
         if state.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         state.wait_for_everyone()
-        trainer.save_model(str(tmp))  # every rank: DeepSpeed/FSDP gather their shards here
+        trainer.save_model(str(tmp))  # every rank (DeepSpeed/FSDP gather their shards); saves the tokenizer too
         if state.is_main_process:
-            tokenizer.save_pretrained(str(tmp))
             replace_dir(tmp, final)
     state.wait_for_everyone()
     return {
