@@ -1,17 +1,22 @@
 """What counts as correct: answer extraction and hang-proof verification.
 
 The single source of truth for "correct" -- rewards, evaluation and data filters all call it. An answer is the
-content of the last complete ``\\boxed{}`` (``extract``: one linear pass, LaTeX escapes respected); it is correct
-when ``math_verify.verify(gold, pred)`` (gold first) says so.
+content of the last complete ``\\boxed{}`` (one linear pass, LaTeX escapes respected); it is correct when
+``math_verify.verify(gold, pred)`` (gold first) says so.
 
 math-verify's own timeout uses ``signal.alarm``: it fails off the main thread (Math-Verify #50/#55) and cannot
-interrupt sympy's C code (Math-Verify #65). So verification runs in worker processes (``pool``), fresh interpreters
-started with ``python -m mathrecipe.grading.worker`` -- never a fork or a multiprocessing spawn, so it works from
-any script (fed on stdin, without a main guard), thread or forked child. Each answer has a hard wall-clock bound: a
-worker that overruns is killed and replaced in the background, and that answer counts as wrong (and is logged).
-Only real verdicts are cached (``cache``): an overrun, a crash or an error counts as wrong for that call only, and
-the pair is verified afresh when asked again, since it tells about the machine's load at that moment, not the pair.
-No ``eval`` and no ``sympify`` of raw model text happens here or in the workers: math-verify parses LaTeX.
+interrupt sympy's C code (Math-Verify #65). So verification runs in worker processes, fresh interpreters started
+as ``python -m mathrecipe.grading.worker`` -- never a fork or a multiprocessing spawn, so it works from any script
+(fed on stdin, without a main guard), thread or forked child. Each answer has a hard wall-clock bound: a worker that
+overruns is killed, and that answer counts as wrong (and is logged); its replacement starts in the background.
+Workers do math-verify's lazy imports before taking answers, so no answer's bound pays for them.
+Only real verdicts are cached: an overrun (ours, or math-verify's own alarm), a crash or an error counts as wrong
+for that call only and is verified afresh when asked again -- it tells how loaded the machine was, not what the
+answer is. No ``eval`` and no ``sympify`` of raw model text happens here or in the workers: math-verify parses LaTeX.
+
+One job per module: ``extract`` (answers from text), ``pool`` (worker processes, the hard bound), ``worker`` and
+``protocol`` (the worker process and its pipe format), ``verify`` (one math-verify call), ``cache`` (real verdicts);
+``Grader``, here, puts them together and counts.
 """
 
 from __future__ import annotations
@@ -107,14 +112,22 @@ class Grader:
                 else:
                     todo.setdefault((g, p), []).append(i)
             if todo:
-                for key, outcome in zip(todo, self._pool.run(list(todo))):
-                    if outcome.kind == "verdict":
-                        self._cache.put(key, outcome.verdict)
-                    else:
-                        self._count(key, outcome)
+                for key, ok in zip(todo, self._run(list(todo))):
                     for i in todo[key]:
-                        results[i] = outcome.verdict
+                        results[i] = ok
         return results
+
+    def _run(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        """math-verify on each (gold, pred) in the workers, no shortcut and no cache lookup; real verdicts are
+        cached, the rest counted. Called under the lock (tests/test_data_benchmarks.py calls it directly)."""
+        out = []
+        for key, outcome in zip(pairs, self._pool.run(pairs)):
+            if outcome.kind == "verdict":
+                self._cache.put(key, outcome.verdict)
+            else:
+                self._count(key, outcome)
+            out.append(outcome.verdict)
+        return out
 
     def _count(self, key: tuple[str, str], outcome: Outcome) -> None:
         gold, pred = key[0][:200], key[1][:200]
@@ -148,7 +161,8 @@ def _after_fork_in_child() -> None:
         g._lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_grader() -> Grader:

@@ -171,7 +171,9 @@ class WorkerPool:
             raise RuntimeError(f"grading pool lost {len(missing)} job(s), the first at index {missing[0]}")
         return [o for o in out if o is not None]
 
-    def _send(self, w: _Worker, pending: deque[int], jobs: Sequence[tuple[str, str]], sel: selectors.BaseSelector) -> None:
+    def _send(
+        self, w: _Worker, pending: deque[int], jobs: Sequence[tuple[str, str]], sel: selectors.BaseSelector
+    ) -> None:
         i = pending.popleft()
         w.job, w.deadline = i, time.monotonic() + self.timeout
         try:
@@ -207,8 +209,7 @@ class WorkerPool:
         if not w.ready:
             sel.unregister(w.proc.stdout)
             self._workers.remove(w)
-            _close_pipe(w.proc.stdin)
-            _close_pipe(w.proc.stdout)
+            _shutdown([w], [], grace=0.0)
             raise RuntimeError(
                 f"a grading worker exited (code {code}) before it was ready; its error is on stderr above "
                 f"(command: {' '.join(worker_command(self.parse_timeout))})"
@@ -236,6 +237,9 @@ class WorkerPool:
                 w.job = None
                 self._retire(w, sel)
             elif not w.ready and now >= w.started + STARTUP_TIMEOUT:
+                sel.unregister(w.proc.stdout)
+                self._workers.remove(w)
+                _shutdown([w], [], grace=0.0)
                 raise RuntimeError(f"a grading worker did not start within {STARTUP_TIMEOUT:.0f}s")
 
 
@@ -247,4 +251,5 @@ def _forget_all_after_fork() -> None:
         p.forget()
 
 
-os.register_at_fork(after_in_child=_forget_all_after_fork)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_all_after_fork)
