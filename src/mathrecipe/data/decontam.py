@@ -10,33 +10,38 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-# LaTeX spacing commands carry no content: "a\,b", "a\;b", "a\quad b" and "a b" must normalise alike. A line break
-# "\\" is matched first, so that "\\ y" is not read as "\" + the spacing command "\ ".
-_LATEX_SPACE = re.compile(r"\\\\|\\(?:[,;:!> ]|quad|qquad|enspace|thinspace)|~")
-_WS = re.compile(r"\s+")
+# LaTeX spacing commands carry no content: "a\,b", "a\;b", "a\quad b" and "a b" must normalise alike. (A line break
+# "\\" is set aside first, so that "\\ y" is not read as "\" + the spacing command "\ ".)
+_LATEX_SPACE = re.compile(r"\\(?:[,;:!> ]|quad|qquad|enspace|thinspace)|~")
 # Inline math cannot span a paragraph break: pairing "$" per paragraph keeps a stray "$" from flipping the rest.
 _PARAGRAPH = re.compile(r"\n\s*\n")
+# Each branch starts with a literal ("$" or a backslash; the lookbehind for an escaped dollar comes after it): the
+# regex engine then skips ahead to those characters, 3x faster than with the lookbehind first.
 _MATH = re.compile(
-    r"(?<!\\)\$\$(?P<a>.+?)(?<!\\)\$\$"
-    r"|(?<!\\)\$(?P<b>.+?)(?<!\\)\$"
+    r"\$\$(?<!\\\$\$)(?P<a>.+?)(?<!\\)\$\$"
+    r"|\$(?<!\\\$)(?P<b>.+?)(?<!\\)\$"
     r"|\\\((?P<c>.+?)\\\)"
     r"|\\\[(?P<d>.+?)\\\]"
     r"|\\begin\{(?P<env>align|equation|gather|multline|eqnarray)(?P<star>\*?)\}(?P<e>.+?)\\end\{(?P=env)(?P=star)\}",
     re.S,
 )
 # In math, whitespace only separates a control word from a following letter ("\sin x"); elsewhere it is layout.
-_MATH_WS = re.compile(r"(\\[a-z]+)?\s+(?=([a-z]?))")
+_CONTROL_WORD_SPACE = re.compile(r"(\\[a-z]+)\s+(?=[a-z])")
 # Binary and relation operators get one space each side, so a formula splits into about as many words as it was
 # usually written with (the n-gram size was calibrated on such words) whatever its spacing.
-_OPS = re.compile(r"\s*(<=|>=|[=+\-<>]|\\(?:leq?|geq?|neq?|cdot|times|pm|mp|div)(?![a-z]))\s*")
-# Outside math delimiters (a bare "\frac {a} {b}"): no whitespace around braces, "^" and "_".
-_GLUE = re.compile(r"\s*([{^_])\s*|\s+(?=})")
+_OPS = re.compile(r"(<=|>=|[=+\-<>]|\\(?:leq?|geq?|neq?|cdot|times|pm|mp|div)(?![a-z]))")
+# No whitespace around braces, "^" and "_", also outside math delimiters (a bare "\frac {a} {b}"). Replacements
+# without group references stay in C (a template like r"\1" is expanded in Python for every match).
+_GLUE_BEFORE = re.compile(r"\s+(?=[{}^_])")
+_GLUE_AFTER = re.compile(r"(?<=[{^_])\s+")
 
 
 def _math(m: re.Match[str]) -> str:
-    inner = next(m.group(k) for k in "abcde" if m.group(k) is not None)
-    inner = _MATH_WS.sub(lambda w: w.group(1) + " " if w.group(1) and w.group(2) else (w.group(1) or ""), inner)
-    return "$" + _OPS.sub(r" \1 ", inner).strip() + "$"
+    inner = m[m.lastindex or 0]  # the span's content: the last group that closed, whichever branch matched
+    if "\\" in inner:
+        inner = _CONTROL_WORD_SPACE.sub("\\1\x00", inner)  # keep these separators through the squeeze
+    inner = "".join(inner.split()).replace("\x00", " ")
+    return "$" + " ".join(_OPS.split(inner)).strip() + "$"  # split keeps the operators: spaces around them
 
 
 def normalise_text(text: str) -> str:
@@ -44,20 +49,20 @@ def normalise_text(text: str) -> str:
 
     Lower-case; LaTeX spacing commands as spaces; every math span (``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]``,
     align/equation/gather environments) written as ``$..$`` with no whitespace inside except one space around
-    operators (``= + - < > \\le \\cdot ...``) and after a control word before a letter; outside math, no whitespace
-    around ``{ } ^ _``; runs of whitespace as one space. So ``$ x $`` = ``$x$`` and ``\\frac {a} {b}`` =
-    ``\\frac{a}{b}``.
+    operators (``= + - < > \\le \\cdot ...``) and after a control word before a letter; then no whitespace around
+    ``{ } ^ _`` anywhere (a bare ``\\frac {a} {b}`` outside math too); runs of whitespace as one space. So
+    ``$ x $`` = ``$x$`` and ``\\frac {a} {b}`` = ``\\frac{a}{b}``.
     """
-    text = _LATEX_SPACE.sub(lambda m: m[0] if m[0] == "\\\\" else " ", text.lower())
-    paragraphs = []
-    for para in _PARAGRAPH.split(text):
-        pieces, last = [], 0
-        for m in _MATH.finditer(para):
-            pieces += [_GLUE.sub(r"\1", para[last : m.start()]), _math(m)]
-            last = m.end()
-        pieces.append(_GLUE.sub(r"\1", para[last:]))
-        paragraphs.append("".join(pieces))
-    return _WS.sub(" ", " ".join(paragraphs)).strip()
+    text = text.lower()
+    if "\\" in text or "~" in text:
+        text = _LATEX_SPACE.sub(" ", text.replace("\\\\", "\x01")).replace("\x01", "\\\\")
+    if not any(c in text for c in "$\\{}^_"):  # plain text (no math): only whitespace to normalise
+        return " ".join(text.split())
+    # math spans first (canonical already), then the glue on the whole text: still one form for every spacing
+    text = "\n\n".join(_MATH.sub(_math, para) for para in _PARAGRAPH.split(text))
+    if any(c in text for c in "{}^_"):
+        text = _GLUE_AFTER.sub("", _GLUE_BEFORE.sub("", text))
+    return " ".join(text.split())
 
 
 def ngrams(text: str, n: int) -> list[str]:
@@ -106,13 +111,15 @@ def first_match(text: str, index: NgramIndex, min_overlap: float = 0.0) -> tuple
     """
     # distinct grams in text order (not a set): ties and the reported gram are then the same in every process
     grams = list(dict.fromkeys(ngrams(text, index.n)))
-    shared: Counter[str] = Counter()
-    for g in grams:
-        shared.update(index.items.get(g, ()))
+    items = index.items
+    hits = [items[g] for g in grams if g in items]
+    if not hits:
+        return None
+    shared = Counter(k for keys in hits for k in keys)
     if min_overlap > 0:
         shared = Counter({k: s for k, s in shared.items()
                           if max(s / index.sizes[k], s / len(grams)) >= min_overlap})
     if not shared:
         return None
     item = shared.most_common(1)[0][0]
-    return item, next(g for g in grams if item in index.items.get(g, ()))
+    return item, next(g for g in grams if item in items.get(g, ()))

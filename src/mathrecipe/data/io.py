@@ -27,11 +27,11 @@ def load_table(path: str | Path, split: str = "train", what: str = "data", local
     ``what`` names the setting the path came from in errors (e.g. ``data.sft_path``); a missing local path or an
     unreachable hub fails at once (``mathrecipe.hub.resolve``).
     """
-    import datasets
-
-    p = resolve(path, what, local_hint)
+    p = resolve(path, what, local_hint)  # before importing datasets: a wrong path fails in well under a second
     if isinstance(p, str):
         return load_hub(p, split, what)
+    import datasets
+
     if p.is_dir():
         if (p / "dataset_info.json").exists() or (p / "state.json").exists():
             ds = datasets.load_from_disk(str(p))
