@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mathrecipe.cli import main
-from mathrecipe.data.decontam import build_index, first_match, ngrams, normalise_text
+from mathrecipe.data.decontam import build_index, first_match
 
 T = "<think>\n{work}\n\\boxed{{{ans}}}\n</think>\nSo the answer is \\boxed{{{ans}}}."
 
@@ -137,8 +137,51 @@ def test_shortest_correct_trace_is_by_tokens(tmp_path, shared_data, tiny_model_d
 
 
 def test_too_long_filter_is_counted(tmp_path, shared_data, tiny_model_dir, sources):
-    _, report = _build(tmp_path, shared_data, tiny_model_dir, sources, "data.build.max_tokens=50")
+    import datasets
+
+    # without max_tokens nothing is dropped, but the report says how many kept traces exceed sft.max_length
+    out, report = _build(tmp_path, shared_data, tiny_model_dir, sources, "sft.max_length=50")
+    check = report["length_check"]
+    assert check["max_tokens"] is None and check["dropped_too_long"] == 0
+    assert check["sft_max_length"] == 50 and check["over_sft_max_length"] == 4  # the 4 long OpenR1 traces
+    assert check["over"] == {"50": 4, "4096": 0, "8192": 0, "16384": 0, "32768": 0}
+    md = (out / "data_report.md").read_text()
+    assert "Longer than sft.max_length=50 (truncated in training; the prompt adds more): **4**." in md
+    assert "data.build.max_tokens is null: no trace was dropped for its length." in md
+    n_before = report["sft_rows"]
+    # rebuilt into the same folder with max_tokens: those 4 are dropped and counted, the folder replaced whole
+    out, report = _build(tmp_path, shared_data, tiny_model_dir, sources, "data.build.max_tokens=50",
+                         "sft.max_length=50")
     assert report["sources"]["openr1"]["dropped"]["too long"] == 4
+    assert report["length_check"]["dropped_too_long"] == 4 and report["length_check"]["over_sft_max_length"] == 0
+    assert "Dropped as longer than data.build.max_tokens=50: **4**." in (out / "data_report.md").read_text()
+    assert len(datasets.load_from_disk(str(out / "sft"))) == report["sft_rows"] == n_before - 4
+    assert sorted(p.name for p in out.iterdir()) == ["data_report.json", "data_report.md", "data_report.png", "grpo",
+                                                    "sft"]  # no temporary files or folders left behind
+
+
+def test_built_sets_carry_their_system_prompt(tmp_path, shared_data, tiny_model_dir, sources):
+    from mathrecipe.data.io import DataError, check_system_prompt, dataset_system_prompt
+
+    prompt = "Think it through, then give the answer in \\boxed{}."
+    out, report = _build(tmp_path, shared_data, tiny_model_dir, sources, f"data.system_prompt={json.dumps(prompt)}")
+    assert report["system_prompt"] == prompt
+    for part in ("sft", "grpo"):
+        meta = json.loads((out / part / "mathrecipe.json").read_text())
+        assert meta["system_prompt"] == prompt and meta["set"] == part
+        assert dataset_system_prompt(out / part) == prompt
+        check_system_prompt(out / part, prompt, "SFT data")
+    with pytest.raises(DataError) as e:
+        check_system_prompt(out / "sft", "Please reason step by step.", "SFT data (data.sft_path)")
+    msg = str(e.value)
+    assert "\n" not in msg and str(out / "sft") in msg and "SFT data (data.sft_path)" in msg
+    assert "'Think it through" in msg and "'Please reason step by step.'" in msg and "mathrecipe.json" in msg
+    assert f"data.system_prompt={json.dumps(prompt)}" in msg and "rebuild" in msg
+    # without the metadata file, the rows' system turn says the same
+    (out / "sft" / "mathrecipe.json").unlink()
+    assert dataset_system_prompt(out / "sft") == prompt
+    with pytest.raises(DataError, match="from the system turn of its column 'messages'"):
+        check_system_prompt(out / "sft", None, "SFT data")
 
 
 def test_built_sets_train_through_the_stages(tmp_path, shared_data, tiny_model_dir, sources):
@@ -173,12 +216,12 @@ def test_real_training_rows_against_the_real_benchmarks(tmp_path, shared_data, t
             (shared_data / "train-samples" / "deepscaler_aime1983_2023_train_sample.jsonl").read_text().splitlines()]
     benches = dict(load_benchmark(b, shared_data / "benchmarks") for b in ("math500", "aime24", "aime25", "amc23"))
     index = build_index(benches, 8)
-    leaked = {r["id"]: first_match(r["problem"], index, 8, 0.5) for r in rows}
+    leaked = {r["id"]: first_match(r["problem"], index, 0.5) for r in rows}
     leaked = {k: v[0] for k, v in leaked.items() if v}
     assert leaked == {"aime2010-1-6-row560": "math500:test/intermediate_algebra/2146.json",
                       "aime2015-2-6-row725": "math500:test/intermediate_algebra/1411.json"}
     # any shared 8-gram (the default) also flags boilerplate, and still the two real leaks
-    loose = [r["id"] for r in rows if first_match(r["problem"], index, 8)]
+    loose = [r["id"] for r in rows if first_match(r["problem"], index)]
     assert set(leaked) <= set(loose) and len(loose) > 10
     # the same rows as a build source: the leaks are dropped and reported with the item they matched
     src = tmp_path / "aime.jsonl"
@@ -194,13 +237,33 @@ def test_real_training_rows_against_the_real_benchmarks(tmp_path, shared_data, t
     assert report["sft_rows"] == len(rows) - 2 - report["sources"]["openr1"]["dropped"].get("duplicate", 0)
 
 
-def test_normalisation_and_ngrams():
-    assert normalise_text("Find  $a\\,b$\nNOW") == "find $a b$ now"
-    assert ngrams("one two three", 8) == ["one two three"]  # shorter than n: matched whole
-    assert len(ngrams(" ".join(str(i) for i in range(10)), 8)) == 3
-    index = build_index({"b": [{"id": 7, "problem": "a b c d e f g h i"}]}, 8)
-    assert first_match("x A  B c d e f g h", index, 8) == ("b:7", "a b c d e f g h")
-    assert first_match("a b c d e f g x", index, 8) is None
-    long_text = "a b c d e f g h " + " ".join(f"w{i}" for i in range(20))
-    assert first_match(long_text, index, 8) is not None
-    assert first_match(long_text, index, 8, min_overlap=0.5) is None  # 1 of 21 grams shared
+def test_system_prompt_of_hand_made_sets(tmp_path):
+    from mathrecipe.data.io import DataError, check_system_prompt, dataset_system_prompt, write_dataset_meta
+
+    def rows(path, objs):
+        path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+        return path
+
+    sys_turn = {"role": "system", "content": "Be brief."}
+    user, asst = {"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "\\boxed{2}"}
+    same = rows(tmp_path / "same.jsonl", [{"messages": [sys_turn, user, asst]}] * 3)
+    assert dataset_system_prompt(same) == "Be brief."
+    bare = rows(tmp_path / "bare.jsonl", [{"prompt": [user], "answer": "2"}] * 2)
+    assert dataset_system_prompt(bare) is None
+    check_system_prompt(bare, "", "GRPO data")  # "" and None both mean no system turn
+    with pytest.raises(DataError, match=r"none \(no system turn\).*data.system_prompt=null"):
+        check_system_prompt(bare, "Be brief.", "GRPO data")
+    mixed = rows(tmp_path / "mixed.jsonl", [{"messages": [sys_turn, user, asst]}, {"messages": [user, asst]}])
+    with pytest.raises(DataError, match=r"mixed.jsonl: its rows carry different system prompts \(row 1: 'Be brief.', "
+                                        r"row 2: none"):
+        dataset_system_prompt(mixed)
+    # plain-text prompts: the GRPO stage wraps them with the recipe's prompt, so any expected prompt passes
+    text = rows(tmp_path / "text.jsonl", [{"prompt": "1+1?", "answer": "2"}])
+    assert dataset_system_prompt(text) is None
+    check_system_prompt(text, "Be brief.", "GRPO data")
+    # metadata beside a file wins over its rows
+    write_dataset_meta(same, {"system_prompt": "Other."})
+    assert (tmp_path / "same.jsonl.mathrecipe.json").exists() and dataset_system_prompt(same) == "Other."
+    (tmp_path / "same.jsonl.mathrecipe.json").write_text("{oops")
+    with pytest.raises(DataError, match=r"same.jsonl.mathrecipe.json: not valid JSON"):
+        dataset_system_prompt(same)

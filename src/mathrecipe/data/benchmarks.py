@@ -1,4 +1,4 @@
-"""The benchmark registry: MATH-500, AIME 2024/2025, AMC23, GSM8K, or any JSONL / parquet / hub dataset.
+"""The benchmark registry: MATH-500, AIME 2024/2025, AMC23, GSM8K, or any JSONL / parquet / saved dataset path.
 
 Default source is the public HF hub dataset; a data folder (``--data-dir``, holding the registry's file names) or an
 explicit path overrides it. Every problem comes back as ``{"id", "problem", "answer"}``; a missing column or an empty
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.data.io import DataError, iter_jsonl
+from mathrecipe.data.io import DataError, iter_jsonl, load_hub
+from mathrecipe.hub import looks_local, require_hub, resolve
 
 
 def _gsm8k_answer(text: str) -> str:
@@ -105,13 +106,16 @@ def load_benchmark(
             problems = _rows_to_problems(_read_local(path), str(path), problem_column or "problem",
                                          answer_column or "answer", "id")
         else:
-            import datasets
-
-            ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.split)
+            what = f"benchmark {name!r}"
+            require_hub(spec.hub_id, what, f"Pass a data folder holding {spec.local_file} (mathrecipe eval "
+                        "--data-dir DIR, or data.build.benchmark_dir) or a local JSONL path as the benchmark.")
+            ds = load_hub(spec.hub_id, spec.split, what, name=spec.hub_config)
             problems = _rows_to_problems(ds.to_list(), f"{spec.hub_id} ({spec.split})", pcol, acol, spec.id_column,
                                          spec.answer_transform)
     else:
         path = Path(name)
+        if not path.exists() and looks_local(name):
+            resolve(name, f"benchmark {name!r}", f"Use a registry name ({', '.join(REGISTRY)}) or an existing file.")
         if not path.exists():
             raise DataError(
                 f"unknown benchmark {name!r}: not a registry name ({', '.join(REGISTRY)}) nor an existing file"

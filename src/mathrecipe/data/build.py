@@ -1,7 +1,8 @@
 """``mathrecipe data build``: the stage-1 SFT set and the stage-2 GRPO set, decontaminated, with a data report.
 
-recipe -> sources (hub or local) -> normalise -> OpenR1 sampling -> shortest correct trace (tokens) -> merge ->
-dedup -> decontaminate -> length filter -> TRL conversational rows (saved with ``datasets``) -> data_report.
+recipe -> sources (hub or local, checked before anything loads) -> normalise -> OpenR1 sampling -> shortest correct
+trace (tokens) -> merge -> dedup -> decontaminate -> length filter -> TRL conversational rows (saved with
+``datasets``, with the system prompt in their metadata) -> data_report.
 
 Every dropped row is counted under its reason; nothing is lost silently. Token lengths are counted in batches with
 the fast tokenizer and only the lengths are kept (never all traces' token ids at once).
@@ -17,16 +18,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.data.decontam import build_index, first_match, normalise_text
+from mathrecipe import __version__
+from mathrecipe.data.decontam import NgramIndex, build_index, first_match, normalise_text
+from mathrecipe.data.io import save_dataset, write_atomic, write_text_atomic
 from mathrecipe.data.sources import (
     load_source,
     normalise_light_r1,
     normalise_openr1,
 )
+from mathrecipe.hub import resolve
 from mathrecipe.prompts import build_messages
 from mathrecipe.recipe import BuildConfig, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
+
+# Context lengths SFT runs commonly train at: the report says how many kept traces exceed each, so a trace that the
+# trainer would truncate is visible even when data.build.max_tokens is null.
+SFT_LENGTHS = (4096, 8192, 16384, 32768)
 
 
 class BuildReport:
@@ -36,6 +44,9 @@ class BuildReport:
         self.sources: dict[str, dict[str, Any]] = {}
         self.steps: list[dict[str, Any]] = []
         self.contaminated: list[dict[str, str]] = []
+        self.system_prompt: str | None = None  # the one the rows were built with (build_sets sets it)
+        self.max_tokens: int | None = None
+        self.too_long: list[int] = []  # token lengths of the traces dropped as longer than max_tokens
 
     def source(self, name: str, rows_in: int) -> None:
         self.sources[name] = {"rows_in": rows_in, "dropped": {}, "rows_out": rows_in}
@@ -133,13 +144,13 @@ def dedup(ds: Any, report: BuildReport, key_of: Any = normalise_text, prefer_sho
     return ds.select(keep)
 
 
-def decontaminate(ds: Any, index: dict[str, str], n: int, report: BuildReport, num_proc: int = 1,
+def decontaminate(ds: Any, index: NgramIndex, report: BuildReport, num_proc: int = 1,
                   min_overlap: float = 0.0) -> Any:
-    """Drop rows sharing a word n-gram with a benchmark problem (see ``first_match`` for ``min_overlap``);
+    """Drop rows sharing word n-grams with a benchmark problem (see ``first_match`` for ``min_overlap``);
     report each with the item it matched."""
 
     def fn(batch: dict[str, list]) -> dict[str, list]:
-        hits = [first_match(p, index, n, min_overlap) for p in batch["problem"]]
+        hits = [first_match(p, index, min_overlap) for p in batch["problem"]]
         return {"_match": [h[0] if h else "" for h in hits], "_gram": [h[1] if h else "" for h in hits]}
 
     marked = ds.map(fn, batched=True, num_proc=num_proc, desc="decontaminate")
@@ -149,6 +160,18 @@ def decontaminate(ds: Any, index: dict[str, str], n: int, report: BuildReport, n
             report.contaminated.append({"source": src, "problem": prob[:200], "matched": m, "ngram": g})
     kept = marked.filter(lambda ms: [not m for m in ms], input_columns=["_match"], batched=True)
     return kept.remove_columns(["_match", "_gram"])
+
+
+def drop_too_long(ds: Any, max_tokens: int | None, report: BuildReport) -> Any:
+    """Drop rows whose kept trace has more than ``max_tokens`` tokens (None: keep all), counted per source."""
+    report.max_tokens = max_tokens
+    if max_tokens is None:
+        return ds
+    too_long = [(s, t) for s, t in zip(ds["source"], ds["trace_tokens"]) if t > max_tokens]
+    for s, _ in too_long:
+        report.drop(s, "too long", 1)
+    report.too_long += [t for _, t in too_long]
+    return ds.filter(lambda ts: [t <= max_tokens for t in ts], input_columns=["trace_tokens"], batched=True)
 
 
 def build_sets(
@@ -164,6 +187,7 @@ def build_sets(
     length-filter; and the GRPO problems (dedup, decontaminate). Returns (sft rows, grpo rows) as TRL rows."""
     import datasets
 
+    report.system_prompt = system_prompt or None
     index = build_index(benchmarks, cfg.ngram)
     merged = datasets.concatenate_datasets([with_trace_columns(p) for _, p in sft_parts]) if sft_parts else None
     sft = None
@@ -173,15 +197,11 @@ def build_sets(
         merged = dedup(merged, report)
         report.step("merge + dedup (shortest correct trace kept)", n0, len(merged))
         n1 = len(merged)
-        merged = decontaminate(merged, index, cfg.ngram, report, cfg.num_proc, cfg.min_overlap)
+        merged = decontaminate(merged, index, report, cfg.num_proc, cfg.min_overlap)
         report.step(f"decontaminate ({cfg.ngram}-grams vs {', '.join(benchmarks) or 'nothing'})", n1, len(merged))
+        n2 = len(merged)
+        merged = drop_too_long(merged, cfg.max_tokens, report)
         if cfg.max_tokens is not None:
-            n2 = len(merged)
-            too_long = [s for s, t in zip(merged["source"], merged["trace_tokens"]) if t > cfg.max_tokens]
-            for s in too_long:
-                report.drop(s, "too long", 1)
-            merged = merged.filter(lambda ts: [t <= cfg.max_tokens for t in ts], input_columns=["trace_tokens"],
-                                   batched=True)
             report.step(f"length <= {cfg.max_tokens} tokens", n2, len(merged))
         sft = merged.map(
             lambda b: {"messages": [build_messages(p, system_prompt) + [{"role": "assistant", "content": t}]
@@ -197,7 +217,7 @@ def build_sets(
         g = register(report, name, g.map(lambda b: {"source": [name] * len(b["source"])}, batched=True))
         n0 = len(g)
         g = dedup(g, report, prefer_short=False)
-        g = decontaminate(g, index, cfg.ngram, report, cfg.num_proc, cfg.min_overlap)
+        g = decontaminate(g, index, report, cfg.num_proc, cfg.min_overlap)
         report.step(f"{name}: dedup + decontaminate", n0, len(g))
         grpo = g.map(lambda b: {"prompt": [build_messages(p, system_prompt) for p in b["problem"]]},
                      batched=True, remove_columns=[c for c in g.column_names if c not in ("source", "answer")],
@@ -213,33 +233,51 @@ def length_stats(lengths: list[int]) -> dict[str, Any]:
             "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "max": s[-1]}
 
 
-def write_outputs(out: Path, sft: Any, grpo: Any, report: BuildReport, extra: dict[str, Any]) -> dict[str, Any]:
+def length_check(kept: list[int], report: BuildReport, sft_max_length: int | None) -> dict[str, Any]:
+    """How many kept traces exceed each common SFT length and ``sft.max_length`` (those the trainer truncates:
+    the trace alone is longer, the prompt adds more), and how many were dropped as longer than ``max_tokens``."""
+    limits = sorted({*SFT_LENGTHS, *([sft_max_length] if sft_max_length else [])})
+    return {"max_tokens": report.max_tokens, "dropped_too_long": len(report.too_long),
+            "sft_max_length": sft_max_length,
+            "over_sft_max_length": sum(t > sft_max_length for t in kept) if sft_max_length else None,
+            "over": {str(n): sum(t > n for t in kept) for n in limits}}
+
+
+def write_outputs(out: Path, sft: Any, grpo: Any, report: BuildReport, extra: dict[str, Any],
+                  sft_max_length: int | None = None) -> dict[str, Any]:
+    """Save the sets (each with its metadata: the system prompt) and data_report.{json,md,png}, all atomically.
+    ``sft_max_length`` (the recipe's sft.max_length) is the length the report counts traces over."""
     out.mkdir(parents=True, exist_ok=True)
     lengths = list(sft["trace_tokens"]) if sft is not None else []
+    meta = {"system_prompt": report.system_prompt, "built_by": f"mathrecipe {__version__} data build"}
     if sft is not None:
-        sft.save_to_disk(str(out / "sft"))
+        save_dataset(sft, out / "sft", {**meta, "set": "sft"})
     if grpo is not None:
-        grpo.save_to_disk(str(out / "grpo"))
+        save_dataset(grpo, out / "grpo", {**meta, "set": "grpo"})
     data = {
         **extra,
+        "system_prompt": report.system_prompt,
         "sft_rows": len(sft) if sft is not None else 0,
         "grpo_rows": len(grpo) if grpo is not None else 0,
         "sources": report.sources,
         "steps": report.steps,
         "contaminated": report.contaminated,
         "trace_tokens": length_stats(lengths),
+        "length_check": length_check(lengths, report, sft_max_length),
         "outputs": {"sft": str(out / "sft") if sft is not None else None,
                     "grpo": str(out / "grpo") if grpo is not None else None},
     }
-    (out / "data_report.json").write_text(json.dumps(data, indent=2))
-    (out / "data_report.md").write_text(_markdown(data))
-    if lengths:
-        _histogram(lengths, out / "data_report.png")
+    write_text_atomic(out / "data_report.json", json.dumps(data, indent=2))
+    write_text_atomic(out / "data_report.md", _markdown(data))
+    if lengths or report.too_long:
+        write_atomic(out / "data_report.png", lambda tmp: _histogram(lengths, report.too_long, data["length_check"],
+                                                                     tmp))
     return data
 
 
 def _markdown(d: dict[str, Any]) -> str:
     lines = ["# Data report", "", f"SFT rows: **{d['sft_rows']}**, GRPO rows: **{d['grpo_rows']}**.", "",
+             f"System prompt (saved with both sets): {json.dumps(d['system_prompt'], ensure_ascii=False)}", "",
              "## Per source", "", "| source | rows in | dropped (by reason) | rows out |", "|---|---:|---|---:|"]
     for name, s in d["sources"].items():
         why = "; ".join(f"{r}: {n}" for r, n in s["dropped"].items()) or "–"
@@ -249,60 +287,108 @@ def _markdown(d: dict[str, Any]) -> str:
         lines.append(f"| {s['step']} | {s['rows_in']} | {s['rows_out']} | {s['dropped']} |")
     lines += ["", f"## Contaminated rows dropped: {len(d['contaminated'])}", ""]
     for c in d["contaminated"][:200]:
-        lines.append(f"- [{c['source']}] matched **{c['matched']}** on “{c['ngram']}”: {c['problem'][:100]}")
-    t = d["trace_tokens"]
+        lines.append(f"- [{c['source']}] matched **{c['matched']}** on “{c['ngram']}”: {' '.join(c['problem'][:100].split())}")
+    t, c = d["trace_tokens"], d["length_check"]
+    lines += ["", "## Kept trace lengths (tokens)", ""]
     if t.get("count"):
-        lines += ["", "## Kept trace lengths (tokens)", "",
-                  f"min {t['min']}, median {t['median']:.0f}, mean {t['mean']:.0f}, p90 {t['p90']}, max {t['max']}"]
+        lines += [f"min {t['min']}, median {t['median']:.0f}, mean {t['mean']:.0f}, p90 {t['p90']}, max {t['max']}",
+                  ""]
+    lines.append("Kept traces longer than: " + ", ".join(f"{int(n):,}: **{k}**" for n, k in c["over"].items()) + ".")
+    if c["sft_max_length"]:
+        lines.append(f"Longer than sft.max_length={c['sft_max_length']:,} (truncated in training; the prompt adds "
+                     f"more): **{c['over_sft_max_length']}**.")
+    if c["max_tokens"] is None:
+        lines.append("data.build.max_tokens is null: no trace was dropped for its length.")
+    else:
+        lines.append(f"Dropped as longer than data.build.max_tokens={c['max_tokens']:,}: **{c['dropped_too_long']}**.")
     return "\n".join(lines) + "\n"
 
 
-def _histogram(lengths: list[int], path: Path) -> None:
+def _histogram(kept: list[int], too_long: list[int], check: dict[str, Any], path: Path) -> None:
+    """Token lengths of the kept traces and of those dropped as too long, with the max_tokens and sft.max_length
+    limits marked (in the legend with their counts, drawn when they fall inside the plotted range)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(lengths, bins=50, color="tab:blue")
-    ax.set_xlabel("kept trace length (tokens)")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    series = [(kept, "tab:blue", f"kept: {len(kept)}"), (too_long, "tab:gray", f"dropped, > max_tokens: {len(too_long)}")]
+    series = [x for x in series if x[0]]
+    ax.hist([x[0] for x in series], bins=50, stacked=True, color=[x[1] for x in series], label=[x[2] for x in series])
+    top = max(kept + too_long)
+    handles, _ = ax.get_legend_handles_labels()
+    limits = [("data.build.max_tokens", check["max_tokens"], f"{len(too_long)} dropped", "black", ":"),
+              ("sft.max_length", check["sft_max_length"], f"{check['over_sft_max_length']} kept traces over",
+               "tab:red", "--")]
+    for name, value, count, color, style in limits:
+        if value is None:
+            continue
+        label = f"{name}={value:,}: {count}" + ("" if value <= top * 1.05 else " (off the chart)")
+        if value <= top * 1.05:
+            ax.axvline(value, color=color, linestyle=style)
+        handles.append(Line2D([], [], color=color, linestyle=style, label=label))
+    ax.legend(handles=handles, fontsize=8)
+    ax.set_xlabel("trace length (tokens)")
     ax.set_ylabel("rows")
     ax.set_title("SFT traces: token lengths")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+SOURCE_KEYS = ("openr1", "openr1_hard", "light_r1")
+
+
+def check_inputs(recipe: Recipe) -> Path | str:
+    """Resolve every source and the tokenizer before anything loads: a missing path or an unreachable hub stops
+    the build in seconds with one line naming the recipe key. Returns the tokenizer's path or hub id."""
+    cfg = recipe.data.build
+    for key in SOURCE_KEYS:
+        if getattr(cfg, key):
+            resolve(getattr(cfg, key), f"data.build.{key}", f"Set data.build.{key} to a local .jsonl/.json/.parquet "
+                    "file or a saved dataset folder in the source's schema (null: leave the source out).")
+    if cfg.benchmark_dir:
+        resolve(cfg.benchmark_dir, "data.build.benchmark_dir", "Set it to a folder of benchmark JSONL files.")
+    key = "data.build.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    name = cfg.tokenizer or recipe.model.name_or_path
+    if name == "toy":
+        raise RecipeError("data.build.tokenizer: the toy model has no tokenizer before its data exists; "
+                         "set data.build.tokenizer to a tokenizer folder or hub id")
+    return resolve(name, key, "Set data.build.tokenizer to a local tokenizer or model folder.")
 
 
 def build(recipe: Recipe) -> dict[str, Any]:
     """Build both sets from the recipe's sources (hub ids or local files) into ``data.build.output_dir``."""
+    cfg = recipe.data.build
+    tok_name = check_inputs(recipe)  # before the slow imports: a wrong path fails in about a second
     from transformers import AutoTokenizer
 
     from mathrecipe.data.benchmarks import load_benchmark
 
-    cfg = recipe.data.build
-    tok_name = cfg.tokenizer or recipe.model.name_or_path
-    if tok_name == "toy":
-        raise RecipeError("data.build.tokenizer: the toy model has no tokenizer before its data exists; "
-                         "set data.build.tokenizer to a tokenizer folder or hub id")
-    tokenizer = AutoTokenizer.from_pretrained(tok_name)
+    benchmarks = dict(load_benchmark(b, cfg.benchmark_dir) for b in cfg.decontaminate)
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_name))
     report = BuildReport()
     parts: list[tuple[str, Any]] = []
     grpo_part = None
 
     if cfg.openr1:
-        ds = register(report, "openr1", normalise_openr1(load_source(cfg.openr1, cfg.openr1_split), "openr1", cfg.num_proc,
-                                             cfg.batch_size))
+        ds = register(report, "openr1", normalise_openr1(load_source(cfg.openr1, cfg.openr1_split,
+                                                                     what="data.build.openr1"),
+                                                         "openr1", cfg.num_proc, cfg.batch_size))
         parts.append(("openr1", select_openr1(ds, cfg, tokenizer, recipe.seed, report, "openr1")))
     if cfg.openr1_hard:
+        hard = load_source(cfg.openr1_hard, cfg.openr1_hard_split, what="data.build.openr1_hard")
         parts.append(("openr1_hard", register(report, "openr1_hard", normalise_openr1(
-            load_source(cfg.openr1_hard, cfg.openr1_hard_split), "openr1_hard", cfg.num_proc, cfg.batch_size))))
+            hard, "openr1_hard", cfg.num_proc, cfg.batch_size))))
     if cfg.light_r1:
-        files = None if Path(cfg.light_r1).exists() else cfg.light_r1_file
-        light = register(report, "light_r1", normalise_light_r1(load_source(cfg.light_r1, "train", files), "light_r1",
-                                                     cfg.num_proc, cfg.batch_size))
+        raw = load_source(cfg.light_r1, "train", cfg.light_r1_file, what="data.build.light_r1")
+        light = register(report, "light_r1", normalise_light_r1(raw, "light_r1", cfg.num_proc, cfg.batch_size))
         parts.append(("light_r1", light))
         grpo_part = ("light_r1", light.remove_columns(["generations"]))
-    benchmarks = dict(load_benchmark(b, cfg.benchmark_dir) for b in cfg.decontaminate)
     sft, grpo = build_sets(parts, grpo_part, benchmarks, tokenizer, cfg, recipe.data.system_prompt, report)
     return write_outputs(Path(cfg.output_dir), sft, grpo, report,
-                         {"tokenizer": tok_name, "ngram": cfg.ngram, "benchmarks": list(benchmarks)})
+                         {"tokenizer": str(tok_name), "ngram": cfg.ngram, "min_overlap": cfg.min_overlap,
+                          "benchmarks": list(benchmarks)},
+                         sft_max_length=recipe.sft.max_length if recipe.sft.enabled else None)

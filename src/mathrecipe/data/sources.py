@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mathrecipe.data.io import DataError, load_table
+from mathrecipe.data.io import DataError, load_hub, load_table
 from mathrecipe.grading import extract_answer
+from mathrecipe.hub import resolve
 
 NORMAL = ["source", "problem", "answer", "generations", "accuracy", "min_bytes", "reason"]
 OPENR1_COLUMNS = ["problem", "answer", "generations", "correctness_math_verify"]
@@ -104,12 +105,12 @@ def normalise_problems(ds: Any, source: str, problem_column: str = "problem", an
     return ds.map(fn, batched=True, remove_columns=ds.column_names, desc=f"normalise {source}")
 
 
-def load_source(path: str, split: str = "train", data_files: str | None = None) -> Any:
-    """A source from a local file/folder, or the hub (``data_files`` picks one file of a hub repo)."""
-    from pathlib import Path
-
-    if Path(path).exists():
-        return load_table(path)
-    import datasets
-
-    return datasets.load_dataset(path, data_files=data_files, split=split)
+def load_source(path: str, split: str = "train", data_files: str | None = None, what: str = "source") -> Any:
+    """A source from a local file/folder, or the hub (``data_files`` picks one file of a hub repo). ``what`` names
+    the recipe key it came from (e.g. ``data.build.openr1``); a missing local path or an unreachable hub fails at
+    once with one line."""
+    hint = f"Set {what} to a local .jsonl/.json/.parquet file or a saved dataset folder in the source's schema."
+    p = resolve(path, what, hint)
+    if isinstance(p, str):
+        return load_hub(p, split, what, data_files=data_files)
+    return load_table(p, what=what, local_hint=hint)
