@@ -62,14 +62,14 @@ def test_grpo_stage_alone_from_a_checkpoint(tmp_path, tiny_model_dir):
     assert report["start"]["name"] == "start model" and "accuracy" in report["start"]
 
 
-def test_cli_errors_name_the_culprit(tmp_path, capsys):
+def test_cli_errors_name_the_culprit(tmp_path, capsys, tiny_model_dir):
     assert main(["run", "sft.epoch=3"]) == 2
     assert "unknown recipe key 'sft.epoch'" in capsys.readouterr().err
     bad = tmp_path / "test.jsonl"
     bad.write_text('{"id": 1, "problem": "Compute 10 + 10."}\n')
     grpo = tmp_path / "grpo.jsonl"
     grpo.write_text('{"prompt": "Compute 10 + 10.", "answer": "20"}\n')
-    rc = main(["run", f"output_dir={tmp_path / 'o'}", "model.name_or_path=x", "data.source=files",
+    rc = main(["run", f"output_dir={tmp_path / 'o'}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
                "sft.enabled=false", f"data.grpo_path={grpo}", f"data.eval_path={bad}"])
     assert rc == 2
     err = capsys.readouterr().err

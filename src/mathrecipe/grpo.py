@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mathrecipe.checkpoints import CompleteMarker, checkpoint_step, last_complete_checkpoint
-from mathrecipe.data.io import load_table, require_columns, require_nonempty
+from mathrecipe.data.io import check_system_prompt, load_table, require_columns, require_nonempty
 from mathrecipe.files import replace_dir
 from mathrecipe.grading import Grader, default_grader
 from mathrecipe.hardware import has_cuda, precision_kwargs
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def load_grpo_dataset(path: str | Path, system_prompt: str | None) -> Any:
     """GRPO rows: ``prompt`` (messages, or a problem string wrapped with the system prompt) and ``answer``."""
-    ds = load_table(path)
+    ds = load_table(path, what="data.grpo_path")
     source = f"GRPO data {path}"
     require_columns(ds, ["prompt", "answer"], source)
     require_nonempty(ds, ["prompt", "answer"], source)
@@ -257,6 +257,7 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
     g = recipe.grpo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_system_prompt(data_path, recipe.data.system_prompt, "GRPO data (data.grpo_path)")
     rewards, _ = build_rewards(recipe)
     config = GRPOConfig(**grpo_args(recipe, out))
     dataset = load_grpo_dataset(data_path, recipe.data.system_prompt)

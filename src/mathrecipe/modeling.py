@@ -57,16 +57,15 @@ def check_model_folder(path: str | Path, what: str = "model") -> None:
 
 
 def resolve_model(name: str, what: str = "model") -> str:
-    """A local model folder (checked complete) or a hub id (checked reachable, never a local-looking path)."""
-    from mathrecipe.hub import looks_local, require_hub
+    """A local model folder (checked complete) or a hub id (checked reachable); a missing local-looking path fails
+    at once and is never sent to the hub."""
+    from mathrecipe.hub import resolve
 
-    if Path(name).expanduser().exists():
-        check_model_folder(Path(name).expanduser(), what)
-        return str(Path(name).expanduser())
-    if looks_local(name):
-        raise ModelError(f"{what} {name}: no such folder (a local path; it is not looked up on the hub)")
-    require_hub(name, what, "a local model folder (an HF folder with config.json, weights and tokenizer)")
-    return name
+    found = resolve(name, what, "Give a local model folder (an HF checkpoint: config.json, weights, tokenizer) or a reachable hub id.")
+    if isinstance(found, Path):
+        check_model_folder(found, what)
+        return str(found)
+    return found
 
 
 def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
@@ -85,8 +84,7 @@ def load_model_and_tokenizer(path: str, cfg: ModelConfig, training: bool = False
     import torch
     from transformers import AutoModelForCausalLM
 
-    if Path(path).is_dir():
-        check_model_folder(path)
+    path = resolve_model(path)
     tokenizer = load_tokenizer(path, cfg)
     model = AutoModelForCausalLM.from_pretrained(
         path, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,

@@ -87,7 +87,8 @@ def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -
                            AutoTokenizer.from_pretrained(tokenizer_path), d.build, d.system_prompt, report)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram})
+    write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram},
+                  sft_max_length=recipe.sft.max_length)
     write_jsonl(test, tmp / "test.jsonl")
     write_jsonl(dev, tmp / "dev.jsonl")
     atomic_write_json(tmp / DONE, {"rows": {"test": len(test), "dev": len(dev)}})
@@ -115,9 +116,10 @@ def prepare_model(recipe: Recipe, out: Path) -> str:
     return str(out)
 
 
-def load_problems(path: str | Path, problem_column: str = "problem", answer_column: str = "answer") -> list[dict]:
+def load_problems(path: str | Path, problem_column: str = "problem", answer_column: str = "answer",
+                  what: str = "evaluation data") -> list[dict]:
     """Held-out problems as dicts with id, problem, answer; missing or empty fields are errors naming the row."""
-    ds = load_table(path)
+    ds = load_table(path, what=what)
     source = f"evaluation data {path}"
     require_columns(ds, [problem_column, answer_column], source)
     require_nonempty(ds, [problem_column, answer_column], source)
@@ -130,7 +132,7 @@ def load_problems(path: str | Path, problem_column: str = "problem", answer_colu
 
 
 def _check_sft_rows(path: str) -> None:
-    ds = load_table(path)
+    ds = load_table(path, what="data.sft_path")
     source = f"SFT data {path}"
     if "prompt" in ds.column_names and "completion" in ds.column_names:
         require_nonempty(ds, ["prompt", "completion"], source)
@@ -140,25 +142,19 @@ def _check_sft_rows(path: str) -> None:
 
 
 def _require_path(value: str | None, key: str) -> None:
-    """A data path that looks local must exist (checked at once; never sent to the hub)."""
-    if not value:
-        return
-    p = Path(value).expanduser()
-    if p.exists():
-        return
-    try:
-        from mathrecipe.hub import looks_local
-    except ImportError:  # before mathrecipe.hub: anything that is not owner/name is local
-        def looks_local(name: str) -> bool:
-            return name.count("/") != 1 or name.startswith((".", "/", "~"))
-    if looks_local(value):
-        raise DataError(f"{key}={value}: no such file or folder")
+    """A data path: an existing file/folder, or a hub id (checked reachable); a missing local-looking path fails at
+    once, naming the key (it is never sent to the hub)."""
+    if value:
+        from mathrecipe.hub import resolve
+
+        resolve(value, key, "Give a local .jsonl/.parquet file or a saved dataset folder.")
 
 
 def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
     """Check every input the whole run will need, before any compute, cheapest first: paths, the model folder's
     files, then columns and non-empty fields of every data file, optional backends, trainer settings. One line."""
-    from mathrecipe.modeling import check_model_folder
+    from mathrecipe.data.io import check_system_prompt
+    from mathrecipe.modeling import resolve_model
 
     do_sft = "sft" in stages and recipe.sft.enabled
     do_grpo = "grpo" in stages and recipe.grpo.enabled
@@ -169,29 +165,23 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
                                    ("data.dev_path", d.dev_path, do_sft and recipe.sft.select == "best")):
             if needed:
                 _require_path(value, key)
-    name = recipe.model.name_or_path
-    if name != "toy" and Path(name).expanduser().exists():
-        check_model_folder(Path(name).expanduser(), "model.name_or_path")
-    elif name != "toy":
-        try:
-            from mathrecipe.modeling import resolve_model
-
-            resolve_model(name, "model.name_or_path")
-        except ImportError:  # hub checks arrive with mathrecipe.hub
-            pass
+    if recipe.model.name_or_path != "toy":
+        resolve_model(recipe.model.name_or_path, "model.name_or_path")
     if d.source == "files":
         if do_sft:
             _check_sft_rows(d.sft_path)
+            check_system_prompt(d.sft_path, d.system_prompt, "SFT data (data.sft_path)")
         if do_grpo:
-            ds = load_table(d.grpo_path)
+            ds = load_table(d.grpo_path, what="data.grpo_path")
             require_columns(ds, ["prompt", "answer"], f"GRPO data {d.grpo_path}")
             require_nonempty(ds, ["prompt", "answer"], f"GRPO data {d.grpo_path}")
-        load_problems(d.eval_path, d.problem_column, d.answer_column)
+            check_system_prompt(d.grpo_path, d.system_prompt, "GRPO data (data.grpo_path)")
+        load_problems(d.eval_path, d.problem_column, d.answer_column, "data.eval_path")
         if do_sft and recipe.sft.select == "best":
             if not d.dev_path:
                 raise RecipeError("sft.select=best picks the epoch on development problems apart from the reported "
                                   "ones: set data.dev_path (or sft.select=last)")
-            load_problems(d.dev_path, d.problem_column, d.answer_column)
+            load_problems(d.dev_path, d.problem_column, d.answer_column, "data.dev_path")
     for key, backend, used in (("eval.backend", recipe.eval.backend, True),
                                ("grpo.backend", recipe.grpo.backend, do_grpo)):
         if backend == "vllm" and used:

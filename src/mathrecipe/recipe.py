@@ -76,7 +76,9 @@ class BuildConfig:
     decontaminate: list[str] = field(default_factory=lambda: ["math500", "aime24", "aime25", "amc23"])
     benchmark_dir: str | None = None  # local benchmark files (the evaluation registry's names); default: the hub
     ngram: int = 8
-    min_overlap: float = 0.0  # 0: any shared n-gram drops a problem; 0.5: half its n-grams (ignores boilerplate)
+    # 0: any shared n-gram drops a problem; 0.5: the problem holds half of a benchmark item's n-grams, or half its
+    # own are that item's (ignores boilerplate)
+    min_overlap: float = 0.0
     num_proc: int = 1
     batch_size: int = 1000
 

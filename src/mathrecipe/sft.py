@@ -16,7 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mathrecipe.checkpoints import CompleteMarker, last_complete_checkpoint
-from mathrecipe.data.io import DataError, load_table, require_columns, write_jsonl
+from mathrecipe.data.io import DataError, check_system_prompt, load_table, require_columns, write_jsonl
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.evaluate.harness import evaluate_for_recipe
 from mathrecipe.files import read_jsonl_rows
@@ -37,7 +37,7 @@ def load_sft_dataset(path: str | Path) -> Any:
 
     Accepts ``messages`` whose last turn is the assistant's, or ``prompt``/``completion`` (message lists or strings).
     """
-    ds = load_table(path)
+    ds = load_table(path, what="data.sft_path")
     source = f"SFT data {path}"
     if "prompt" in ds.column_names and "completion" in ds.column_names:
         def pc(row: dict[str, Any], idx: int) -> dict[str, Any]:
@@ -180,6 +180,7 @@ def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: li
     s = recipe.sft
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_system_prompt(data_path, recipe.data.system_prompt, "SFT data (data.sft_path)")
     config = SFTConfig(**sft_args(recipe, out))
     model, tokenizer = load_model_and_tokenizer(model_path, recipe.model, training=True)
     with config.main_process_first(desc="tokenise SFT data"):

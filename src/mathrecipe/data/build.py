@@ -20,12 +20,13 @@ from typing import Any
 
 from mathrecipe import __version__
 from mathrecipe.data.decontam import NgramIndex, build_index, first_match, normalise_text
-from mathrecipe.data.io import save_dataset, write_atomic, write_text_atomic
+from mathrecipe.data.io import save_dataset
 from mathrecipe.data.sources import (
     load_source,
     normalise_light_r1,
     normalise_openr1,
 )
+from mathrecipe.files import atomic_write, atomic_write_text
 from mathrecipe.hub import resolve
 from mathrecipe.prompts import build_messages
 from mathrecipe.recipe import BuildConfig, Recipe, RecipeError
@@ -267,10 +268,10 @@ def write_outputs(out: Path, sft: Any, grpo: Any, report: BuildReport, extra: di
         "outputs": {"sft": str(out / "sft") if sft is not None else None,
                     "grpo": str(out / "grpo") if grpo is not None else None},
     }
-    write_text_atomic(out / "data_report.json", json.dumps(data, indent=2))
-    write_text_atomic(out / "data_report.md", _markdown(data))
+    atomic_write_text(out / "data_report.json", json.dumps(data, indent=2))
+    atomic_write_text(out / "data_report.md", _markdown(data))
     if lengths or report.too_long:
-        write_atomic(out / "data_report.png", lambda tmp: _histogram(lengths, report.too_long, data["length_check"],
+        atomic_write(out / "data_report.png", lambda tmp: _histogram(lengths, report.too_long, data["length_check"],
                                                                      tmp))
     return data
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
+from mathrecipe.files import atomic_write, atomic_write_text, replace_dir
 from mathrecipe.hub import resolve
 
 TABLE_HINT = "Give a local .jsonl/.json/.parquet file, a folder written by datasets' save_to_disk, or a hub dataset id."
@@ -101,24 +102,6 @@ def require_nonempty(ds: Any, columns: Sequence[str], source: str) -> None:
                 raise DataError(f"{source}, row {i}: column {c!r} is empty")
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then move it into place (``os.replace``): a reader
-    never sees a half-written file, and a failed write leaves the old one."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """One JSON object a line, written atomically."""
 
@@ -127,7 +110,7 @@ def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
-    return write_atomic(path, write)
+    return atomic_write(path, write)
 
 
 def save_dataset(ds: Any, path: str | Path, meta: dict[str, Any]) -> Path:
@@ -135,17 +118,14 @@ def save_dataset(ds: Any, path: str | Path, meta: dict[str, Any]) -> Path:
     is always a whole set, with the metadata of the rows it holds."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = p.with_name(f".{p.name}.tmp-{os.getpid()}"), p.with_name(f".{p.name}.old-{os.getpid()}")
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         ds.save_to_disk(str(tmp))
-        write_text_atomic(tmp / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        if p.exists():
-            os.replace(p, old)  # a folder cannot replace a non-empty folder in one step
-        os.replace(tmp, p)
+        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        replace_dir(tmp, p)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return p
 
 
@@ -160,7 +140,7 @@ def meta_path(path: str | Path) -> Path:
 
 def write_dataset_meta(path: str | Path, meta: dict[str, Any]) -> Path:
     """Write the metadata of the set at ``path`` (a folder or a file), atomically."""
-    return write_text_atomic(meta_path(path), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return atomic_write_text(meta_path(path), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_dataset_meta(path: str | Path) -> dict[str, Any] | None:
