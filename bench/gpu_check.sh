@@ -56,7 +56,7 @@ if [ $DRY = 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONUNBUFFERED=1 MATHRECIPE_GPU_CHECK=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 MATHRECIPE_GPU_CHECK=1 TOKENIZERS_PARALLELISM=false GPU_CHECK_START=$START
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 echo "gpu_check.sh: work folder $WORK, results to $OUT$([ $DRY = 1 ] && echo ' (dry run)')"
 

@@ -139,6 +139,11 @@ def test_paper_sft_fits_on_8_h200_with_zero3():
     assert sft.fits and sft.total_gib < 60
     assert "ZeRO-3 over 8" in sft.setup and "24000-token packed rows" in sft.setup
     assert sft.work["tokens_per_step_max"] == 1 * 8 * 8 * 24000
+    import re
+
+    note = next(n for n in sft.notes if n.startswith("activations"))
+    on, off = (float(x) for x in re.findall(r"([\d.]+) GiB", note))
+    assert 0 < on < off  # both figures shown: checkpointing keeps one layer's activations, not 48
 
 
 def test_shipped_paper_recipe_fits_8_h200_and_exits_0():
@@ -165,6 +170,7 @@ def test_one_24gib_gpu_cannot_fit_the_14b(capsys):
     assert rc == 1
     out = capsys.readouterr().out
     assert "does not fit: sft: needs" in out and "over the 22.8 GiB usable on a 24 GiB GPU" in out
+    assert "launches 8 processes; this plan is for 1" in out
 
 
 def test_gradient_checkpointing_is_the_fix_when_it_is_enough():
@@ -217,6 +223,16 @@ def test_packed_steps_come_from_the_built_set(tmp_path):
     work = check_fits(r, gpus=1).stage("sft").work
     # 100 + 200 + min(300, 256) + 50 = 606 tokens -> 3 packed rows of 256 -> 3 steps per epoch
     assert work["rows"] == 4 and work["steps_per_epoch"] == 3 and work["optimizer_steps"] == 6
+
+
+def test_8bit_optimizer_without_bitsandbytes_is_noted(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    sft = check_fits(load_recipe(PAPER, PAPER_LAUNCH), **H200).stage("sft")
+    assert "sft.optim=paged_adamw_8bit needs bitsandbytes (pip install bitsandbytes), not installed here" in sft.notes
+    assert not check_fits(load_recipe(None), gpus=1).stage("sft").notes  # adamw_torch needs nothing
 
 
 def test_json_output_and_argument_errors(capsys):

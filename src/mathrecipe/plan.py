@@ -221,6 +221,15 @@ def moment_bytes(optim: str) -> float:
     return 8.0
 
 
+def _optimizer_note(key: str, optim: str) -> list[str]:
+    """8-bit and paged optimizers come from bitsandbytes, which mathrecipe does not install."""
+    import importlib.util
+
+    if ("8bit" in optim or optim.startswith("paged_")) and importlib.util.find_spec("bitsandbytes") is None:
+        return [f"{key}={optim} needs bitsandbytes (pip install bitsandbytes), not installed here"]
+    return []
+
+
 def train_state_bytes(params: int, launch: StageLaunch, processes: int, mixed: bool, optim: str) -> dict[str, float]:
     """Per-GPU bytes of weights, gradients, fp32 master weights and optimizer moments (see the module table)."""
     n = max(processes, 1)
@@ -260,6 +269,13 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, act_bytes: int, ch
         out = {"activations": layer * shape.layers}
     out["LM head (fused, tiled)"] = LM_HEAD_TILE * 4 + shape.vocab * shape.hidden * 4
     return out
+
+
+def checkpointing_note(shape: ModelShape, batch: int, seq: int, act_bytes: int, eager: bool = False) -> str:
+    """Both activation figures, so the cost of the checkpointing choice is visible either way."""
+    on, off = (sum(v for k, v in activation_bytes(shape, batch, seq, act_bytes, gc, eager).items()
+                   if k.startswith("activations")) / GIB for gc in (True, False))
+    return f"activations {on:.1f} GiB with gradient checkpointing, {off:.1f} GiB without"
 
 
 def eval_batch_bytes(shape: ModelShape, seq: int, dtype_bytes: int = 2) -> float:
@@ -335,6 +351,7 @@ class Plan:
     model: ModelShape
     target: Target
     stages: list[StagePlan]
+    notes: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
         """One line per stage that cannot fit: the stage, the shortfall and the fix."""
@@ -355,7 +372,7 @@ class Plan:
         return {"model": {**asdict(self.model), "params": self.model.params,
                           "kv_bytes_per_token_bf16": self.model.kv_bytes_per_token(2)},
                 "target": asdict(self.target) | {"usable_gib": self.target.usable_gib},
-                "stages": [s.to_dict() for s in self.stages], "failures": self.failures()}
+                "stages": [s.to_dict() for s in self.stages], "failures": self.failures(), "notes": self.notes}
 
 
 def _resolve(precision: str, checkpointing: bool | None, gpu: bool) -> tuple[bool, bool]:
@@ -448,9 +465,11 @@ def plan_sft(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
                      usable_gib=target.usable_gib)
     if not s.max_length:
         plan.notes.append(f"sft.max_length is unset: planned at {seq} tokens per row")
+    plan.notes += _optimizer_note("sft.optim", s.optim)
     plan.items += _gib(train_state_bytes(shape.params, launch, n, mixed, s.optim))
     plan.items += _gib(_state_extras(shape, launch, n, mixed))
     plan.items += _gib(activation_bytes(shape, s.batch_size, seq, act, gc, eager))
+    plan.notes.append(checkpointing_note(shape, s.batch_size, seq, act, eager))
     if target.gpu:
         plan.items.append(("CUDA context", CUDA_CONTEXT_GIB, "all"))
     plan.work = _sft_work(recipe, n, seq)
@@ -487,12 +506,14 @@ def plan_grpo(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
                              f"{'gradient checkpointing' if gc else 'no checkpointing'}, {optim}, {rollout}, "
                              f"{g.batch_size} x ({PROMPT_TOKENS} + {g.max_completion_length})-token sequences",
                      usable_gib=target.usable_gib)
+    plan.notes += _optimizer_note("grpo.extra.optim", optim)
     plan.items += _gib(train_state_bytes(shape.params, launch, n, mixed, optim))
     plan.items += _gib(_state_extras(shape, launch, n, mixed))
     if g.beta > 0:
         ref = (2 if mixed else 4) * shape.params / (n if launch.zero_stage == 3 else 1)
         plan.items.append(("reference model", ref / GIB, "all"))
     plan.items += _gib(activation_bytes(shape, g.batch_size, seq, act, gc), "train")
+    plan.notes.append(checkpointing_note(shape, g.batch_size, seq, act))
     kv_tok = shape.kv_bytes_per_token(2 if mixed else 4)
     if colocate:
         if target.gpu_mem_gib is None:
@@ -684,7 +705,15 @@ def plan_recipe(recipe: Recipe, target: Target) -> Plan:
         if p.fits is False:
             p.fixes = _find_fixes(recipe, shape, target, p)
         stages.append(p)
-    return Plan(shape, target, stages)
+    notes = []
+    if recipe.accelerate_config:
+        from mathrecipe.launch import load_accelerate_config
+
+        n = load_accelerate_config(recipe.accelerate_config).get("num_processes")
+        if n is not None and n != target.gpus:
+            notes.append(f"accelerate_config {recipe.accelerate_config} launches {n} processes; this plan is for "
+                         f"{target.gpus} (batch math and sharding use {target.gpus})")
+    return Plan(shape, target, stages, notes)
 
 
 def detect_target(recipe: Recipe, gpus: int | None = None, gpu_mem_gib: float | None = None) -> Target:
@@ -766,7 +795,8 @@ def render(plan: Plan, source: str = "") -> str:
     lines = [f"mathrecipe plan{': ' + source if source else ''}",
              f"model {plan.model.name}: {plan.model.describe()}; KV cache "
              f"{plan.model.kv_bytes_per_token(2) / 1024:.0f} KiB/token (bf16)",
-             f"target: {t.gpus} {'GPU' if t.gpu else 'CPU process'}{'s' if t.gpus > 1 else ''}{mem}", ""]
+             f"target: {t.gpus} {'GPU' if t.gpu else 'CPU process'}{'s' if t.gpus > 1 else ''}{mem}",
+             *[f"note: {n}" for n in plan.notes], ""]
     for s in plan.stages:
         lines.append(f"{s.stage.upper()}  {s.setup}")
         for name, gib, phase in s.items:
