@@ -32,7 +32,7 @@ PAPER = ROOT / "recipes" / "paper" / "fast-math-r1-14b.yaml"
 PAPER_LAUNCH = [f"accelerate_config={ACC / 'multi_gpu.yaml'}", f"sft.deepspeed={ACC / 'deepspeed_zero3.json'}",
                 f"grpo.deepspeed={ACC / 'deepspeed_zero2.json'}"]
 # The values the paper recipe must carry to fit 8 x H200 (requested from its owner; see the report).
-PAPER_FIT = ["grpo.extra={vllm_enable_sleep_mode: true}", "eval.batch_size=auto"]
+PAPER_FIT = ["grpo.extra.vllm_enable_sleep_mode=true", "eval.batch_size=auto"]
 H200 = dict(gpus=8, gpu_mem_gib=141)
 # the GPU probe's SFT setting: a Qwen2.5-1.5B shape, one packed 8,192-token row, bf16
 PROBE = ["model.name_or_path=Qwen/Qwen2.5-1.5B", "data.source=files", "data.sft_path=x", "data.grpo_path=x",
@@ -156,7 +156,7 @@ def test_shipped_paper_recipe_fits_8_h200_and_exits_0():
 
 
 def test_paper_grpo_without_sleep_mode_and_eval_batch_64_do_not_fit():
-    plan = check_fits(load_recipe(PAPER, [*PAPER_LAUNCH, "grpo.extra={optim: paged_adamw_8bit}"]), **H200)
+    plan = check_fits(load_recipe(PAPER, [*PAPER_LAUNCH, "grpo.extra.optim=paged_adamw_8bit"]), **H200)
     failures = plan.failures()
     grpo = next(f for f in failures if f.startswith("grpo:"))
     assert "grpo.extra.vllm_enable_sleep_mode=true" in grpo and "GiB over" in grpo
