@@ -147,16 +147,19 @@ def test_paper_sft_fits_on_8_h200_with_zero3():
 
 
 def test_shipped_paper_recipe_fits_8_h200_and_exits_0():
-    """`mathrecipe plan recipes/paper/fast-math-r1-14b.yaml --gpus 8 --gpu-mem 141` exits 0 once the recipe has its
-    launch files and the two values requested from its owner."""
-    assert run_plan([str(PAPER), *PAPER_LAUNCH, *PAPER_FIT, "--gpus", "8", "--gpu-mem", "141"]) == 0
-    plan = check_fits(load_recipe(PAPER, PAPER_LAUNCH + PAPER_FIT), **H200)
+    """`mathrecipe plan recipes/paper/fast-math-r1-14b.yaml --gpus 8 --gpu-mem 141` exits 0 as shipped, and with the
+    HF backend evaluating, `eval.batch_size: auto` picks a batch that fits."""
+    assert run_plan([str(PAPER), "--gpus", "8", "--gpu-mem", "141"]) == 0
+    assert check_fits(load_recipe(PAPER), **H200).failures() == []
+    plan = check_fits(load_recipe(PAPER, PAPER_LAUNCH + PAPER_FIT + ["eval.backend=hf"]), **H200)
     assert plan.failures() == []
     assert 1 <= plan.stage("eval").work["auto_batch_size"] <= 64
 
 
 def test_paper_grpo_without_sleep_mode_and_eval_batch_64_do_not_fit():
-    plan = check_fits(load_recipe(PAPER, [*PAPER_LAUNCH, "grpo.extra.optim=paged_adamw_8bit"]), **H200)
+    plan = check_fits(load_recipe(PAPER, [*PAPER_LAUNCH, "grpo.extra.optim=paged_adamw_8bit",
+                                          "grpo.extra.vllm_enable_sleep_mode=false", "eval.backend=hf",
+                                          "eval.batch_size=64"]), **H200)
     failures = plan.failures()
     grpo = next(f for f in failures if f.startswith("grpo:"))
     assert "grpo.extra.vllm_enable_sleep_mode=true" in grpo and "GiB over" in grpo
@@ -185,14 +188,15 @@ def test_eval_auto_batch_is_the_largest_that_fits_the_kv_budget():
     per = eval_batch_bytes(shape, 512 + 32768)
     assert auto_eval_batch_size(shape, 512 + 32768, 10 * per / GIB) == 10
     assert auto_eval_batch_size(shape, 512 + 32768, 10.99 * per / GIB) == 10
-    r = load_recipe(PAPER, [*PAPER_LAUNCH, "eval.batch_size=auto", "eval.kv_cache_gib=60"])
+    r = load_recipe(PAPER, [*PAPER_LAUNCH, "eval.backend=hf", "eval.batch_size=auto", "eval.kv_cache_gib=60"])
     ev = check_fits(r, **H200).stage("eval")
     assert ev.work["auto_batch_size"] == math.floor(60 * GIB / per) == 9
     assert "batch 9" in ev.setup
 
 
 def test_vllm_share_too_small_for_one_sequence_names_the_utilization():
-    r = load_recipe(PAPER, [*PAPER_LAUNCH, *PAPER_FIT, "grpo.vllm_gpu_memory_utilization=0.2"])
+    r = load_recipe(PAPER, [*PAPER_LAUNCH, *PAPER_FIT, "grpo.vllm_gpu_memory_utilization=0.2",
+                            "grpo.extra.vllm_tensor_parallel_size=1"])
     grpo = check_fits(r, **H200).stage("grpo")
     assert grpo.fits is False
     assert "raise grpo.vllm_gpu_memory_utilization to >= 0.25" in grpo.problems[0]

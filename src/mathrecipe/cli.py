@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=cmd_inspect)
 
+    from mathrecipe.plan import add_plan_parser
+
+    add_plan_parser(sub)
+
     from mathrecipe.evaluate.cli import add_eval_parsers
 
     add_eval_parsers(sub)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mathrecipe.errors import MathRecipeError
+
 
 def has_cuda() -> bool:
     import torch
@@ -15,21 +17,27 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def resolve_precision(precision: str, gradient_checkpointing: bool | None, cuda: bool,
+                      bf16_ok: bool = True) -> tuple[str, bool]:
+    """(compute precision, gradient checkpointing) that "auto"/None mean on the target: bf16 (fp16 without bf16
+    support) and checkpointing on a GPU; fp32 without checkpointing on CPU. Pure: ``mathrecipe plan`` uses it for
+    machines it is not running on."""
+    if precision == "auto":
+        precision = ("bf16" if bf16_ok else "fp16") if cuda else "fp32"
+    if precision in ("bf16", "fp16") and not cuda:
+        raise MathRecipeError(f"precision={precision} needs a GPU; on CPU use precision=fp32 (or auto)")
+    return precision, (cuda if gradient_checkpointing is None else gradient_checkpointing)
+
+
 def precision_kwargs(precision: str = "auto", gradient_checkpointing: bool | None = None) -> dict[str, Any]:
     """Keyword arguments for a TRL/transformers TrainingArguments: bf16/fp16, gradient_checkpointing, use_cpu."""
     import torch
 
     cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and not cuda:
-        raise ValueError(f"precision={precision} needs a GPU; on CPU use precision=fp32 (or auto)")
-    return {
-        "bf16": precision == "bf16",
-        "fp16": precision == "fp16",
-        "gradient_checkpointing": cuda if gradient_checkpointing is None else gradient_checkpointing,
-        "use_cpu": not cuda,
-    }
+    precision, gc = resolve_precision(precision, gradient_checkpointing, cuda,
+                                      cuda and torch.cuda.is_bf16_supported())
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "gradient_checkpointing": gc,
+            "use_cpu": not cuda}
 
 
 def distributed_state() -> Any:

@@ -195,8 +195,15 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
     for key, stage in (("sft", recipe.sft), ("grpo", recipe.grpo)):
         try:
             precision_kwargs(stage.precision, stage.gradient_checkpointing)
-        except ValueError as e:
+        except MathRecipeError as e:
             raise RecipeError(f"{key}.precision: {e}") from e
+    from mathrecipe.launch import validate_launch
+    from mathrecipe.plan import check_fits
+
+    validate_launch(recipe)  # the DeepSpeed/FSDP/accelerate files the recipe names, and the process count
+    failures = check_fits(recipe).failures()  # on a GPU: each stage's memory against the devices (no-op on CPU)
+    if failures:
+        raise RecipeError("; ".join(failures))
 
 
 def check_output_dir(recipe: Recipe, out: Path) -> None:

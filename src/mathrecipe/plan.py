@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathrecipe.hardware import resolve_precision
 from mathrecipe.launch import StageLaunch, grpo_generation_batch, stage_launch, validate_launch
 from mathrecipe.recipe import Recipe, RecipeError
 
@@ -377,8 +378,10 @@ class Plan:
 
 def _resolve(precision: str, checkpointing: bool | None, gpu: bool) -> tuple[bool, bool]:
     """(mixed precision, gradient checkpointing) for the target, as mathrecipe.hardware resolves them there."""
-    mixed = precision in ("bf16", "fp16") or (precision == "auto" and gpu)
-    return mixed, (gpu if checkpointing is None else checkpointing)
+    if precision in ("bf16", "fp16") and not gpu:  # planning a GPU recipe on a CPU-only target: say so, not raise
+        return True, bool(checkpointing)
+    resolved, gc = resolve_precision(precision, checkpointing, gpu)
+    return resolved != "fp32", gc
 
 
 def _gib(items: dict[str, float], phase: str = "all") -> list[tuple[str, float, str]]:
