@@ -44,6 +44,17 @@ def test_batched_generation_shapes_and_determinism(tiny):
     assert [[c.token_ids for c in cs] for cs in out] == [[c.token_ids for c in cs] for cs in again]
 
 
+def test_generation_leaves_the_callers_random_stream_alone(tiny):
+    import torch
+
+    model, tok = tiny
+    torch.manual_seed(1)
+    HFGenerator(model, tok, batch_size=4).generate(prompt_ids(tok, PROBLEMS[:1]), SamplingSettings(max_new_tokens=4))
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(after, torch.rand(3))  # training after an in-run evaluation draws what it would have drawn
+
+
 def test_greedy_batched_equals_one_at_a_time(tiny):
     model, tok = tiny
     ids = prompt_ids(tok, PROBLEMS)
@@ -141,9 +152,11 @@ def test_kv_formula_matches_the_real_cache_and_sizes_auto_batches(tiny):
     assert auto_batch_size(cfg, 4, 100, 1e-9) == 1
     m, tok = tiny
     ids = prompt_ids(tok, PROBLEMS)
-    gen = HFGenerator(m, tok, batch_size="auto", kv_cache_gib=0.001)
     s = SamplingSettings(max_new_tokens=50)
-    assert gen.batch_size_for(ids, s) == auto_batch_size(m.config, 4, max(map(len, ids)) + 50, 0.001)
+    gib = 2.5 * kv_bytes_per_token(m.config, 4) * (max(map(len, ids)) + 50) / 2**30  # room for 2.5 sequences
+    assert HFGenerator(m, tok, batch_size="auto", kv_cache_gib=gib).batch_size_for(ids, s) == 2
+    roomy = HFGenerator(m, tok, batch_size="auto", kv_cache_gib=4)
+    assert roomy.batch_size_for(ids, SamplingSettings(samples=2)) == 6  # never more than the sequences asked for
     with pytest.raises(SettingError, match="batch_size must be an integer >= 1 or 'auto'"):
         HFGenerator(m, tok, batch_size=0)
 

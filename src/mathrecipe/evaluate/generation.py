@@ -203,13 +203,15 @@ class HFGenerator:
         self.kv_cache_gib = kv_cache_gib
 
     def batch_size_for(self, prompts: Sequence[list[int]], settings: SamplingSettings) -> int:
-        """The batch this generator uses for these prompts: its int batch size, or the auto choice."""
+        """The batch this generator uses for these prompts: its int batch size, or the auto choice (at most the
+        number of sequences asked for)."""
         if self.batch_size != "auto":
             return int(self.batch_size)
         p = next(self.model.parameters())
         gib = self.kv_cache_gib if self.kv_cache_gib is not None else default_kv_cache_gib(p.device)
         longest = max((len(x) for x in prompts), default=0)
-        return auto_batch_size(self.model.config, p.element_size(), longest + settings.max_new_tokens, gib)
+        fits = auto_batch_size(self.model.config, p.element_size(), longest + settings.max_new_tokens, gib)
+        return max(1, min(fits, len(prompts) * settings.samples))
 
     def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
@@ -234,23 +236,25 @@ class HFGenerator:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        torch.manual_seed(settings.seed)
-        try:
-            for start in range(0, len(jobs), batch_size):
-                batch = jobs[start : start + batch_size]
-                width = max(len(prompts[i]) for i, _ in batch)
-                ids = [[tok.pad_token_id] * (width - len(prompts[i])) + list(prompts[i]) for i, _ in batch]
-                mask = [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch]
-                with torch.no_grad():
-                    seqs = model.generate(input_ids=torch.tensor(ids, device=device),
-                                          attention_mask=torch.tensor(mask, device=device), **gen_kwargs)
-                for (i, j), row in zip(batch, seqs[:, width:].tolist()):
-                    out[i][j] = _finish(row, stop_ids, stop_strings, tok)
-                if on_progress:
-                    on_progress(len(batch))
-        finally:
-            if was_training:
-                model.train()
+        # a private random stream: evaluating between training epochs must not change training's
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(settings.seed)
+            try:
+                for start in range(0, len(jobs), batch_size):
+                    batch = jobs[start : start + batch_size]
+                    width = max(len(prompts[i]) for i, _ in batch)
+                    ids = [[tok.pad_token_id] * (width - len(prompts[i])) + list(prompts[i]) for i, _ in batch]
+                    mask = [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch]
+                    with torch.no_grad():
+                        seqs = model.generate(input_ids=torch.tensor(ids, device=device),
+                                              attention_mask=torch.tensor(mask, device=device), **gen_kwargs)
+                    for (i, j), row in zip(batch, seqs[:, width:].tolist()):
+                        out[i][j] = _finish(row, stop_ids, stop_strings, tok)
+                    if on_progress:
+                        on_progress(len(batch))
+            finally:
+                if was_training:
+                    model.train()
         return out  # type: ignore[return-value]
 
 
