@@ -203,6 +203,13 @@ def test_bad_model_paths_fail_first(bench_file, tmp_path, capsys):
     assert _eval(tmp_path / "empty", bench_file, tmp_path / "o") == 2
     assert "not a model folder (no config.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "empty" / "config.json").write_text("{}")  # a folder that looks like a model but is not
+    assert _eval(tmp_path / "empty" / "config.json", bench_file, tmp_path / "o") == 2  # a file: not a folder
+    assert "not a model folder" in capsys.readouterr().err
+    assert _eval(tmp_path / "empty", bench_file, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mathrecipe: error: --model {tmp_path / 'empty'}: cannot be loaded")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_failed_run_does_not_bind_the_folder(tiny_model_dir, bench_file, tmp_path, monkeypatch, capsys):

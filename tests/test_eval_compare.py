@@ -100,3 +100,15 @@ def test_compare_errors_are_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "grpo.samples.jsonl: missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_eval_folder_takes_what_its_last_summary_covered(tmp_path):
+    d = tmp_path / "ev"
+    _write(d / "samples.jsonl", _rows({0}, 80, 5, 2, "aime24") + _rows({0}, 50, 10, 2, "math500"))
+    (d / "eval_config.json").write_text(json.dumps({"format": 2, "sampling": {}, "benchmarks": {
+        "aime24": {"samples": 2, "data": "x"}, "math500": {"samples": 2, "data": "y"}}}))
+    (d / "summary.json").write_text(json.dumps({"ids": {"aime24": ["toy-0", "toy-1"]}}))  # a --limit 2 run
+    result = compare([d], tmp_path / "c")
+    assert list(result["benchmarks"]) == ["aime24"]
+    (s,) = [r["summary"] for r in result["benchmarks"]["aime24"]["table"]]
+    assert s["n_problems"] == 2 and s["accuracy"] == 0.5

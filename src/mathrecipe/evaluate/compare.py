@@ -57,6 +57,8 @@ def _eval_dir(d: Path) -> list[Entry]:
     rows = read_samples(d / "samples.jsonl").rows
     entry = Entry(label=d.name, source=str(d / "samples.jsonl"))
     for name, b in cfg["benchmarks"].items():
+        if selected and name not in selected:  # summarised by the last run: only its benchmarks
+            continue
         mine = [r for r in rows if r.get("benchmark") == name
                 and (name not in selected or str(r["id"]) in selected[name])]
         if mine:

@@ -191,9 +191,15 @@ def run_eval(
     if todo:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        gen = make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
-                             seed=settings.seed)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model)
+            gen = make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
+                                 seed=settings.seed)
+        except MathRecipeError:
+            raise
+        except (OSError, ValueError) as e:  # no such hub id, no weights or tokenizer files in the folder
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MathRecipeError(f"--model {model}: cannot be loaded ({first})") from e
         grader = default_grader()
         total = sum(samples_of[name] for name, _ in todo)
         with tqdm(total=total, desc="eval", unit="sample", disable=not progress) as bar:
