@@ -99,3 +99,19 @@ def test_two_process_cpu_launch_splits_and_gathers(tiny_model_dir, toy_splits, t
                  for call in r["calls"] for prompt in call]
     # each rank generated only its share: 3 problems x 2 samples each (rank 1: 2 problems + 1 padding)
     assert len(generated) == 12 and sorted(set(generated)) == list(range(5))
+
+
+def test_saved_model_with_the_vllm_backend(tiny_model_dir, tiny_tokenizer, toy_splits, monkeypatch):
+    from test_generation import FakeVLLM
+
+    from mathrecipe.evaluate.generation import prompt_ids
+
+    fake = FakeVLLM(tiny_tokenizer, answer="7").install(monkeypatch)
+    problems = _problems(toy_splits, 3)
+    recipe = load_recipe(None, [*EVAL, "eval.backend=vllm", "seed=5"])
+    rows, summary = evaluate_saved_model(recipe, str(tiny_model_dir), tiny_tokenizer, problems, "t")
+    assert fake.engines[0]["model"] == str(tiny_model_dir) and fake.engines[0]["seed"] == 5
+    assert [p["prompt_token_ids"] for p in fake.calls[0]] == prompt_ids(tiny_tokenizer,
+                                                                        [p["problem"] for p in problems])
+    assert len(rows) == 6 and summary["n_problems"] == 3
+    assert all(r["extracted"] == "7" and r["boxes"] and r["boxes"][-1][0] == r["tokens"] for r in rows)

@@ -51,9 +51,7 @@ def test_sigkill_mid_run_then_rerun(tiny_model_dir, toy_splits, tmp_path):
     args = _args(tiny_model_dir, bench, out)
     first = _run_and_kill(args, samples, 0)  # killed after its first chunk, during the next
     assert 0 < first < 16
-    second = _run_and_kill(args, samples, first)  # the rerun resumes, and is killed again further on
-    assert first < second < 16 or second == 16
-    assert main(args) == 0
+    assert main(args) == 0  # the same command again
     rows = [json.loads(x) for x in samples.read_text().splitlines()]
     keys = [(r["benchmark"], r["id"], r["sample"]) for r in rows]
     assert len(rows) == 16 and len(set(keys)) == 16
