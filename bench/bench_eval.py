@@ -150,7 +150,8 @@ def main() -> int:
     g, r, b = results["generation"], results["grading"], results["box_offsets"]
     md = f"""# Evaluation benchmarks ({results['date']}, {results['machine']['cpus']} CPUs, no GPU, load average {results['machine']['load_average_1min_at_start']:.1f} at start)
 
-`python bench/bench_eval.py` -- raw numbers in `eval.json`.
+`python bench/bench_eval.py` -- raw numbers in `eval.json`. On a shared machine absolute rates follow its load (in
+the title); each ratio compares two runs made back to back in the same process.
 
 | what | baseline | mathrecipe | ratio | goal |
 |---|---:|---:|---:|---:|
