@@ -1,8 +1,17 @@
 import math
+import statistics
 
 import pytest
 
-from mathrecipe.evaluate.metrics import accuracy_at_budgets, majority_vote, mean_ci95, pass_at_k, summarize
+from mathrecipe.evaluate.metrics import (
+    accuracy_at_budgets,
+    correct_at_budget,
+    majority_vote,
+    mean_ci95,
+    paired_bootstrap,
+    pass_at_k,
+    summarize,
+)
 
 
 def test_pass_at_k_hand_values():
@@ -36,14 +45,15 @@ def test_ci_hand_value():
 
 
 def _samples():
-    # problem a: two samples (one correct, answer done at 50 tokens), problem b: one of two correct at 300 tokens
+    # problem a: one of two samples correct (answer closes at 50 tokens); problem b: both correct (300, 120)
     return [
-        {"id": "a", "sample": 0, "correct": True, "answer_tokens": 50, "tokens": 60, "extracted": "1", "finished": True},
-        {"id": "a", "sample": 1, "correct": False, "answer_tokens": None, "tokens": 400, "extracted": "2",
-         "finished": False},
-        {"id": "b", "sample": 0, "correct": True, "answer_tokens": 300, "tokens": 310, "extracted": "5",
+        {"id": "a", "sample": 0, "correct": True, "boxes": [[50, True]], "tokens": 60, "extracted": "1",
          "finished": True},
-        {"id": "b", "sample": 1, "correct": True, "answer_tokens": 120, "tokens": 130, "extracted": "5",
+        {"id": "a", "sample": 1, "correct": False, "boxes": [[380, False]], "tokens": 400, "extracted": "2",
+         "finished": False},
+        {"id": "b", "sample": 0, "correct": True, "boxes": [[300, True]], "tokens": 310, "extracted": "5",
+         "finished": True},
+        {"id": "b", "sample": 1, "correct": True, "boxes": [[120, True]], "tokens": 130, "extracted": "5",
          "finished": True},
     ]
 
@@ -61,7 +71,7 @@ def test_budget_curve_monotone_and_meets_accuracy():
 
 def test_summarize():
     out = summarize(_samples(), ks=[1, 2, 8], budgets=[100, 400])
-    assert out["n_problems"] == 2 and out["samples_per_problem"] == 2
+    assert out["n_problems"] == 2 and out["samples"] == 2
     assert out["accuracy"] == pytest.approx(0.75)
     assert out["pass@k"] == {"1": pytest.approx(0.75), "2": pytest.approx(1.0)}  # k=8 > n is skipped
     assert out["maj@k"]["1"] == pytest.approx(1.0)
@@ -69,3 +79,36 @@ def test_summarize():
     assert out["mean_tokens_correct"] == pytest.approx(500 / 3)
     assert out["truncation_rate"] == pytest.approx(0.25)
     assert set(out["budgets"]) == {"100", "400"}
+
+
+def test_budget_takes_the_last_box_complete_within_the_budget():
+    # defect 3: right before </think> (40 tokens) and again at the end (90): correct from 40 on, not only from 90
+    assert [correct_at_budget([(40, True), (90, True)], b) for b in (39, 40, 60, 90, 200)] == [
+        False, True, True, True, True]
+    # a right answer later replaced by a wrong one is wrong once the wrong one is complete
+    assert [correct_at_budget([(40, True), (90, False)], b) for b in (30, 60, 90)] == [False, True, False]
+    assert [correct_at_budget([(40, False), (90, True)], b) for b in (60, 90)] == [False, True]
+    assert correct_at_budget([], 10**9) is False
+    rows = [{"id": "a", "sample": 0, "correct": True, "boxes": [[40, True], [90, True]], "tokens": 95},
+            {"id": "a", "sample": 1, "correct": False, "boxes": [[40, True], [90, False]], "tokens": 99}]
+    assert accuracy_at_budgets(rows, [30, 60, 100]) == {30: 0.0, 60: 1.0, 100: 0.5}
+    assert accuracy_at_budgets(rows, [100])[100] == summarize(rows)["accuracy"]
+
+
+def test_budget_reads_rows_written_before_boxes():
+    old = [{"id": "a", "correct": True, "answer_tokens": 50}, {"id": "a", "correct": False, "answer_tokens": None}]
+    assert accuracy_at_budgets(old, [49, 50]) == {49: 0.0, 50: 0.5}
+
+
+def test_paired_bootstrap():
+    assert paired_bootstrap([0.5, 0.25, 1.0], [0.5, 0.25, 1.0]) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap([0.0, 0.0], [1.0, 1.0]) == (1.0, 1.0, 1.0)
+    a, b = [0, 1, 0, 1, 0, 1, 1, 0], [1, 1, 0, 1, 1, 1, 1, 1]
+    mean, lo, hi = paired_bootstrap(a, b, resamples=4000, seed=3)
+    assert mean == pytest.approx(3 / 8) and 0 <= lo < mean < hi <= 1
+    assert paired_bootstrap(a, b, resamples=4000, seed=3) == (mean, lo, hi)  # seeded
+    # the interval is about the normal one: sd of the differences / sqrt(n) * 1.96
+    sd = statistics.pstdev([y - x for x, y in zip(a, b)])
+    assert hi - lo == pytest.approx(2 * 1.96 * sd / math.sqrt(8), rel=0.3)
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 0.0])

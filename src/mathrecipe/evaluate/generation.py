@@ -1,40 +1,143 @@
-"""Generation backends: batched transformers generation (works on CPU) and vLLM (GPU, optional extra).
+"""Generation: ONE interface, :class:`Generator`, with a transformers backend and a vLLM backend.
 
-Both take rendered prompt strings and return, per prompt, ``n`` :class:`Completion` objects with the completion's
-text, its token ids and whether it finished (end of sequence, or ``</think>`` with ``stop_at_think``) or was cut off.
+``mathrecipe eval``, the in-run evaluation (SFT epochs, after GRPO) and any script use it the same way::
+
+    ids = prompt_ids(tokenizer, [p["problem"] for p in problems], system_prompt)   # the chat template, as training
+    gen = make_generator("hf", model_or_path, tokenizer, batch_size="auto")
+    completions = gen.generate(ids, SamplingSettings(samples=4, temperature=0.6, top_p=0.95, max_new_tokens=2048))
+    completions[i][j].text, .token_ids, .finished       # problem i, sample j
+
+Prompts are token ids, never text: every backend then sees exactly the ids training saw (vLLM tokenising text adds
+a second BOS to DeepSeek-R1-Distill prompts, whose chat template already writes one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from mathrecipe.errors import MathRecipeError
+from mathrecipe.prompts import SYSTEM_PROMPT, render_prompt
 
 THINK_END = "</think>"
+BatchSize = int | Literal["auto"]
+
+CPU_KV_CACHE_GIB = 4.0  # batch_size=auto on CPU: a fixed budget (host memory is shared with everything else)
+# batch_size=auto on a GPU: this share of the memory free after the model is loaded goes to the KV cache; the rest
+# covers prefill activations, logits and sampling buffers (chosen, not yet measured on a GPU; see the bench notes).
+GPU_KV_CACHE_SHARE = 0.6
 
 
-@dataclass
+class SettingError(MathRecipeError):
+    """A sampling setting out of range; ``key`` names it (the CLI shows it as its flag)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key} {message}")
+        self.key, self.detail = key, message
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
-    n: int = 1
-    temperature: float = 1.0  # 0 = greedy
+    """How each problem is sampled. ``samples`` completions per prompt; temperature 0 is greedy."""
+
+    samples: int = 1
+    temperature: float = 1.0
     top_p: float = 1.0
     min_p: float | None = None
     max_new_tokens: int = 512
     seed: int = 0
     stop_at_think: bool = False  # stop at </think>: the paper's inference trick (the answer is in the reasoning)
 
+    def __post_init__(self) -> None:
+        def bad(key: str, ok: bool, want: str, value: Any) -> None:
+            if not ok:
+                raise SettingError(key, f"must be {want}, got {value}")
+
+        for key in ("samples", "max_new_tokens", "seed"):
+            v = getattr(self, key)
+            bad(key, isinstance(v, int) and not isinstance(v, bool), "an integer", v)
+        bad("samples", self.samples >= 1, ">= 1", self.samples)
+        bad("max_new_tokens", self.max_new_tokens >= 1, ">= 1", self.max_new_tokens)
+        bad("temperature", self.temperature >= 0, ">= 0 (0 = greedy)", self.temperature)
+        bad("top_p", 0 < self.top_p <= 1, "in (0, 1]", self.top_p)
+        bad("min_p", self.min_p is None or 0 <= self.min_p < 1, "in [0, 1)", self.min_p)
+
 
 @dataclass
 class Completion:
     text: str
     token_ids: list[int] = field(repr=False)
-    finished: bool
+    finished: bool  # ended by end-of-sequence (or </think> with stop_at_think); False: cut at max_new_tokens
 
     @property
     def n_tokens(self) -> int:
         return len(self.token_ids)
+
+
+class Generator(Protocol):
+    """Anything that samples completions for prompts given as token ids.
+
+    ``generate`` returns, for each prompt, ``settings.samples`` completions; ``on_progress(k)`` is called as
+    sequences finish (k = how many) so callers can drive a progress bar.
+    """
+
+    def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
+                 on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]: ...
+
+
+def prompt_ids(tokenizer: Any, problems: Sequence[str], system_prompt: str | None = SYSTEM_PROMPT) -> list[list[int]]:
+    """Token ids of each problem's prompt: the system prompt and the tokenizer's own chat template (``prompts``),
+    encoded without adding special tokens (the template already writes any BOS, as in training)."""
+    texts = [render_prompt(tokenizer, p, system_prompt) for p in problems]
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+# ------------------------------------------------------------------------------------------ batch size
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """KV-cache bytes one token takes: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes."""
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def auto_batch_size(config: Any, dtype_bytes: int, tokens_per_sequence: int, kv_cache_gib: float) -> int:
+    """The largest batch whose KV cache fits the budget: floor(kv_cache_gib * 2^30 / (kv_bytes_per_token x
+    (prompt + max_new_tokens))), at least 1."""
+    per_seq = kv_bytes_per_token(config, dtype_bytes) * tokens_per_sequence
+    return max(1, int(kv_cache_gib * 2**30 // per_seq))
+
+
+def default_kv_cache_gib(device: Any) -> float:
+    """KV budget when none is set: on CUDA, GPU_KV_CACHE_SHARE of the device's free memory; elsewhere a fixed
+    CPU_KV_CACHE_GIB."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return GPU_KV_CACHE_SHARE * free / 2**30
+    return CPU_KV_CACHE_GIB
+
+
+def check_batch_size(value: Any, key: str = "batch_size") -> BatchSize:
+    """An int >= 1 or "auto" (also from text, as the CLI passes it); anything else names ``key``."""
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = None
+    if n is None or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()) or n < 1:
+        raise SettingError(key, f"must be an integer >= 1 or 'auto', got {value!r}")
+    return n
+
+
+# --------------------------------------------------------------------------------------- transformers
 
 
 def _stop_ids(model: Any, tokenizer: Any, stop_at_think: bool) -> tuple[list[int], list[str]]:
@@ -54,70 +157,9 @@ def _stop_ids(model: Any, tokenizer: Any, stop_at_think: bool) -> tuple[list[int
         else:
             strings.append(THINK_END)
     if not ids:
-        raise ValueError("the model and tokenizer define no end-of-sequence token; set generation_config.eos_token_id")
+        raise MathRecipeError("the model and tokenizer define no end-of-sequence token; "
+                              "set generation_config.eos_token_id")
     return ids, strings
-
-
-def generate_hf(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    settings: SamplingSettings,
-    batch_size: int = 64,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[list[Completion]]:
-    """Batched generation with transformers: left padding, KV cache, ``batch_size`` sequences per call.
-
-    Each prompt is repeated ``n`` times; sequences are sorted by prompt length so padding stays small.
-    ``on_batch(k)`` is called after each batch with the number of sequences done (for progress bars).
-    """
-    import torch
-
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; batched generation needs one (set tokenizer.pad_token)")
-    stop_ids, stop_strings = _stop_ids(model, tokenizer, settings.stop_at_think)
-    jobs = [(i, j) for i in range(len(prompts)) for j in range(settings.n)]
-    lengths = [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
-    jobs.sort(key=lambda ij: lengths[ij[0]])
-    out: list[list[Completion | None]] = [[None] * settings.n for _ in prompts]
-
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    gen_kwargs: dict[str, Any] = dict(
-        max_new_tokens=settings.max_new_tokens,
-        eos_token_id=stop_ids,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-    )
-    if settings.temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
-        if settings.min_p:
-            gen_kwargs["min_p"] = settings.min_p
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if stop_strings:
-        gen_kwargs.update(stop_strings=stop_strings, tokenizer=tokenizer)
-    device = next(model.parameters()).device
-    torch.manual_seed(settings.seed)
-    try:
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i, _ in batch], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            with torch.no_grad():
-                seqs = model.generate(**enc, **gen_kwargs)
-            new = seqs[:, enc["input_ids"].shape[1] :].tolist()
-            for (i, j), row in zip(batch, new):
-                out[i][j] = _finish(row, stop_ids, stop_strings, tokenizer)
-            if on_batch:
-                on_batch(len(batch))
-    finally:
-        tokenizer.padding_side = old_side
-        if was_training:
-            model.train()
-    return out  # type: ignore[return-value]
 
 
 def _finish(row: list[int], stop_ids: list[int], stop_strings: list[str], tokenizer: Any) -> Completion:
@@ -141,30 +183,111 @@ def _finish(row: list[int], stop_ids: list[int], stop_strings: list[str], tokeni
     return Completion(text=text, token_ids=ids, finished=finished)
 
 
+class HFGenerator:
+    """Batched ``model.generate`` (transformers): left padding, KV cache, ``batch_size`` sequences per call.
+
+    ``batch_size="auto"`` takes the largest batch whose KV cache fits ``kv_cache_gib`` (default:
+    :func:`default_kv_cache_gib`). Under DeepSpeed ZeRO-3 / FSDP with several processes, transformers syncs the
+    ranks inside each ``generate`` call (synced_gpus); callers must make every rank call it equally often.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: BatchSize = "auto",
+                 kv_cache_gib: float | None = None) -> None:
+        if tokenizer.pad_token_id is None:
+            raise MathRecipeError("the tokenizer has no pad token; batched generation needs one "
+                                  "(set tokenizer.pad_token)")
+        if kv_cache_gib is not None and not kv_cache_gib > 0:
+            raise SettingError("kv_cache_gib", f"must be > 0, got {kv_cache_gib}")
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size: BatchSize = check_batch_size(batch_size)
+        self.kv_cache_gib = kv_cache_gib
+
+    def batch_size_for(self, prompts: Sequence[list[int]], settings: SamplingSettings) -> int:
+        """The batch this generator uses for these prompts: its int batch size, or the auto choice (at most the
+        number of sequences asked for)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        p = next(self.model.parameters())
+        gib = self.kv_cache_gib if self.kv_cache_gib is not None else default_kv_cache_gib(p.device)
+        longest = max((len(x) for x in prompts), default=0)
+        fits = auto_batch_size(self.model.config, p.element_size(), longest + settings.max_new_tokens, gib)
+        return max(1, min(fits, len(prompts) * settings.samples))
+
+    def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
+                 on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        import torch
+
+        model, tok = self.model, self.tokenizer
+        stop_ids, stop_strings = _stop_ids(model, tok, settings.stop_at_think)
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(settings.samples)]
+        jobs.sort(key=lambda ij: len(prompts[ij[0]]))  # similar lengths together: little padding
+        batch_size = self.batch_size_for(prompts, settings)
+        out: list[list[Completion | None]] = [[None] * settings.samples for _ in prompts]
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids,
+                                          pad_token_id=tok.pad_token_id, use_cache=True)
+        if settings.temperature > 0:
+            gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+            if settings.min_p:
+                gen_kwargs["min_p"] = settings.min_p
+        else:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if stop_strings:
+            gen_kwargs.update(stop_strings=stop_strings, tokenizer=tok)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        # a private random stream: evaluating between training epochs must not change training's
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(settings.seed)
+            try:
+                for start in range(0, len(jobs), batch_size):
+                    batch = jobs[start : start + batch_size]
+                    width = max(len(prompts[i]) for i, _ in batch)
+                    ids = [[tok.pad_token_id] * (width - len(prompts[i])) + list(prompts[i]) for i, _ in batch]
+                    mask = [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch]
+                    with torch.no_grad():
+                        seqs = model.generate(input_ids=torch.tensor(ids, device=device),
+                                              attention_mask=torch.tensor(mask, device=device), **gen_kwargs)
+                    for (i, j), row in zip(batch, seqs[:, width:].tolist()):
+                        out[i][j] = _finish(row, stop_ids, stop_strings, tok)
+                    if on_progress:
+                        on_progress(len(batch))
+            finally:
+                if was_training:
+                    model.train()
+        return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------- vLLM
+
+
 class VLLMMissing(MathRecipeError, RuntimeError):
     """vLLM was asked for but is not installed."""
 
 
-class VLLMBackend:
-    """Generation with vLLM (``pip install 'mathrecipe[vllm]'``): same settings and outputs as :func:`generate_hf`."""
+class VLLMGenerator:
+    """Generation with vLLM (``pip install 'mathrecipe[vllm]'``, GPU): same settings and outputs as
+    :class:`HFGenerator`. Prompts go in as ``TokensPrompt`` token ids, so vLLM adds no special tokens."""
 
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, seed: int = 0) -> None:
+                 max_model_len: int | None = None, seed: int = 0, **llm_kwargs: Any) -> None:
         try:
             from vllm import LLM
         except ImportError as e:
             raise VLLMMissing(
                 "backend 'vllm' needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' (GPU machines), "
-                "or use --backend hf"
+                "or use the hf backend"
             ) from e
-        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, seed=seed,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+        self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size, seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **llm_kwargs)
 
-    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
+                 on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         params = SamplingParams(
-            n=settings.n,
+            n=settings.samples,
             temperature=settings.temperature,
             top_p=settings.top_p if settings.temperature > 0 else 1.0,
             min_p=settings.min_p or 0.0,
@@ -173,7 +296,10 @@ class VLLMBackend:
             stop=[THINK_END] if settings.stop_at_think else None,
             include_stop_str_in_output=True,
         )
-        results = self.llm.generate(list(prompts), params, use_tqdm=False)
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        results = self.llm.generate(inputs, params, use_tqdm=False)
+        if on_progress:
+            on_progress(len(prompts) * settings.samples)
         return [
             [Completion(text=o.text, token_ids=list(o.token_ids), finished=o.finish_reason == "stop")
              for o in r.outputs]
@@ -181,21 +307,75 @@ class VLLMBackend:
         ]
 
 
-def answer_tokens(completion: Completion, char_end: int | None, tokenizer: Any) -> int | None:
-    """How many of the completion's tokens it takes to finish its final answer (the answer ends at ``char_end``).
+BACKENDS = ("hf", "vllm")
 
-    The smallest k with len(decode(ids[:k])) >= char_end, found by bisection (decode length grows with k).
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise SettingError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def load_hf_model(path: str, device: Any = None, attn_implementation: str | None = None,
+                  trust_remote_code: bool = False) -> Any:
+    """A saved causal LM for generation: bf16 on CUDA (fp32 elsewhere), on ``device`` (default: cuda if any)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    device = device if device is not None else ("cuda" if cuda else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
+        attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    return model.to(device)
+
+
+def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto",
+                   kv_cache_gib: float | None = None, seed: int = 0, **vllm_kwargs: Any) -> Generator:
+    """A :class:`Generator` for ``backend`` ("hf" or "vllm").
+
+    hf: ``model_or_path`` is a loaded model or a saved folder / hub id (loaded by :func:`load_hf_model`).
+    vllm: a folder / hub id; a missing vLLM is a one-line :class:`VLLMMissing` error, raised before any loading.
     """
-    if char_end is None:
-        return None
-    ids = completion.token_ids
-    lo, hi = 1, len(ids)
-    if hi == 0:
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= char_end:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    check_backend(backend)
+    if backend == "vllm":
+        if not isinstance(model_or_path, str):
+            raise MathRecipeError("backend 'vllm' loads the model itself: pass a saved folder or hub id, not a model")
+        return VLLMGenerator(model_or_path, seed=seed, **vllm_kwargs)
+    model = load_hf_model(model_or_path) if isinstance(model_or_path, str) else model_or_path
+    return HFGenerator(model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib)
+
+
+def answer_token_offsets(token_ids: Sequence[int], char_ends: Sequence[int], tokenizer: Any) -> list[int]:
+    """For each character offset e of the completion's text (where an answer closes), how many tokens it takes to
+    reach it: the smallest k whose decoded prefix ids[:k] holds at least e characters.
+
+    One streaming decode (tokenizers' DecodeStream, linear in the tokens: bench/bench_eval.py measures it against
+    bisection with full decodes, which is quadratic); bisection only for tokenizers without a fast backend.
+    An offset past the decoded text maps to the last token.
+    """
+    order = sorted(range(len(char_ends)), key=lambda i: char_ends[i])
+    out = [len(token_ids)] * len(char_ends)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and order:
+        from tokenizers.decoders import DecodeStream
+
+        stream, n, j = DecodeStream(skip_special_tokens=True), 0, 0
+        for k, t in enumerate(token_ids, 1):
+            n += len(stream.step(backend, int(t)) or "")
+            while j < len(order) and n >= char_ends[order[j]]:
+                out[order[j]] = k
+                j += 1
+            if j == len(order):
+                break
+        return out
+    for i, e in enumerate(char_ends):
+        lo, hi = 1, max(1, len(token_ids))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tokenizer.decode(list(token_ids[:mid]), skip_special_tokens=True)) >= e:
+                hi = mid
+            else:
+                lo = mid + 1
+        out[i] = lo
+    return out

@@ -70,23 +70,61 @@ def majority_vote(
     return reps[best][1]
 
 
+def box_list(row: dict[str, Any]) -> list[tuple[int, bool]]:
+    """A row's (tokens, correct) for every complete box, in order. Rows written before ``boxes`` existed carry only
+    ``answer_tokens`` (where the final answer closes), read as one box with the row's correctness."""
+    if "boxes" in row:
+        return [(int(t), bool(ok)) for t, ok in row["boxes"]]
+    t = row.get("answer_tokens")
+    return [] if t is None else [(int(t), bool(row["correct"]))]
+
+
+def correct_at_budget(boxes: Sequence[tuple[int, bool]], budget: int) -> bool:
+    """Whether a completion cut at ``budget`` tokens is correct: its answer is then the LAST box complete within the
+    budget (tokens <= budget), graded; no complete box is wrong."""
+    ok = False
+    for tokens, correct in boxes:
+        if tokens > budget:
+            break
+        ok = correct
+    return ok
+
+
 def accuracy_at_budgets(
     samples: Sequence[dict[str, Any]], budgets: Sequence[int], problem_key: str = "id"
 ) -> dict[int, float]:
     """Accuracy when generation is capped at B tokens, for each budget B.
 
-    A sample counts as correct at B only if it is correct AND its final answer is complete within its first B tokens
-    (``answer_tokens`` <= B). Never decreasing in B; equal to plain accuracy once B >= every sample's length.
-    Averaged per problem first, like accuracy.
+    A sample is correct at B when the last box complete within its first B tokens is correct
+    (:func:`correct_at_budget`), so an answer boxed before ``</think>`` counts from there on. Not always monotone
+    in B (a later box can be wrong); equal to plain accuracy once B >= every sample's length. Averaged per problem
+    first, like accuracy.
     """
+    boxes = [box_list(s) for s in samples]
     out: dict[int, float] = {}
     for b in sorted(set(int(x) for x in budgets)):
         per: dict[Any, list[float]] = {}
-        for s in samples:
-            ok = bool(s["correct"]) and s.get("answer_tokens") is not None and s["answer_tokens"] <= b
-            per.setdefault(s[problem_key], []).append(1.0 if ok else 0.0)
+        for s, bx in zip(samples, boxes):
+            per.setdefault(s[problem_key], []).append(1.0 if correct_at_budget(bx, b) else 0.0)
         out[b] = statistics.fmean(statistics.fmean(v) for v in per.values()) if per else 0.0
     return out
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean difference, low, high): mean of b_i - a_i over paired problems, with a percentile bootstrap 95 %
+    interval (problems resampled with replacement ``resamples`` times, seeded)."""
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_bootstrap: need equal, non-empty lists, got {len(a)} and {len(b)}")
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), size=(min(1000, resamples - i), len(d)))].mean(axis=1)
+                            for i in range(0, resamples, 1000)])  # blocks of 1000: bounded memory
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
 
 
 def summarize(
@@ -114,7 +152,7 @@ def summarize(
     tokens_ok = [s["tokens"] for s in samples if s["correct"]]
     out: dict[str, Any] = {
         "n_problems": len(by_problem),
-        "samples_per_problem": n,
+        "samples": n,
         "accuracy": acc,
         "ci95": [lo, hi],
         "mean_tokens": statistics.fmean(tokens),
