@@ -3,8 +3,6 @@
 import json
 import os
 
-import pytest
-
 from mathrecipe.evaluate import samples as S
 
 
@@ -80,16 +78,3 @@ def test_duplicates_and_out_of_range_samples_are_dropped(tmp_path):
     assert kept == full and dropped == 2
     other = _rows(bench="other", n=3)[:2]  # a benchmark without a known count: kept as it is
     assert S.complete_rows(other, {"b": 2}) == (other, 0)
-
-
-def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    path = tmp_path / "summary.json"
-    path.write_text("old")
-
-    def boom(*a):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
-        S.write_atomic(path, "new")
-    assert path.read_text() == "old" and os.listdir(tmp_path) == ["summary.json"]

@@ -32,8 +32,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return p
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def atomic_write_text(path: str | Path, text: str | bytes) -> Path:
+    """``text`` (UTF-8) or bytes, written atomically."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

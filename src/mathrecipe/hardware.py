@@ -44,6 +44,14 @@ def distributed_state() -> Any:
     """The process group as the trainers will see it. Under ``accelerate launch --multi_gpu`` on a machine without
     CUDA, a plain ``PartialState()`` reports no distribution (every rank thinks it is rank 0 of 1); with
     ``cpu=True`` it joins the gloo group, as TrainingArguments(use_cpu=True) does later."""
+    import os
+
     from accelerate import PartialState
 
-    return PartialState(cpu=not has_cuda())
+    cpu = not has_cuda()
+    state = PartialState(cpu=cpu)
+    if state.num_processes == 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # someone made the singleton earlier without cpu=True; start it again, as TrainingArguments would
+        PartialState._reset_state()
+        state = PartialState(cpu=cpu)
+    return state

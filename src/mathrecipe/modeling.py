@@ -49,6 +49,8 @@ def missing_files(path: str | Path) -> list[str]:
 def check_model_folder(path: str | Path, what: str = "model") -> None:
     """Raise one line naming the missing files when ``path`` is a folder that cannot be loaded as a model."""
     p = Path(path)
+    if p.is_file():
+        raise ModelError(f"{what} {p}: a file, not a model folder (give the folder that holds config.json)")
     if not p.is_dir():
         raise ModelError(f"{what} {p}: no such folder")
     missing = missing_files(p)

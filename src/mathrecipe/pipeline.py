@@ -234,21 +234,17 @@ def check_output_dir(recipe: Recipe, out: Path) -> None:
 
 
 def evaluate_checkpoint(recipe: Recipe, model_path: str, problems: list[dict], out: Path, name: str) -> dict:
-    """Evaluate one saved model on the held-out problems (every rank its share); rank 0 writes samples and summary.
-    A summary already on disk (an earlier, interrupted run) is reused."""
-    import torch
-
-    from mathrecipe.evaluate.harness import evaluate_for_recipe
-    from mathrecipe.modeling import load_model_and_tokenizer
+    """Evaluate one saved model on the held-out problems (every rank its share, ``eval.backend``); rank 0 writes
+    samples and summary. A summary already on disk (an earlier, interrupted run) is reused."""
+    from mathrecipe.evaluate.inrun import evaluate_saved_model
+    from mathrecipe.modeling import load_tokenizer
 
     done = out / f"{name}.summary.json"
     if done.is_file():
         return json.loads(done.read_text())
-    model, tok = load_model_and_tokenizer(model_path, recipe.model)
+    rows, summary = evaluate_saved_model(recipe, model_path, load_tokenizer(model_path, recipe.model), problems,
+                                         desc=f"eval {name}")
     state = distributed_state()
-    if torch.cuda.is_available():
-        model = model.to(state.device)
-    rows, summary = evaluate_for_recipe(recipe, model, tok, problems, desc=f"eval {name}")
     if state.is_main_process:
         write_jsonl(rows, out / f"{name}.samples.jsonl")
         atomic_write_json(done, summary)
@@ -288,7 +284,7 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
     dev = load_problems(paths["dev"], recipe.data.problem_column, recipe.data.answer_column) if "dev" in paths else None
     e = recipe.eval
     report: dict[str, Any] = {
-        "eval": {"n_problems": len(problems), "samples_per_problem": e.samples, "temperature": e.temperature,
+        "eval": {"n_problems": len(problems), "samples": e.samples, "temperature": e.temperature,
                  "max_new_tokens": e.max_new_tokens},
         "processes": state.num_processes,
         "resumed": {},

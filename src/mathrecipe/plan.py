@@ -574,7 +574,7 @@ def plan_eval(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
     plan = StagePlan("eval", "", usable_gib=target.usable_gib)
     problems = recipe.data.toy.n_test if recipe.data.source == "toy" else _data_rows(recipe.data.eval_path)[0]
     sequences = None if problems is None else problems * e.samples
-    plan.work = {"samples_per_problem": e.samples, "sequence_tokens_max": seq}
+    plan.work = {"samples": e.samples, "sequence_tokens_max": seq}
     if problems is not None:
         plan.work.update(problems=problems, sequences=sequences, generated_tokens_max=sequences * e.max_new_tokens)
     if e.backend == "vllm":
@@ -781,9 +781,9 @@ def work_text(s: StagePlan) -> str:
             text += f"; {w['epochs_of_prompts']:g} epochs of {_n(w['prompt_rows'])} prompts"
         return text
     if "sequences" not in w:
-        return f"{w['samples_per_problem']} samples per problem of <= {_n(w['sequence_tokens_max'])} tokens " \
+        return f"{w['samples']} samples per problem of <= {_n(w['sequence_tokens_max'])} tokens " \
                "(problem count: eval_path is not a local file)"
-    text = (f"{_n(w['problems'])} problems x {w['samples_per_problem']} samples = {_n(w['sequences'])} sequences, "
+    text = (f"{_n(w['problems'])} problems x {w['samples']} samples = {_n(w['sequences'])} sequences, "
             f"<= {_n(w['generated_tokens_max'])} generated tokens")
     if "generate_calls" in w:
         text += f", {_n(w['generate_calls'])} generate() calls"

@@ -459,6 +459,10 @@ def validate(r: Recipe) -> None:
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {e.max_new_tokens}")
     need(e.batch_size == "auto" or e.batch_size >= 1, f"eval.batch_size must be >= 1 or auto, got {e.batch_size}")
     need(e.temperature >= 0, f"eval.temperature must be >= 0 (0 = greedy), got {e.temperature}")
+    need(0 < e.top_p <= 1, f"eval.top_p must be in (0, 1], got {e.top_p}")
+    need(e.min_p is None or 0 <= e.min_p < 1, f"eval.min_p must be null or in [0, 1), got {e.min_p}")
+    need(e.kv_cache_gib is None or e.kv_cache_gib > 0, f"eval.kv_cache_gib must be null or > 0, got {e.kv_cache_gib}")
+    need(g.min_p is None or 0 <= g.min_p < 1, f"grpo.min_p must be null or in [0, 1), got {g.min_p}")
     d = r.data
     if d.source == "files":
         need(

@@ -70,7 +70,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ev = report.get("eval", {})
     lines = ["# mathrecipe run report", ""]
     lines.append(
-        f"Held-out problems: {ev.get('n_problems', '?')}, samples per problem: {ev.get('samples_per_problem', '?')} "
+        f"Held-out problems: {ev.get('n_problems', '?')}, samples per problem: {ev.get('samples', '?')} "
         f"(temperature {ev.get('temperature', '?')}); accuracy = mean pass@1 over samples."
     )
     sft = report.get("sft")

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from mathrecipe.checkpoints import CompleteMarker, last_complete_checkpoint
 from mathrecipe.data.io import DataError, check_system_prompt, load_table, require_columns, write_jsonl
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.evaluate.harness import evaluate_for_recipe
+from mathrecipe.evaluate.inrun import evaluate_for_recipe
 from mathrecipe.files import read_jsonl_rows
 from mathrecipe.hardware import precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer

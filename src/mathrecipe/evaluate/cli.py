@@ -28,7 +28,7 @@ def _flag(key: str) -> str:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     from mathrecipe.data.io import DataError, iter_jsonl
-    from mathrecipe.evaluate.samples import write_atomic
+    from mathrecipe.files import atomic_write_text
     from mathrecipe.grading import Grader
 
     src = Path(args.input)
@@ -55,7 +55,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         results = grader.grade([str(r[args.completion_column]) for r in rows],
                                [str(r[args.answer_column]) for r in rows])
         timeouts = grader.timeouts
-    write_atomic(out, "".join(json.dumps({**r, "extracted": g.extracted, "correct": g.correct}, ensure_ascii=False)
+    atomic_write_text(out, "".join(json.dumps({**r, "extracted": g.extracted, "correct": g.correct}, ensure_ascii=False)
                               + "\n" for r, g in zip(rows, results)))
     n_ok = sum(g.correct for g in results)
     acc = n_ok / len(rows) if rows else 0.0

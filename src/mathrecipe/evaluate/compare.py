@@ -18,7 +18,8 @@ from typing import Any
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.evaluate.metrics import accuracy_at_budgets, paired_bootstrap, summarize
 from mathrecipe.evaluate.render import pct, plot_budget_curves
-from mathrecipe.evaluate.samples import complete_rows, read_samples, write_atomic
+from mathrecipe.evaluate.samples import complete_rows, read_samples
+from mathrecipe.files import atomic_write_text
 
 HELD_OUT = "held-out"  # the benchmark name of a run's in-run samples (they carry none)
 CURVE_POINTS = 40
@@ -173,8 +174,8 @@ def compare(dirs: Sequence[str | Path], out_dir: str | Path | None = None, seed:
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": str(out / "compare.md"), "json": str(out / "compare.json"), "png": str(out / "compare.png")}
     plot_budget_curves(panels, files["png"])
-    write_atomic(files["json"], json.dumps(result, indent=2) + "\n")
-    write_atomic(files["markdown"], "\n".join(lines) + "\n\nAccuracy vs token budget: `compare.png`.\n")
+    atomic_write_text(files["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(files["markdown"], "\n".join(lines) + "\n\nAccuracy vs token budget: `compare.png`.\n")
     return {**result, "files": files}
 
 

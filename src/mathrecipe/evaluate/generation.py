@@ -322,6 +322,9 @@ def load_hf_model(path: str, device: Any = None, attn_implementation: str | None
     import torch
     from transformers import AutoModelForCausalLM
 
+    from mathrecipe.modeling import resolve_model
+
+    path = resolve_model(path, "model")  # a half-written folder or an unreachable hub id: one line, now
     cuda = torch.cuda.is_available()
     device = device if device is not None else ("cuda" if cuda else "cpu")
     model = AutoModelForCausalLM.from_pretrained(

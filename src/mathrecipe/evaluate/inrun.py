@@ -35,27 +35,11 @@ Rows = list[dict[str, Any]]
 
 
 def dist_info() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside a multi-process launch.
+    """(rank, world size) of this process; (0, 1) outside a multi-process launch."""
+    from mathrecipe.hardware import distributed_state
 
-    Under ``accelerate launch`` on CPU a bare ``PartialState()`` reports no distribution (it needs cpu=True) and,
-    being a singleton, stays so; so the process group is read from torch.distributed, and set up through
-    ``PartialState(cpu=...)`` only when the launcher's environment says there are several processes.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        from accelerate import PartialState
-
-        cpu = not torch.cuda.is_available()
-        state = PartialState(cpu=cpu)
-        if state.num_processes == 1:  # made earlier without cpu=True: start it again, as TrainingArguments does
-            PartialState._reset_state()
-            state = PartialState(cpu=cpu)
-        return state.process_index, state.num_processes
-    return 0, 1
+    state = distributed_state()
+    return state.process_index, state.num_processes
 
 
 def rank_share(n: int, rank: int, world: int) -> list[tuple[int, bool]]:

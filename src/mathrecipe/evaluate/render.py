@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.evaluate.samples import write_atomic
+from mathrecipe.files import atomic_write_text
 
 
 def pct(x: float | None) -> str:
@@ -65,4 +65,4 @@ def plot_budget_curves(panels: Mapping[str, Mapping[str, Sequence[tuple[int, flo
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())

@@ -33,7 +33,8 @@ from mathrecipe.evaluate.generation import (
 )
 from mathrecipe.evaluate.metrics import summarize
 from mathrecipe.evaluate.render import plot_budget_curves, summary_markdown
-from mathrecipe.evaluate.samples import append_samples, compact, grade_completions, row_key, write_atomic
+from mathrecipe.evaluate.samples import append_samples, compact, grade_completions, row_key
+from mathrecipe.files import atomic_write_text
 from mathrecipe.grading import Grader, default_grader
 from mathrecipe.prompts import SYSTEM_PROMPT
 
@@ -69,15 +70,12 @@ def data_hash(problems: Sequence[Mapping[str, Any]]) -> str:
 
 
 def check_model_arg(model: str) -> str:
-    """A local HF folder (made absolute, so the same model always has the same name) or a hub id."""
-    p = Path(model).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise MathRecipeError(f"--model {model}: not a model folder (no config.json in it)")
-        return str(p.resolve())
-    if not _HUB_ID.match(model) or model.count("/") > 1:
-        raise MathRecipeError(f"--model {model}: no such folder, and not a hub id (owner/name)")
-    return model
+    """A complete local HF folder (made absolute, so the same model always has the same name) or a reachable hub
+    id; anything else is one line, before any loading (a local-looking path never goes to the hub)."""
+    from mathrecipe.modeling import resolve_model
+
+    found = resolve_model(model, "--model")
+    return str(Path(found).resolve()) if Path(found).exists() else found
 
 
 def _check_ints(name: str, values: Sequence[int] | None, minimum: int = 1) -> list[int]:
@@ -182,7 +180,7 @@ def run_eval(
                                   "use a new --out folder, or the same settings to resume")
         config["benchmarks"] = {**old["benchmarks"], **config["benchmarks"]}
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(cfg_path, json.dumps(config, indent=2) + "\n")  # before any row it describes
+    atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")  # before any row it describes
 
     rows = compact(samples_path, {k: v["samples"] for k, v in config["benchmarks"].items()})
     done = {row_key(r) for r in rows}
@@ -242,10 +240,10 @@ def write_summary(out: Path, rows: Sequence[dict[str, Any]], loaded: Sequence[tu
         summaries[name] = summarize(sel, ks=list(ks) or default_ks(n), budgets=budgets, same=same)
     names = [name for name, _, _ in loaded]
     current = {**config, "benchmarks": {k: config["benchmarks"][k] for k in names}}
-    write_atomic(out / "summary.json", json.dumps(
+    atomic_write_text(out / "summary.json", json.dumps(
         {"config": current, "benchmarks": summaries,
          "ids": {name: [p["id"] for p in probs] for name, probs, _ in loaded}}, indent=2) + "\n")
-    write_atomic(out / "summary.md", summary_markdown(summaries, current))
+    atomic_write_text(out / "summary.md", summary_markdown(summaries, current))
     if budgets:
         plot_budget_curves({"": {name: [(int(b), a) for b, a in s["budgets"].items()]
                                  for name, s in summaries.items()}}, out / "budget.png")

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mathrecipe.evaluate.generation import Completion, answer_token_offsets
+from mathrecipe.files import atomic_write_text
 from mathrecipe.grading import Grader, boxed_spans, default_grader
 
 log = logging.getLogger(__name__)
@@ -97,25 +97,9 @@ def _dumps(rows: Iterable[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def write_atomic(path: str | Path, text: str | bytes) -> None:
-    """Write a file so that readers (and a rerun after a kill) see the old or the new content, never a part."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_samples(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write rows as samples.jsonl atomically (the in-run files and compaction use this)."""
-    write_atomic(path, _dumps(rows))
+    atomic_write_text(path, _dumps(rows))
 
 
 def append_samples(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
