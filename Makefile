@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-toy clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_eval.py
 	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_train.py
+
+bench-toy: $(STAMP)
+	$(BIN)/python bench/toy_robustness.py
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache
