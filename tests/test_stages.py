@@ -57,3 +57,26 @@ def test_rewards_follow_the_recipe():
     assert [f.__name__ for f in funcs] == ["format", "cosine", "length", "accuracy"]
     assert weights == [1.0, 2.0, 1.0, 0.0]  # accuracy is logged, never trained on
     assert funcs[1].unit == "chars" and funcs[1].max_len == 3000 and funcs[2].group_size == 4
+
+
+def test_gpu_checkpointing_follows_the_memory_plan(monkeypatch):
+    """On a GPU, unset gradient checkpointing is on only when the plan says the stage needs it (a 14B at 24k tokens
+    on 8 x H200 does; the toy does not)."""
+    import mathrecipe.plan as plan_mod
+    from mathrecipe.plan import checkpointing_needed
+
+    real = plan_mod.check_fits
+    monkeypatch.setattr(plan_mod, "check_fits", lambda r: real(r, gpus=8, gpu_mem_gib=141))
+    paper = load_recipe(str(__import__("pathlib").Path(__file__).parents[1] / "recipes/paper/fast-math-r1-14b.yaml"))
+    assert checkpointing_needed(paper, "sft") is True  # 314 GiB of activations without it
+    assert checkpointing_needed(load_recipe(None), "sft") is False
+    assert checkpointing_needed(load_recipe(None), "grpo") is False
+    monkeypatch.setattr(plan_mod, "check_fits", lambda r: real(r))  # no GPU to judge against: keep it on
+    assert checkpointing_needed(load_recipe(None), "sft") is True
+
+
+def test_liger_is_off_without_cuda_or_the_package():
+    from mathrecipe.hardware import liger_supported
+
+    assert liger_supported("llama") is False  # CPU here (and liger-kernel is a GPU extra)
+    assert liger_supported(None) is False

@@ -82,7 +82,12 @@ def grpo_args(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Keyword arguments for ``trl.GRPOConfig`` (``grpo.extra`` cannot override the recipe: see recipe.GRPO_OWNED)."""
     g = recipe.grpo
     _, weights = build_rewards(recipe)
-    prec = precision_kwargs(g.precision, g.gradient_checkpointing)
+    gc = g.gradient_checkpointing
+    if gc is None and has_cuda():
+        from mathrecipe.plan import checkpointing_needed
+
+        gc = checkpointing_needed(recipe, "grpo")
+    prec = precision_kwargs(g.precision, gc)
     kwargs: dict[str, Any] = dict(
         output_dir=str(out), per_device_train_batch_size=g.batch_size,
         gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,

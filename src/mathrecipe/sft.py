@@ -20,7 +20,7 @@ from mathrecipe.data.io import DataError, check_system_prompt, load_table, requi
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.evaluate.inrun import evaluate_for_recipe
 from mathrecipe.files import read_jsonl_rows
-from mathrecipe.hardware import precision_kwargs
+from mathrecipe.hardware import has_cuda, liger_supported, precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer
 from mathrecipe.prompts import sft_tokens, turn_format
 from mathrecipe.recipe import Recipe
@@ -95,6 +95,11 @@ def check_lengths(tokenized: Any, max_length: int | None, path: str | Path) -> N
 def sft_args(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Keyword arguments for ``trl.SFTConfig`` (``sft.extra`` cannot override the recipe: see recipe.SFT_OWNED)."""
     s = recipe.sft
+    gc = s.gradient_checkpointing
+    if gc is None and has_cuda():
+        from mathrecipe.plan import checkpointing_needed
+
+        gc = checkpointing_needed(recipe, "sft")
     kwargs: dict[str, Any] = dict(
         output_dir=str(out), num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
@@ -102,13 +107,31 @@ def sft_args(recipe: Recipe, out: Path) -> dict[str, Any]:
         max_length=s.max_length, packing=s.packing, completion_only_loss=True, optim=s.optim,
         save_strategy="steps" if s.save_steps else "epoch", save_only_model=s.save_only_model,
         logging_steps=s.logging_steps, report_to=recipe.report_to, seed=recipe.seed, deepspeed=s.deepspeed,
-        disable_tqdm=False, **precision_kwargs(s.precision, s.gradient_checkpointing),
+        disable_tqdm=False, **precision_kwargs(s.precision, gc),
     )
+    liger = s.use_liger_kernel
+    if liger is None:
+        liger = liger_supported(_model_type(recipe))
+    if liger:
+        kwargs["use_liger_kernel"] = True
     if s.save_steps:
         kwargs["save_steps"] = s.save_steps
     if s.fsdp:
         kwargs.update(fsdp="full_shard auto_wrap", fsdp_config=s.fsdp)
     return {**kwargs, **s.extra}
+
+
+def _model_type(recipe: Recipe) -> str | None:
+    """The model's ``model_type`` from its config (toy: llama), without loading weights."""
+    name = recipe.model.name_or_path
+    if name == "toy":
+        return "llama"
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name, trust_remote_code=recipe.model.trust_remote_code).model_type
+    except (OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------- callbacks
