@@ -256,8 +256,20 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("accuracy", "mean_tokens", "mean_tokens_correct", "truncation_rate")}
 
 
-def _stage_done(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _stage(name: str, folder: Path, train: Any, report: dict[str, Any], state: Any) -> dict[str, Any]:
+    """A stage's report section: read from ``folder/DONE.json`` when it finished earlier, else ``train()`` (which
+    resumes from the stage's last complete checkpoint), recorded as DONE by rank 0."""
+    done = folder / DONE
+    if done.is_file():
+        report["resumed"][name] = "finished earlier"
+        return json.loads(done.read_text())
+    section = train()
+    if state.is_main_process:
+        atomic_write_json(done, section)
+    state.wait_for_everyone()
+    if section.get("resumed_from"):
+        report["resumed"][name] = section["resumed_from"]
+    return section
 
 
 def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool = False) -> dict[str, Any]:
@@ -297,16 +309,8 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
         from mathrecipe.sft import run_sft
 
         t = time.time()
-        sft = _stage_done(out / "sft" / DONE)
-        if sft is None:
-            sft = run_sft(recipe, model_path, paths["sft"], problems, out / "sft", dev)
-            if state.is_main_process:
-                atomic_write_json(out / "sft" / DONE, sft)
-            state.wait_for_everyone()
-            if sft.get("resumed_from"):
-                report["resumed"]["sft"] = sft["resumed_from"]
-        else:
-            report["resumed"]["sft"] = "finished earlier"
+        sft = _stage("sft", out / "sft", lambda: run_sft(recipe, model_path, paths["sft"], problems, out / "sft", dev),
+                     report, state)
         report["sft"] = sft
         timings["sft"] = time.time() - t
         start = sft["selected_checkpoint"]
@@ -322,16 +326,7 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
             start_summary = _headline(evaluate_checkpoint(recipe, start, problems, out / "eval", "start"))
             timings["eval_start"] = time.time() - t
         t = time.time()
-        grpo = _stage_done(out / "grpo" / DONE)
-        if grpo is None:
-            grpo = run_grpo(recipe, start, paths["grpo"], out / "grpo")
-            if state.is_main_process:
-                atomic_write_json(out / "grpo" / DONE, grpo)
-            state.wait_for_everyone()
-            if grpo.get("resumed_from"):
-                report["resumed"]["grpo"] = grpo["resumed_from"]
-        else:
-            report["resumed"]["grpo"] = "finished earlier"
+        grpo = _stage("grpo", out / "grpo", lambda: run_grpo(recipe, start, paths["grpo"], out / "grpo"), report, state)
         timings["grpo"] = time.time() - t
         t = time.time()
         summary = evaluate_checkpoint(recipe, grpo["checkpoint"], problems, out / "eval", "grpo")
