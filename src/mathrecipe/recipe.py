@@ -481,6 +481,10 @@ def validate(r: Recipe) -> None:
          "data.build.mid_min_accuracy <= data.build.mid_max_accuracy, both in [0, 1]")
     need(0 <= b.min_overlap <= 1, f"data.build.min_overlap must be in [0, 1], got {b.min_overlap}")
     need(b.num_proc >= 1, f"data.build.num_proc must be >= 1, got {b.num_proc}")
+    if d.source == "toy":
+        stray = [k for k in ("sft_path", "grpo_path", "eval_path", "dev_path") if getattr(d, k)]
+        need(not stray, f"data.{stray[0] if stray else ''} is read only with data.source=files (the toy generates its "
+                        "data): set data.source=files, or drop the path")
     if r.model.name_or_path == "toy":
         need(d.source == "toy", "model.name_or_path=toy builds its tokenizer from the toy task: set data.source=toy")
 
