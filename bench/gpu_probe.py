@@ -215,18 +215,21 @@ def _reset_peak() -> None:
 
 
 def sft_variants(dry_run: bool) -> list[tuple[str, list[str]]]:
-    """(name, recipe overrides): the project's defaults, then (on a GPU) the reference's other two settings."""
-    out: list[tuple[str, list[str]]] = [("defaults", [])]
-    if not dry_run and _cuda():
-        out.append(("gradient checkpointing off", ["sft.gradient_checkpointing=false"]))
-        try:
-            import liger_kernel  # noqa: F401
+    """(name, recipe overrides): on a GPU, one row per lever measured side by side, from the earlier defaults
+    (bf16 autocast + gradient checkpointing, no Liger) to what the project now picks by itself; on CPU (dry run)
+    the project's defaults only."""
+    if dry_run or not _cuda():
+        return [("project defaults", [])]
+    out = [("baseline: checkpointing on, no Liger", ["sft.gradient_checkpointing=true", "sft.use_liger_kernel=false"]),
+           ("checkpointing off", ["sft.gradient_checkpointing=false", "sft.use_liger_kernel=false"])]
+    try:
+        import liger_kernel  # noqa: F401
 
-            out.append(("gradient checkpointing off + Liger kernels",
-                        ["sft.gradient_checkpointing=false", "sft.extra={use_liger_kernel: true}"]))
-        except ImportError:
-            pass
-    return out
+        out.append(("checkpointing off + Liger kernels",
+                    ["sft.gradient_checkpointing=false", "sft.use_liger_kernel=true"]))
+    except ImportError:
+        pass
+    return out + [("project defaults (plan decides checkpointing; Liger where supported)", [])]
 
 
 def probe_sft(work: Path, dry_run: bool) -> dict[str, Any]:
@@ -253,7 +256,8 @@ def probe_sft(work: Path, dry_run: bool) -> dict[str, Any]:
         recipe = load_recipe(None, [
             f"output_dir={work / 'runs'}", "sft.epochs=1", "sft.batch_size=1", "sft.gradient_accumulation_steps=1",
             f"sft.max_length={seq}", "sft.packing=true", "sft.eval_each_epoch=false", "sft.save_only_model=true",
-            "sft.warmup_steps=0", "sft.logging_steps=1", *overrides])
+            "sft.warmup_steps=0", "sft.logging_steps=1", "data.system_prompt=null",
+            "sft.extra={packing_strategy: wrapped}", *overrides])
         timer = _Timer()
         original = _patch_trainer("SFTTrainer", timer)
         _reset_peak()

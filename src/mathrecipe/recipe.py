@@ -94,7 +94,7 @@ class DataConfig:
     dev_path: str | None = None  # rows with `problem` and `answer`: sft.select=best picks on these, not eval_path
     problem_column: str = "problem"
     answer_column: str = "answer"
-    system_prompt: str = SYSTEM_PROMPT
+    system_prompt: str | None = SYSTEM_PROMPT  # null or "": no system turn
     build: BuildConfig = field(default_factory=BuildConfig)
 
 

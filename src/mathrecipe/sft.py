@@ -74,9 +74,12 @@ def tokenize_sft(ds: Any, tokenizer: Any, num_proc: int | None = None) -> Any:
     return ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenise SFT rows")
 
 
-def check_lengths(tokenized: Any, max_length: int | None, path: str | Path) -> None:
-    """Refuse rows longer than ``sft.max_length``: TRL would cut them and lose the answer and the end token."""
-    if max_length is None:
+def check_lengths(tokenized: Any, max_length: int | None, path: str | Path, packing_strategy: str | None = None) -> None:
+    """Refuse rows longer than ``sft.max_length``: TRL would cut them and lose the answer and the end token.
+
+    Packing strategies that split long rows across blocks (``wrapped``, ``bfd_split``) lose no tokens, so they pass;
+    no packing and ``bfd`` (TRL's default) truncate."""
+    if max_length is None or packing_strategy in ("wrapped", "bfd_split"):
         return
     lengths = [len(x) for x in tokenized["input_ids"]]
     over = [n for n in lengths if n > max_length]
@@ -110,8 +113,8 @@ def sft_args(recipe: Recipe, out: Path) -> dict[str, Any]:
         disable_tqdm=False, **precision_kwargs(s.precision, gc),
     )
     liger = s.use_liger_kernel
-    if liger is None:
-        liger = liger_supported(_model_type(recipe))
+    if liger is None:  # reads the model's config only on a GPU (never a hub lookup on CPU)
+        liger = has_cuda() and liger_supported(_model_type(recipe))
     if liger:
         kwargs["use_liger_kernel"] = True
     if s.save_steps:
@@ -208,7 +211,7 @@ def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: li
     model, tokenizer = load_model_and_tokenizer(model_path, recipe.model, training=True)
     with config.main_process_first(desc="tokenise SFT data"):
         dataset = tokenize_sft(load_sft_dataset(data_path), tokenizer, config.dataset_num_proc)
-    check_lengths(dataset, s.max_length, data_path)
+    check_lengths(dataset, s.max_length, data_path, config.packing_strategy if s.packing else None)
     resume = last_complete_checkpoint(out)
     epoch_eval = EpochEval(recipe, tokenizer, problems, dev if s.select == "best" else None, out)
     if resume is None:
