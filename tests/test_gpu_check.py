@@ -78,7 +78,7 @@ def test_dry_run_runs_every_part_on_cpu(tmp_path):
     assert here["tests"]["collected"] > 50
     assert here["toy"]["report"]["grpo"]["steps"] == 1
     (v,) = here["sft"]["variants"]
-    assert v["setting"] == "project defaults" and v["steps_timed"] == 1 and v["tokens_per_s"] > 0
+    assert v["setting"] == "project defaults" and v["steps_timed"] >= 1 and v["tokens_per_s"] > 0
     assert v["weights_dtype"] == "float32" and v["gradient_checkpointing"] is False  # the project's CPU defaults
     g = here["grpo"]
     assert g["steps_timed"] == 1 and 0 < g["generation_share"] < 1
