@@ -249,3 +249,20 @@ def test_json_output_and_argument_errors(capsys):
         run_plan([str(PAPER), "--gpus", "0"])
     with pytest.raises(RecipeError, match="--gpu-mem must be > 0"):
         run_plan([str(PAPER), "--gpu-mem", "-1"])
+
+
+def test_run_stops_before_training_on_a_stage_that_cannot_fit(tmp_path, monkeypatch, capsys):
+    """`mathrecipe run` plans first: on one 24 GiB GPU a 4B-parameter toy cannot train, so the run stops at once
+    with the stage, the shortfall and the fix (a GPU machine is simulated: the plan's target is the only change)."""
+    import mathrecipe.plan as plan_mod
+    from mathrecipe.cli import main
+
+    real = plan_mod.detect_target
+    monkeypatch.setattr(plan_mod, "detect_target", lambda r, g=None, m=None: real(r, 1, 24.0))
+    out = tmp_path / "run"
+    rc = main(["run", f"output_dir={out}", "model.toy.hidden_size=4096", "model.toy.num_layers=20",
+               "model.toy.num_heads=32", "model.toy.intermediate_size=16384", "sft.precision=fp32"])
+    assert rc == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("mathrecipe: error:")]
+    assert len(err) == 1 and "sft: needs" in err[0] and "GiB over" in err[0] and "fix:" in err[0]
+    assert not out.exists()  # nothing was built or trained
