@@ -20,13 +20,18 @@ TINY = [
 @pytest.mark.slow
 def test_run_all_stages_writes_report(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["-q", "run", f"output_dir={out}", *TINY]) == 0
+    assert main(["-q", "run", f"output_dir={out}", *TINY, "sft.select=best", "data.toy.n_dev=4"]) == 0
     report = json.loads((out / "report.json").read_text())
     epochs = report["sft"]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     for e in epochs:
-        assert 0 <= e["accuracy"] <= 1 and e["mean_tokens"] > 0
-    assert report["sft"]["selected_epoch"] == 2
+        assert 0 <= e["accuracy"] <= 1 and e["mean_tokens"] > 0 and 0 <= e["dev_accuracy"] <= 1
+    # chosen on the dev problems (disjoint from the held-out ones it reports)
+    best = max(epochs, key=lambda e: (e["dev_accuracy"], -e["epoch"]))
+    assert report["sft"]["selected_epoch"] == best["epoch"] and report["sft"]["selected_by"] == "best dev accuracy"
+    test_ids = {json.loads(x)["problem"] for x in (out / "data" / "test.jsonl").read_text().splitlines()}
+    dev_ids = {json.loads(x)["problem"] for x in (out / "data" / "dev.jsonl").read_text().splitlines()}
+    assert dev_ids and not dev_ids & test_ids
     assert report["grpo"]["steps"] == 2 and 0 <= report["grpo"]["accuracy"] <= 1
     assert report["eval"] == {"n_problems": 6, "samples": 2, "temperature": 1.0, "max_new_tokens": 40}
     for f in ["report.md", "report.png", "recipe.yaml", "data/sft/dataset_info.json", "data/grpo/dataset_info.json",

@@ -66,3 +66,18 @@ def test_a_rerun_with_other_settings_is_refused_not_mixed(tmp_path, capsys):
     assert main(["run", f"output_dir={out}", *TINY, "sft.learning_rate=0.01", "sft.enabled=false",
                  "grpo.enabled=false"]) == 2
     _one_line_error(capsys, "sft.learning_rate", "--restart")
+
+
+def test_a_stage_given_another_system_prompt_than_its_data_was_built_with_stops(tmp_path, capsys, tiny_model_dir):
+    """The system prompt travels with a built set; training it under another prompt would make training and
+    evaluation prompts differ."""
+    from mathrecipe.pipeline import prepare_data
+    from mathrecipe.recipe import load_recipe
+
+    paths = prepare_data(load_recipe(None, TINY), tmp_path / "data", str(tiny_model_dir))
+    assert main(["run", f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}",
+                 "data.source=files", f"data.sft_path={paths['sft']}", f"data.grpo_path={paths['grpo']}",
+                 f"data.eval_path={paths['test']}", "data.system_prompt=Think hard."]) == 2
+    err = _one_line_error(capsys, "Think hard.", "Please reason step by step", "data.system_prompt")
+    assert "SFT data" in err
+    assert not (tmp_path / "run" / "sft").exists()
