@@ -1,7 +1,10 @@
 """The embedded toy: a synthetic math task and a tiny Llama model, built from nothing (no downloads).
 
 Task: "Compute a +- b +- c" with three two-digit operands and every running total in 10..99, so every number is
-exactly two digits wide (with mixed widths a ~1M-parameter model never learned to copy the right operand).
+exactly two digits wide (with mixed widths a ~1M-parameter model never learned to copy the right operand), and
+every step digit-wise: no carry, no borrow. With carries the units digit is (a0 +- b0) mod 10, modular arithmetic
+that a tiny model learns in a sudden, late jump whose timing depended on the machine's floating-point rounding
+(bench/results/toy_experiments.md); digit-wise, SFT learns it by epochs 3-6 on every seed and kernel choice tried.
 Teacher traces are shaped like R1 traces; a seeded fraction re-checks work already done ("Wait, let me verify."),
 so the SFT model learns to be verbose sometimes -- the situation GRPO's length rewards fix.
 """
@@ -33,27 +36,42 @@ class ToyProblem:
     steps: tuple[tuple[int, str, int, int], ...]  # (left, op, right, result)
 
 
-def _sample_problem(rng: random.Random, n_operands: int = 3) -> ToyProblem:
+def _sample_problem(rng: random.Random, n_operands: int = 3, carries: bool = False) -> ToyProblem:
+    """One problem; ``carries=False`` keeps every step digit-wise (no carry, no borrow)."""
     while True:
         total = rng.randint(10, 99)
         text, steps = [str(total)], []
         ok = True
         for _ in range(n_operands - 1):
             op = rng.choice("+-")
-            lo, hi = (10, 99 - total) if op == "+" else (10, total - 10)
-            if hi < lo:
+            if not _can_step(total, op, carries):
                 op = "-" if op == "+" else "+"
-                lo, hi = (10, 99 - total) if op == "+" else (10, total - 10)
-            if hi < lo:
+            if not _can_step(total, op, carries):
                 ok = False
                 break
-            b = rng.randint(lo, hi)
+            b = _draw_operand(rng, total, op, carries)
             new = total + b if op == "+" else total - b
             steps.append((total, op, b, new))
             text.append(f"{op} {b}")
             total = new
         if ok:
             return ToyProblem(f"Compute {' '.join(text)}.", str(total), tuple(steps))
+
+
+def _can_step(total: int, op: str, carries: bool) -> bool:
+    if carries:  # a two-digit b that keeps the total in 10..99
+        return 99 - total >= 10 if op == "+" else total - 10 >= 10
+    tens = total // 10  # b's tens digit is >= 1 and the result's tens digit stays in 1..9
+    return tens <= 8 if op == "+" else tens >= 2
+
+
+def _draw_operand(rng: random.Random, total: int, op: str, carries: bool) -> int:
+    if carries:
+        return rng.randint(10, 99 - total) if op == "+" else rng.randint(10, total - 10)
+    tens, units = divmod(total, 10)
+    if op == "+":
+        return 10 * rng.randint(1, 9 - tens) + rng.randint(0, 9 - units)
+    return 10 * rng.randint(1, tens - 1) + rng.randint(0, units)
 
 
 def teacher_trace(p: ToyProblem, verify_blocks: int = 0) -> str:
@@ -77,8 +95,12 @@ def make_toy_data(
     verbose_fraction: float = 0.5,
     max_verify_blocks: int = 3,
     seed: int = 0,
+    carries: bool = False,
 ) -> ToySplits:
-    """Seeded splits. The held-out test problems appear in neither training split."""
+    """Seeded splits. The held-out test problems appear in neither training split.
+
+    ``carries=True`` allows carries and borrows (the first toy design; its SFT breakthrough hinged on the machine).
+    """
     if not 0 <= verbose_fraction <= 1:
         raise ValueError(f"verbose_fraction must be in [0, 1], got {verbose_fraction}")
     rng = random.Random(seed)
@@ -88,7 +110,7 @@ def make_toy_data(
         out = []
         guard = 0
         while len(out) < n:
-            p = _sample_problem(rng)
+            p = _sample_problem(rng, carries=carries)
             guard += 1
             if guard > 50 * (n + 100):
                 raise ValueError(f"could not draw {n} distinct toy problems (the task has too few)")
@@ -114,11 +136,12 @@ def make_toy_data(
 # ------------------------------------------------------------------------------------------- tokenizer
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 320) -> Any:
+def build_tokenizer(corpus: list[str], vocab_size: int = 384) -> Any:
     """A byte-level BPE tokenizer trained on ``corpus``, digits always single tokens, with a ChatML template.
 
     Digits are split off before BPE: a tokenizer that merged a space with the next digit tokenized the same digit
-    differently by position, and the model learned worse.
+    differently by position, and the model learned worse. With room for ~344 tokens (``vocab_size`` >= 352), BPE
+    makes every word of the system prompt one token: the rendered prompt is 41 tokens instead of 61 at 320.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -179,7 +202,7 @@ def build_model(tokenizer: Any, hidden_size: int = 128, num_layers: int = 4, num
     return model
 
 
-def build_toy_model_folder(out_dir: str | Path, splits: ToySplits, vocab_size: int = 320, seed: int = 0,
+def build_toy_model_folder(out_dir: str | Path, splits: ToySplits, vocab_size: int = 384, seed: int = 0,
                            system_prompt: str = SYSTEM_PROMPT, **model_kwargs: int) -> Path:
     """Train the tokenizer, build the model, and save both as a standard HF folder."""
     out = Path(out_dir)
