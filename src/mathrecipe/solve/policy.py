@@ -1,0 +1,129 @@
+"""The rules of ``mathrecipe solve`` as small pure functions: when a problem's vote is settled, how much time and how
+many samples a problem gets, how long the next generate call may be, and how durations are written."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Sequence
+
+from mathrecipe.errors import MathRecipeError
+from mathrecipe.solve.answers import top_two
+
+DECIDED, LEAD = "decided", "lead"
+UNBOUNDED = 2**31  # "as many steps as asked for"
+
+
+def vote_settled(counts: Sequence[int], remaining: int, min_lead: int | None = None) -> str | None:
+    """Whether a problem can stop drawing samples, and why.
+
+    ``counts``: votes per distinct answer so far; ``remaining``: samples that have not voted yet (in flight or not
+    started) out of the problem's planned total. With a = the leader's votes and b = the runner-up's (0 if none):
+
+    - ``"decided"`` when a > b + remaining: even if every remaining vote went to the runner-up -- or to an answer not
+      seen yet, which starts from 0 <= b -- the leader keeps strictly more votes, so the majority over all planned
+      samples is already known. Stopping never changes the answer (no tie can form either).
+    - ``"lead"`` when ``min_lead`` is set and a - b >= min_lead: a heuristic, earlier stop (the second-placed AIMO-2
+      team stopped at e.g. 5 agreeing of 7 finished); it may differ from the full majority.
+    - None otherwise (checked in that order).
+    """
+    if remaining < 0:
+        raise ValueError(f"remaining must be >= 0, got {remaining}")
+    if min_lead is not None and min_lead < 1:
+        raise ValueError(f"min_lead must be >= 1, got {min_lead}")
+    a, b = top_two(counts)
+    if a > b + remaining:
+        return DECIDED
+    if min_lead is not None and a > 0 and a - b >= min_lead:
+        return LEAD
+    return None
+
+
+def time_share(remaining_s: float, problems_left: int) -> float:
+    """A problem's share of the global budget: remaining_s / problems_left (time an early stop saves flows on)."""
+    if problems_left < 1:
+        raise ValueError(f"problems_left must be >= 1, got {problems_left}")
+    return max(0.0, remaining_s) / problems_left
+
+
+def planned_samples(max_samples: int, share_s: float, seconds_per_sample: float | None) -> int:
+    """Samples to plan for a problem: all ``max_samples`` while its time share affords them, fewer when behind.
+
+    n = max(1, min(N, floor(share_s / seconds_per_sample))), where seconds_per_sample is the time spent so far per
+    sample drawn (parallel samples make it small); None (nothing measured yet) plans N. The second-placed AIMO-2
+    team cut 15 samples to 10 below 5 minutes a problem; this is the same idea, proportional.
+    """
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    if seconds_per_sample is None or seconds_per_sample <= 0:
+        return max_samples
+    return max(1, min(max_samples, math.floor(share_s / seconds_per_sample)))
+
+
+class CallTimes:
+    """How many decode steps the next generate call can take without passing a deadline, from the calls seen so far.
+
+    A call of k decode steps at batch size m takes t = a + b*k with a, b >= 0 growing with m (prefill and per-step
+    cost). From recent calls i = (m_i, k_i, t_i) with m_i >= m (at least as costly per step):
+
+        s = min_i t_i / k_i                          (>= b: a bound on the per-step cost)
+        U(k) = SAFETY * min_i [t_i + s * max(0, k - k_i)]     (k <= k_i: at most t_i; beyond, s per extra step)
+
+    U is an upper bound on the call's time (SAFETY covers contexts that grew since: later chunks re-read longer
+    prompts). A call is started only with k such that U(k) <= the time left. Before any call at batch >= m there is
+    no bound (``max_steps`` returns None) and the caller makes a short probe.
+    """
+
+    SAFETY = 1.2
+    WINDOW = 64  # recent calls only: a shared machine's speed drifts
+
+    def __init__(self) -> None:
+        self._calls: deque[tuple[int, int, float]] = deque(maxlen=self.WINDOW)
+
+    def record(self, batch: int, steps: int, seconds: float) -> None:
+        if batch >= 1 and steps >= 1 and seconds >= 0:
+            self._calls.append((batch, steps, seconds))
+
+    def max_steps(self, batch: int, seconds: float) -> int | None:
+        """The largest k with U(k) <= ``seconds`` (0: not even one step fits), or None when nothing bounds it."""
+        seen = [(k, t) for m, k, t in self._calls if m >= batch]
+        if not seen:
+            return None
+        s = min(t / k for k, t in seen)
+        if s <= 0:  # calls that take no measurable time: nothing to bound
+            return UNBOUNDED
+        budget = seconds / self.SAFETY
+        fits = [k + math.floor((budget - t) / s) for k, t in seen if t <= budget]
+        return max(fits, default=0)
+
+
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """Seconds in ``5h``, ``6m``, ``90s``, ``1h30m``, ``1.5h`` or a plain number of seconds; must be > 0."""
+    t = str(text).strip().lower().replace(" ", "")
+    seconds: float | None = None
+    try:
+        seconds = float(t)
+    except ValueError:
+        m = _DURATION.fullmatch(t)
+        if m and any(m.groups()):
+            seconds = sum(float(v) * u for v, u in zip(m.groups(), _UNIT.values()) if v)
+    if seconds is None:
+        raise MathRecipeError(f"{flag} {text!r}: expected a duration such as 5h, 6m, 90s or 1h30m")
+    if not seconds > 0 or math.isinf(seconds):
+        raise MathRecipeError(f"{flag} must be a positive duration, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``4h59m``, ``5m07s``, ``42s``: for progress lines."""
+    s = max(0, int(round(seconds)))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
