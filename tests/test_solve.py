@@ -450,3 +450,40 @@ def test_outputs_are_written_atomically(monkeypatch, tmp_path, tiny_tokenizer):
     assert sorted(written) == ["answers.csv", "solve.jsonl"]
     assert (tmp_path / "answers.csv").read_text() == "id,answer\np0,4\n"
     assert math.isclose(json.loads((tmp_path / "solve.jsonl").read_text())["tokens"], results[0].tokens)
+
+
+def test_vllm_backend_draws_each_wave_as_one_prompt_with_n_samples(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                    monkeypatch):
+    """vLLM seeds a request's n samples apart; the same prompt sent n times with one seed would repeat itself."""
+    import sys
+    import types
+
+    calls = []
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            pass
+
+        def generate(self, prompts, params, use_tqdm=True):
+            calls.append((len(prompts), params.n, params.max_tokens))
+            ids = tiny_tokenizer.encode("<think>\n\\boxed{7}\n</think>", add_special_tokens=False)
+            out = types.SimpleNamespace(text=tiny_tokenizer.decode(ids), token_ids=ids, finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[out] * params.n) for _ in prompts]
+
+    vllm, inputs = types.ModuleType("vllm"), types.ModuleType("vllm.inputs")
+    vllm.LLM, vllm.SamplingParams, inputs.TokensPrompt, vllm.inputs = LLM, SamplingParams, dict, inputs
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    problems_file = tmp_path / "p.jsonl"
+    problems_file.write_text('{"id": "a", "problem": "Compute 3 + 4.", "answer": "7"}\n')
+    out = tmp_path / "o"
+    assert main(["-q", "--model", str(tiny_model_dir), "--problems", str(problems_file), "--backend", "vllm",
+                 "--samples", "6", "--wave", "2", "--max-new-tokens", "40", "--chunk-tokens", "40",
+                 "--out", str(out)]) == 0
+    assert calls == [(1, 2, 40), (1, 2, 40)]  # two waves of 2, then 4 > 0 + 2: decided
+    row = json.loads((out / "solve.jsonl").read_text())
+    assert (row["answer"], row["stop"], row["samples"], row["correct"]) == (7, "decided", 4, True)
