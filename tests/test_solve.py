@@ -8,7 +8,14 @@ from mathrecipe.evaluate.generation import Completion, SamplingSettings
 from mathrecipe.solve import cli as solve_cli
 from mathrecipe.solve.answers import Tally, int_answer
 from mathrecipe.solve.cli import main, read_problems
-from mathrecipe.solve.policy import CallTimes, parse_duration, planned_samples, time_share, vote_settled
+from mathrecipe.solve.policy import (
+    CallTimes,
+    next_wave,
+    parse_duration,
+    planned_samples,
+    time_share,
+    vote_settled,
+)
 from mathrecipe.solve.solver import SolveOptions, Solver
 
 # ------------------------------------------------------------------------------------------ the stopping rule
@@ -77,6 +84,20 @@ def test_min_lead_stops_earlier_and_says_so():
     assert first_stop(list("AAAAAAAA"), 15, min_lead=20) == (8, "decided")  # the sure rule still applies
     with pytest.raises(ValueError):
         vote_settled([1], 3, min_lead=0)
+
+
+def test_next_wave_is_the_fewest_samples_that_could_settle():
+    """Exhaustive: the wave is the smallest y whose y agreeing votes would settle the vote (all remaining when none
+    would), and never a sample more."""
+    for remaining in range(1, 9):
+        for counts in [[], [1], [2, 1], [3, 3], [4], [2, 2, 1], [5, 1]]:
+            for lead in (None, 2, 3):
+                y = next_wave(counts, remaining, lead)
+                settles = [vote_settled([counts[0] + k if counts else k, *counts[1:]], remaining - k, lead)
+                           for k in range(1, remaining + 1)]
+                want = next((k for k, s in enumerate(settles, 1) if s), remaining)
+                assert y == want, (counts, remaining, lead, y, want)
+    assert next_wave([], 15) == 8 and next_wave([], 8) == 5
 
 
 # ------------------------------------------------------------------------------------------ answers
@@ -239,7 +260,7 @@ def test_early_stop_cancels_the_tail_and_keeps_the_answer(tiny_tokenizer):
     runs = {}
     for early in (True, False):
         gen = Scripted(tiny_tokenizer, plan)
-        solver = Solver(gen, tiny_tokenizer, settings(), SolveOptions(chunk_tokens=8, early_stop=early))
+        solver = Solver(gen, tiny_tokenizer, settings(), SolveOptions(wave=5, chunk_tokens=8, early_stop=early))
         runs[early] = solver.solve(problems(1))[0]
     stopped, full = runs[True], runs[False]
     assert stopped.answer == full.answer == 42
@@ -260,6 +281,20 @@ def test_waves_stop_between_waves(tiny_tokenizer):
     r = solver.solve(problems(1))[0]
     assert (r.answer, r.stop, len(r.samples)) == (5, "decided", 6)  # 3 + 3 agree; 6 > 0 + 3: no third wave
     assert [c[1] for c in gen.calls] == [3, 3]
+
+
+def test_auto_waves_draw_only_what_could_settle(tiny_tokenizer):
+    plan = {"problem 0": [trace(5), trace(5), trace(5), trace(5), trace(6), trace(5), trace(6), trace(5)]}
+    runs = {}
+    for early in (True, False):
+        gen = Scripted(tiny_tokenizer, plan)
+        r = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=40),
+                   SolveOptions(chunk_tokens=40, early_stop=early)).solve(problems(1))[0]
+        runs[early] = (r, [c[1] for c in gen.calls])
+    (stopped, waves), (full, full_waves) = runs[True], runs[False]
+    # 5 first (4-1 after it), then 1: 5 > 1 + 2 settles it
+    assert waves == [5, 1] and (stopped.answer, stopped.stop, len(stopped.samples)) == (5, "decided", 6)
+    assert full_waves[:2] == [5, 1] and len(full.samples) == 8 and full.answer == stopped.answer
 
 
 def test_min_lead_and_plain_majority(tiny_tokenizer):
@@ -409,7 +444,8 @@ def test_solve_command_reads_stdin(tiny_model_dir, tmp_path, monkeypatch, capsys
     (["--answer-format", "float"], "--answer-format must be one of int0-999, any"),
     (["--samples", "0"], "--samples must be >= 1"),
     (["--min-lead", "0"], "--min-lead must be an integer >= 1"),
-    (["--wave", "-1"], "--wave must be an integer >= 1"),
+    (["--wave", "-1"], "--wave must be 'auto' or an integer >= 1"),
+    (["--wave", "all"], "--wave must be 'auto' or an integer >= 1, got 'all'"),
     (["--backend", "tgi"], "--backend must be one of hf, vllm"),
     (["--limit", "0"], "--limit must be >= 1"),
 ])

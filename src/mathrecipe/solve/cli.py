@@ -214,6 +214,13 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
 # ------------------------------------------------------------------------------------------------ CLI
 
 
+def _wave(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text  # "auto", or a word SolveOptions refuses in one line
+
+
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -286,7 +293,7 @@ def add_solve_parser(sub: Any) -> None:
     d = EvalConfig()
     p = sub.add_parser(
         "solve", help="answer problems AIMO-style: majority vote with early stopping, under a time budget",
-        description="Draw up to --samples completions per problem (at most --wave at once, generated --chunk-tokens "
+        description="Draw up to --samples completions per problem (in parallel waves, generated --chunk-tokens "
         "at a time), stop each at </think> (--stop-at-think) or its first box (--stop-at-first-box), stop a problem "
         "once its majority cannot be overturned by the samples left (or leads by --min-lead), and keep a global "
         "clock: each problem gets its share of the time left, fewer samples when behind, and no chunk starts that "
@@ -329,7 +336,11 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--min-lead", dest="min_lead", type=int,
                    help="also stop once the leading answer leads the next by this many votes (a heuristic: "
                    "may differ from the full majority)")
-    p.add_argument("--wave", type=int, help="samples in flight at once (default: all of --samples)")
+    p.add_argument("--wave", default="auto", type=_wave,
+                   help="samples drawn in parallel per wave: 'auto' (default) draws the fewest that could settle the "
+                   "vote (8 of 15 first, then what a split vote still needs): fewest tokens; N = --samples draws all "
+                   "at once and cancels the rest once settled: least wall time where parallel samples are nearly "
+                   "free (a GPU)")
     p.add_argument("--chunk-tokens", dest="chunk_tokens", type=int,
                    help="tokens per generate call; stopping and the clock act between chunks "
                    "(default: max new tokens / 8, at least 16)")

@@ -40,6 +40,23 @@ def vote_settled(counts: Sequence[int], remaining: int, min_lead: int | None = N
     return None
 
 
+def next_wave(counts: Sequence[int], remaining: int, min_lead: int | None = None) -> int:
+    """Samples to start in the next wave (none in flight): the fewest that could settle the vote if they all
+    agreed with the leader, so no sample is drawn that an earlier stop would have spared.
+
+    With a = the leader's votes, b = the runner-up's, r = samples not yet drawn: y new votes for the leader settle
+    it when a + y > b + (r - y), so y = floor((b + r - a) / 2) + 1; with ``min_lead`` k also y >= k - (a - b)
+    suffices. The wave is min of the two, at least 1 and at most r. First wave of N: floor(N/2) + 1 (15 -> 8).
+    """
+    if remaining < 1:
+        raise ValueError(f"remaining must be >= 1, got {remaining}")
+    a, b = top_two(counts)
+    y = (b + remaining - a) // 2 + 1
+    if min_lead is not None:
+        y = min(y, min_lead - (a - b))
+    return max(1, min(remaining, y))
+
+
 def time_share(remaining_s: float, problems_left: int) -> float:
     """A problem's share of the global budget: remaining_s / problems_left (time an early stop saves flows on)."""
     if problems_left < 1:
