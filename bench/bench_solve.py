@@ -55,15 +55,47 @@ def build_model(epochs: int = SFT_EPOCHS) -> tuple[str, list[dict]]:
     return json.loads(done.read_text())["checkpoint"], problems
 
 
-def run_config(name: str, gen, tok, problems: list[dict], settings, options) -> dict:
-    """Solve ``problems`` with one configuration; its numbers and per-problem answers."""
-    from mathrecipe.solve.cli import grade_answers
+class Stopwatch:
+    """A clock that runs only while its configuration's turn is on: configurations are interleaved problem by
+    problem, so a shared machine's load drifts over all of them alike, and each one's budget counts its own time."""
+
+    def __init__(self) -> None:
+        self.total, self.since = 0.0, None
+
+    def __call__(self) -> float:
+        return self.total + (time.perf_counter() - self.since if self.since is not None else 0.0)
+
+    def start(self) -> None:
+        self.since = time.perf_counter()
+
+    def stop(self) -> None:
+        self.total, self.since = self(), None
+
+
+def run_interleaved(configs: dict, gen, tok, problems: list[dict], settings) -> dict[str, dict]:
+    """Solve ``problems`` with every configuration, one problem at a time for all of them in turn."""
+    from mathrecipe.evaluate.generation import prompt_ids
     from mathrecipe.solve.solver import Solver
 
-    solver = Solver(gen, tok, settings, options)
-    t = time.perf_counter()
-    results = solver.solve(problems)
-    wall = time.perf_counter() - t
+    ids = prompt_ids(tok, [p["problem"] for p in problems])
+    runs = {}
+    for name, options in configs.items():
+        clock = Stopwatch()
+        runs[name] = (Solver(gen, tok, settings, options, clock=clock, started_at=0.0), clock, [])
+    for i, (p, prompt) in enumerate(zip(problems, ids)):
+        for solver, clock, results in runs.values():
+            clock.start()
+            deadline, planned = solver.deadline(len(problems) - i)
+            results.append(solver.solve_one(str(p["id"]), prompt, planned, deadline))
+            clock.stop()
+    return {name: summarize(name, problems, results, clock(), configs[name])
+            for name, (_, clock, results) in runs.items()}
+
+
+def summarize(name: str, problems: list[dict], results: list, wall: float, options) -> dict:
+    """A configuration's numbers and per-problem answers."""
+    from mathrecipe.solve.cli import grade_answers
+
     grades = grade_answers(problems, results)
     stops: dict[str, int] = {}
     for r in results:
@@ -71,17 +103,18 @@ def run_config(name: str, gen, tok, problems: list[dict], settings, options) -> 
     row = {
         "name": name, "wall_s": wall, "tokens": sum(r.tokens for r in results),
         "accuracy": sum(ok for _, ok in grades.values()) / len(problems),
-        # share of the voting samples whose answer is the gold one (the model's agreement with itself and the truth)
+        # share of the votes that are the gold answer: how often one sample is right
         "sample_accuracy": sum(r.tally.as_dict().get(str(int(p["answer"])), 0) for r, p in zip(results, problems))
         / max(1, sum(r.tally.votes for r in results)),
         "samples_per_problem": sum(len(r.samples) for r in results) / len(problems),
+        "planned_per_problem": sum(r.planned for r in results) / len(problems),
         "calls": sum(r.calls for r in results), "stops": stops,
         "answered": sum(r.answer is not None for r in results),
         "answers": [r.answer for r in results], "correct": [grades[r.id][1] for r in results],
         "options": {k: v for k, v in options.__dict__.items() if v not in (None, False)},
     }
-    print(f"{name:28s} acc {row['accuracy']:.3f} (samples {row['sample_accuracy']:.3f})  tokens {row['tokens']:7d}  wall {wall:6.1f}s  "
-          f"samples/problem {row['samples_per_problem']:.2f}  stops {stops}", flush=True)
+    print(f"{name:28s} acc {row['accuracy']:.3f} (samples {row['sample_accuracy']:.3f})  tokens {row['tokens']:7d}  "
+          f"wall {wall:6.1f}s  samples/problem {row['samples_per_problem']:.2f}  stops {stops}", flush=True)
     return row
 
 
@@ -123,7 +156,7 @@ def main() -> int:
         "early stop, all in flight": SolveOptions(wave=n),
         "early stop + min-lead 3": SolveOptions(min_lead=3),
     }
-    rows = {name: run_config(name, gen, tok, problems, settings, o) for name, o in configs.items()}
+    rows = run_interleaved(configs, gen, tok, problems, settings)
     plain, same, early = rows["plain maj@N"], rows["plain maj@N, same waves"], rows["early stop (default)"]
     same_samples = {
         "identical_answers": sum(a == b for a, b in zip(early["answers"], same["answers"])),
@@ -142,11 +175,9 @@ def main() -> int:
         "global clock, all in flight": SolveOptions(time_budget_s=budget, wave=n),
         "equal split": SolveOptions(per_problem_s=budget / len(problems)),
     }
-    budget_rows = {}
-    for name, o in tight.items():
-        r = run_config(name, gen, tok, problems, settings, o)
+    budget_rows = run_interleaved(tight, gen, tok, problems, settings)
+    for r in budget_rows.values():
         r["within_budget"] = r["wall_s"] <= budget
-        budget_rows[name] = r
 
     results = {
         "date": time.strftime("%Y-%m-%d"),
@@ -178,8 +209,8 @@ def render(res: dict) -> str:
         f"SFT epochs of the toy recipe; {st['problems']} held-out toy problems, one at a time; N = {st['samples']} "
         f"samples, temperature {st['temperature']}, at most {st['max_new_tokens']} new tokens, stopped at "
         f"`</think>`; chunks of {st['chunk_tokens']} tokens. Accuracy = the majority answer is correct; the "
-        "difference to plain maj@N has a paired bootstrap 95 % CI over problems. On a shared machine wall times "
-        "follow its load.",
+        "difference to plain maj@N has a paired bootstrap 95 % CI over problems. Configurations run interleaved, problem "
+        "by problem, each timed by its own stopwatch, so the shared machine's drifting load falls on all alike.",
         "",
         "## Early-stopped voting vs plain maj@N (same N)",
         "",

@@ -26,7 +26,7 @@ prompt of a call the same seed, so continuation chunks of one wave share their r
 
 Problems are answered in file order (the competition serves them one at a time). Time share: with a global budget
 each problem may use its share of the time left (:func:`policy.time_share`), so time saved by early stops flows to
-later problems, and plans fewer samples when behind (:func:`policy.planned_samples`).
+later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`).
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ class Solver:
         self.started_at = started_at
         self.times = CallTimes()
         self.chunk = options.chunk_tokens or default_chunk_tokens(settings.max_new_tokens)
-        self.spent_s = 0.0  # in problems so far
-        self.drawn = 0  # samples drawn so far
+        self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
+        self.last_cut = False  # the last problem ran out of time
         self.warm = False
 
     # ------------------------------------------------------------------------------------------ the budget
@@ -181,8 +181,8 @@ class Solver:
             return math.inf, n
         assert self.started_at is not None
         share = time_share(self.started_at + self.opts.time_budget_s - now, problems_left)
-        rate = self.spent_s / self.drawn if self.drawn else None
-        return now + share, planned_samples(n, share, rate)
+        typical = self.spent_s / self.finished if self.finished else None
+        return now + share, planned_samples(n, share, typical, self.last_cut)
 
     def time_left(self) -> float | None:
         """Seconds left of the global budget (None without one)."""
@@ -273,6 +273,8 @@ class Solver:
             else:
                 x.end = CANCELLED
         seconds = self.clock() - t0
-        self.spent_s += seconds
-        self.drawn += len(samples)
+        self.last_cut = stop in (TIME, NO_TIME)
+        if not self.last_cut:
+            self.spent_s += seconds
+            self.finished += 1
         return ProblemResult(pid, tally.winner(), stop, planned, samples, tally, seconds, calls)
