@@ -11,7 +11,8 @@ mathrecipe.sft.run_sft, cached in runs/bench-solve/, which git ignores) and the 
      flight (cancelled once settled), and early stop + --min-lead 3 (a heuristic stop).
    Tokens generated, wall time and majority-vote accuracy of each.
 2. A tight global budget (a share of what plain maj@N took): the global clock (share of the time left, fewer samples
-   when behind) vs a naive equal split (--per-problem budget / problems), both with early stopping.
+   when behind) vs a naive equal split (--per-problem budget / problems), both with early stopping; and the global
+   clock with sequential waves.
 
 Writes bench/results/solve.json and bench/results/solve.md. Torch runs on one thread: the 2-core machine is shared,
 and a tiny model gains nothing from a second thread that other processes contend for.
@@ -171,9 +172,9 @@ def main() -> int:
 
     budget = args.budget_share * plain["wall_s"]
     tight = {
-        "global clock": SolveOptions(time_budget_s=budget),
-        "global clock, all in flight": SolveOptions(time_budget_s=budget, wave=n),
+        "global clock (default)": SolveOptions(time_budget_s=budget),
         "equal split": SolveOptions(per_problem_s=budget / len(problems)),
+        f"global clock, waves of {n // 2 + 1}": SolveOptions(time_budget_s=budget, wave=n // 2 + 1),
     }
     budget_rows = run_interleaved(tight, gen, tok, problems, settings)
     for r in budget_rows.values():
@@ -247,8 +248,11 @@ def render(res: dict) -> str:
     lines += [
         "",
         "Global clock: each problem may use its share of the time left, so what early stops save flows to later "
-        "problems, and fewer samples are planned when behind. Equal split: each problem gets budget / problems. "
-        "Both stop early and cut chunks to their deadlines. Easiest-first ordering is not implemented: the toy's "
+        "problems, and a third fewer samples are planned when behind. Equal split: each problem gets budget / "
+        "problems. Both draw all samples at once (what `--wave auto` does under a clock), stop early, cut chunks to "
+        "their deadlines, and let samples cut by the clock vote with a box they already wrote. The last row draws "
+        "sequential waves (the first as large as `--wave auto` draws without a clock) under the same global clock: "
+        "the reason auto draws all at once under a clock. Easiest-first ordering is not implemented: the toy's "
         "problems all have one form, so no cheap difficulty estimate exists to measure its pay-off on.",
         "",
     ]

@@ -343,7 +343,7 @@ def test_global_clock_never_overruns_and_shares_saved_time(tiny_tokenizer):
         if not glob:
             assert all(r.seconds <= opts.per_problem_s for r in results)
         else:  # time the easy ones saved went to later problems: the last one gets far more than an equal split
-            assert results[-1].seconds > 2 * budget / 20
+            assert results[-1].seconds > 1.5 * budget / 20
             assert {r.planned for r in results[1:]} == {6, 8}  # a third fewer after a problem ran out of time
     assert used[True] > used[False] and answered[True] > answered[False]
     # a budget too small for more than the warm-up and a probe: nothing overruns, problems are skipped

@@ -337,10 +337,10 @@ def add_solve_parser(sub: Any) -> None:
                    help="also stop once the leading answer leads the next by this many votes (a heuristic: "
                    "may differ from the full majority)")
     p.add_argument("--wave", default="auto", type=_wave,
-                   help="samples drawn in parallel per wave: 'auto' (default) draws the fewest that could settle the "
-                   "vote (8 of 15 first, then what a split vote still needs): fewest tokens; N = --samples draws all "
-                   "at once and cancels the rest once settled: least wall time where parallel samples are nearly "
-                   "free (a GPU)")
+                   help="samples drawn in parallel per wave. 'auto' (default): without a time limit the fewest that "
+                   "could settle the vote (8 of 15 first, then what a split vote still needs: fewest tokens); with "
+                   "--time-budget/--per-problem all at once, the rest cancelled once settled (least time). A number: "
+                   "that many per wave")
     p.add_argument("--chunk-tokens", dest="chunk_tokens", type=int,
                    help="tokens per generate call; stopping and the clock act between chunks "
                    "(default: max new tokens / 8, at least 16)")

@@ -1,10 +1,11 @@
 """The solving loop: problems one at a time, samples in waves, generated in chunks, under a clock.
 
-A problem draws up to ``samples`` completions, in waves drawn in parallel. By default (``wave="auto"``) each wave is
-the fewest samples that could settle the vote (:func:`policy.next_wave`: 8 of 15 first, then what a split vote still
-needs), so no sample is drawn that stopping would have spared; ``wave=N`` draws all N at once and cancels the rest
-when settled (the second-placed AIMO-2 team's way: less wall time when parallel samples are nearly free, as on a
-GPU, more tokens). Samples are generated ``chunk_tokens`` tokens at a time by the evaluation's :class:`Generator`
+A problem draws up to ``samples`` completions, in waves drawn in parallel. ``wave="auto"`` (the default) spends what
+is scarce: without a clock, tokens -- each wave is the fewest samples that could settle the vote
+(:func:`policy.next_wave`: 8 of 15 first, then what a split vote still needs), so no sample is drawn that stopping
+would have spared; under a clock, time -- all samples at once, the rest cancelled when the vote is settled (the
+second-placed AIMO-2 team's way): parallel samples cost little time, sequential waves cost a sample's time each
+(bench/bench_solve.py measures both). ``wave=k`` draws k at a time. Samples are generated ``chunk_tokens`` tokens at a time by the evaluation's :class:`Generator`
 (the chunk's token ids are fed back as the next call's prompt, so the model sees one continuous sequence). Between
 chunks the solver:
 
@@ -68,7 +69,7 @@ def default_chunk_tokens(max_new_tokens: int) -> int:
 class SolveOptions:
     """How ``mathrecipe solve`` draws and stops (sampling itself is a :class:`SamplingSettings`)."""
 
-    wave: int | str = "auto"  # samples per wave: "auto" (policy.next_wave) or a number (N: all at once)
+    wave: int | str = "auto"  # samples per wave: "auto" (fewest that could settle; all under a clock) or a number
     chunk_tokens: int | None = None  # tokens per generate call; None: default_chunk_tokens(max_new_tokens)
     early_stop: bool = True  # stop a problem once the vote is settled
     min_lead: int | None = None  # also stop once the leader leads by this many votes
@@ -233,7 +234,8 @@ class Solver:
             fresh = not flight
             if fresh:  # a new wave
                 left = planned - len(samples)
-                size = next_wave(tally.counts, left, opts.min_lead) if opts.wave == AUTO else min(wave, left)
+                fewest = opts.wave == AUTO and deadline == math.inf  # under a clock, auto draws all at once
+                size = next_wave(tally.counts, left, opts.min_lead) if fewest else min(wave, left)
                 flight = [Sample() for _ in range(size)]
             k = min(self.chunk, s.max_new_tokens - len(flight[0].ids))  # in-flight samples are equally long
             if deadline != math.inf:
