@@ -185,6 +185,8 @@ def test_call_bound_holds_for_linear_costs():
     times = CallTimes()
     times.record(4, 64, 1.0)
     assert times.max_steps(2, 0.5) == 0  # a smaller call may cost as much as the one measured
+    times.record(4, 64, 2.0)  # the machine got slower: the slow call bounds, not the fast one
+    assert times.max_steps(4, 2.4) == 64 and times.max_steps(4, 1.8) == 0
 
 
 # ------------------------------------------------------------------------------------------ the solver
@@ -469,8 +471,12 @@ def test_bad_inputs_fail_in_one_line(tmp_path, tiny_model_dir, capsys):
         (["--model", str(tiny_model_dir), "--problems", str(tmp_path / "p.jsonl")], "missing column 'id'"),
         (["--model", str(tiny_model_dir), "--problems", str(tmp_path / "none.csv")], "none.csv: no such file"),
     ]
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "ok.jsonl").write_text('{"id": 1, "problem": "x"}\n')
+    cases.append((["--model", str(tiny_model_dir), "--problems", str(tmp_path / "ok.jsonl"), "--out",
+                   str(tmp_path / "afile")], "afile: is a file; give a folder"))
     for argv, msg in cases:
-        assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+        assert main([*argv, "--out", str(tmp_path / "o")] if "--out" not in argv else argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], err
 

@@ -81,38 +81,41 @@ def planned_samples(max_samples: int, share_s: float, typical_s: float | None, l
 class CallTimes:
     """How many decode steps the next generate call can take without passing a deadline, from the calls seen so far.
 
-    A call of k decode steps at batch size m takes t = a + b*k with a, b >= 0 growing with m (prefill and per-step
-    cost). From recent calls i = (m_i, k_i, t_i) with m_i >= m (at least as costly per step):
+    A call's time t(k) grows with its decode steps k, and its time per step t(k)/k shrinks (a fixed part -- prefill,
+    call overhead -- is shared by more steps); both grow with the batch m. So each recent call i = (m_i, k_i, t_i)
+    with m_i >= m bounds the next one:
 
-        s = min_i t_i / k_i                          (>= b: a bound on the per-step cost)
-        U(k) = SAFETY * min_i [t_i + s * max(0, k - k_i)]     (k <= k_i: at most t_i; beyond, s per extra step)
+        t(k) <= t_i               for k <= k_i
+        t(k) <= k * t_i / k_i     for k >= k_i
 
-    U is an upper bound on the call's time (SAFETY covers contexts that grew since: later chunks re-read longer
-    prompts). A call is started only with k such that U(k) <= the time left. Before any call at batch >= m there is
-    no bound (``max_steps`` returns None) and the caller makes a short probe.
+    and the planned k is the largest that every such bound fits, with a margin:
+
+        k_max = min_i floor(T * k_i / t_i),   T = seconds left / SAFETY    (0 when some t_i > T)
+
+    Taking the most pessimistic of the recent calls, not the most optimistic, keeps a shared machine's slow moments
+    in the estimate; SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call
+    at batch >= m nothing bounds the next one (``max_steps`` returns None) and the caller makes a short probe.
     """
 
     SAFETY = 1.2
-    WINDOW = 64  # recent calls only: a shared machine's speed drifts
+    WINDOW = 16  # recent calls only: a machine's speed drifts
 
     def __init__(self) -> None:
-        self._calls: deque[tuple[int, int, float]] = deque(maxlen=self.WINDOW)
+        self._calls: deque[tuple[int, int, float]] = deque(maxlen=256)
 
     def record(self, batch: int, steps: int, seconds: float) -> None:
         if batch >= 1 and steps >= 1 and seconds >= 0:
             self._calls.append((batch, steps, seconds))
 
     def max_steps(self, batch: int, seconds: float) -> int | None:
-        """The largest k with U(k) <= ``seconds`` (0: not even one step fits), or None when nothing bounds it."""
-        seen = [(k, t) for m, k, t in self._calls if m >= batch]
+        """The largest k every recent bound fits in ``seconds`` (0: not even one step), or None when none bounds it."""
+        seen = [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
         if not seen:
             return None
-        s = min(t / k for k, t in seen)
-        if s <= 0:  # calls that take no measurable time: nothing to bound
-            return UNBOUNDED
         budget = seconds / self.SAFETY
-        fits = [k + math.floor((budget - t) / s) for k, t in seen if t <= budget]
-        return max(fits, default=0)
+        if any(t > budget for _, t in seen):
+            return 0
+        return min(UNBOUNDED if t <= 0 else math.floor(budget * k / t) for k, t in seen)
 
 
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0}
