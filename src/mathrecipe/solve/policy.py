@@ -81,20 +81,18 @@ def planned_samples(max_samples: int, share_s: float, typical_s: float | None, l
 class CallTimes:
     """How many decode steps the next generate call can take without passing a deadline, from the calls seen so far.
 
-    A call's time t(k) grows with its decode steps k, and its time per step t(k)/k shrinks (a fixed part -- prefill,
-    call overhead -- is shared by more steps); both grow with the batch m. So each recent call i = (m_i, k_i, t_i)
-    with m_i >= m bounds the next one:
+    A call of k decode steps takes about t(k) = a + b*k (a: prefill and call overhead, b: one step), both growing
+    with the batch. From the recent calls i = (m_i, k_i, t_i) with batch m_i >= m (at least as costly):
 
-        t(k) <= t_i               for k <= k_i
-        t(k) <= k * t_i / k_i     for k >= k_i
+    - calls of several step counts: (a, b) by least squares (b clamped to [0, min_i t_i / k_i], a >= 0), and
+      e = max_i (t_i - a - b*k_i) >= 0, the worst recent residual (a shared machine's slow moments):
+      U(k) = SAFETY * (a + b*k + e);
+    - calls of one step count k_0 (the overhead cannot be told from the steps): t(k) <= t_max for k <= k_0 and
+      t(k) <= k * t_max / k_0 beyond, t_max the slowest of them: U(k) = SAFETY * t_max * max(1, k / k_0).
 
-    and the planned k is the largest that every such bound fits, with a margin:
-
-        k_max = min_i floor(T * k_i / t_i),   T = seconds left / SAFETY    (0 when some t_i > T)
-
-    Taking the most pessimistic of the recent calls, not the most optimistic, keeps a shared machine's slow moments
-    in the estimate; SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call
-    at batch >= m nothing bounds the next one (``max_steps`` returns None) and the caller makes a short probe.
+    A call is planned with the largest k whose U(k) fits the time left. For costs linear in k no call overruns;
+    SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call at batch >= m
+    nothing bounds the next one (``max_steps`` returns None): the caller makes a short probe.
     """
 
     SAFETY = 1.2
@@ -108,14 +106,26 @@ class CallTimes:
             self._calls.append((batch, steps, seconds))
 
     def max_steps(self, batch: int, seconds: float) -> int | None:
-        """The largest k every recent bound fits in ``seconds`` (0: not even one step), or None when none bounds it."""
+        """The largest k with U(k) <= ``seconds`` (0: not even one step), or None when nothing bounds it."""
         seen = [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
         if not seen:
             return None
         budget = seconds / self.SAFETY
-        if any(t > budget for _, t in seen):
+        if len({k for k, _ in seen}) == 1:
+            k0, t_max = seen[0][0], max(t for _, t in seen)
+            if t_max > budget:
+                return 0
+            return UNBOUNDED if t_max <= 0 else max(k0, math.floor(budget * k0 / t_max))
+        n = len(seen)
+        mk, mt = sum(k for k, _ in seen) / n, sum(t for _, t in seen) / n
+        b = sum((k - mk) * (t - mt) for k, t in seen) / sum((k - mk) ** 2 for k, _ in seen)
+        b = min(max(b, 0.0), min(t / k for k, t in seen))
+        a = max(0.0, mt - b * mk)
+        e = max(0.0, max(t - a - b * k for k, t in seen))
+        room = budget - a - e
+        if room < 0:
             return 0
-        return min(UNBOUNDED if t <= 0 else math.floor(budget * k / t) for k, t in seen)
+        return UNBOUNDED if b <= 0 else math.floor(room / b)
 
 
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0}
