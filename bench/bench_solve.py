@@ -86,8 +86,8 @@ def run_interleaved(configs: dict, gen, tok, problems: list[dict], settings) -> 
     for i, (p, prompt) in enumerate(zip(problems, ids)):
         for solver, clock, results in runs.values():
             clock.start()
-            deadline, planned = solver.deadline(len(problems) - i)
-            results.append(solver.solve_one(str(p["id"]), prompt, planned, deadline))
+            soft, hard, planned = solver.deadline(len(problems) - i)
+            results.append(solver.solve_one(str(p["id"]), prompt, planned, soft, hard))
             clock.stop()
     return {name: summarize(name, problems, results, clock(), configs[name])
             for name, (_, clock, results) in runs.items()}

@@ -342,8 +342,9 @@ def add_solve_parser(sub: Any) -> None:
                    "--time-budget/--per-problem all at once, the rest cancelled once settled (least time). A number: "
                    "that many per wave")
     p.add_argument("--chunk-tokens", dest="chunk_tokens", type=int,
-                   help="tokens per generate call; stopping and the clock act between chunks "
-                   "(default: max new tokens / 8, at least 16)")
+                   help="tokens per generate call; the clock, --stop-at-first-box and a settled vote act between "
+                   "chunks (default: max new tokens / 8, at least 16; one call per wave when nothing can act "
+                   "mid-wave: --wave auto without a time limit or --stop-at-first-box)")
     p.add_argument("--seed", type=int)
     p.add_argument("--system-prompt", help="'' for none (default: the recipe's data.system_prompt)")
     p.add_argument("--limit", type=int, help="first N problems only (quick checks)")

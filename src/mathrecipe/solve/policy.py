@@ -105,23 +105,28 @@ class CallTimes:
         if batch >= 1 and steps >= 1 and seconds >= 0:
             self._calls.append((batch, steps, seconds))
 
-    def max_steps(self, batch: int, seconds: float) -> int | None:
-        """The largest k with U(k) <= ``seconds`` (0: not even one step), or None when nothing bounds it."""
+    def max_steps(self, batch: int, seconds: float, bound: bool = True) -> int | None:
+        """The largest k with U(k) <= ``seconds`` (0: not even one step), or None when nothing bounds it.
+
+        ``bound=False`` plans by the expected time instead -- the fit without the worst residual and the margin (one
+        step count: the median time) -- for a soft deadline that a slow moment may pass.
+        """
         seen = [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
         if not seen:
             return None
-        budget = seconds / self.SAFETY
+        budget = seconds / self.SAFETY if bound else seconds
         if len({k for k, _ in seen}) == 1:
-            k0, t_max = seen[0][0], max(t for _, t in seen)
-            if t_max > budget:
+            times = sorted(t for _, t in seen)
+            k0, t0 = seen[0][0], times[-1] if bound else times[len(times) // 2]
+            if t0 > budget:
                 return 0
-            return UNBOUNDED if t_max <= 0 else max(k0, math.floor(budget * k0 / t_max))
+            return UNBOUNDED if t0 <= 0 else max(k0, math.floor(budget * k0 / t0))
         n = len(seen)
         mk, mt = sum(k for k, _ in seen) / n, sum(t for _, t in seen) / n
         b = sum((k - mk) * (t - mt) for k, t in seen) / sum((k - mk) ** 2 for k, _ in seen)
         b = min(max(b, 0.0), min(t / k for k, t in seen))
         a = max(0.0, mt - b * mk)
-        e = max(0.0, max(t - a - b * k for k, t in seen))
+        e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
         room = budget - a - e
         if room < 0:
             return 0

@@ -14,15 +14,18 @@ chunks the solver:
 - stops the problem once :func:`policy.vote_settled` says the vote is settled -- samples still in flight are
   cancelled, samples not started are never drawn -- or when all planned samples have voted;
 - keeps the clock: a chunk is started only with as many steps as :class:`policy.CallTimes` bounds within the
-  problem's deadline (a chunk that would overrun is cut short, one that cannot fit is not started); when time is up,
-  samples in flight vote with their last complete box, if any.
+  deadline (a chunk that would overrun is cut short, one that cannot fit is not started); when time is up, samples
+  in flight vote with their last complete box, if any. Under a global budget a problem's share of the time left is
+  planned by the expected call time and the budget's end by the bound: a slow call borrows from later shares, never
+  past the end.
 
 Why chunks: neither backend can cancel a request inside one ``generate`` call (vLLM's offline ``LLM.generate`` has
 no cancellation; ``HFGenerator`` runs a batch until its longest sequence ends). Chunking is the cancellation: early
-stopping and the deadline act at chunk boundaries, and the long tail of samples is never generated. With
-``chunk_tokens >= max_new_tokens`` a wave is one call and stopping acts between waves only (``wave < samples`` then
-still saves the waves not started). The cost is one prefill of the sequence so far per chunk (cheap in vLLM with
-prefix caching; measured for transformers in bench/bench_solve.py). Caveat for vLLM: ``VLLMGenerator`` gives every
+stopping and the deadline act at chunk boundaries, and the long tail of samples is never generated. The cost is
+one call's overhead and a prefill of the sequence so far per chunk (cheap in vLLM with prefix caching; on the toy
+model with transformers a call costs about as much as 20 decode steps: bench/bench_solve.py), so a wave is one call
+when nothing can act mid-wave -- waves of the fewest samples that could settle the vote, without a clock or
+``stop_at_first_box`` -- and stopping acts between waves. Caveat for vLLM: ``VLLMGenerator`` gives every
 prompt of a call the same seed, so continuation chunks of one wave share their random stream.
 
 Problems are answered in file order (the competition serves them one at a time). Time share: with a global budget
@@ -166,24 +169,30 @@ class Solver:
         self.system_prompt, self.clock, self.grader = system_prompt, clock, grader
         self.started_at = started_at
         self.times = CallTimes()
-        self.chunk = options.chunk_tokens or default_chunk_tokens(settings.max_new_tokens)
+        self.chunk = default_chunk_tokens(settings.max_new_tokens)
         self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
         self.last_cut = False  # the last problem ran out of time
         self.warm = False
 
     # ------------------------------------------------------------------------------------------ the budget
 
-    def deadline(self, problems_left: int) -> tuple[float, int]:
-        """(deadline, samples to plan) for the next problem."""
+    def deadline(self, problems_left: int) -> tuple[float, float, int]:
+        """(soft deadline, hard deadline, samples to plan) for the next problem.
+
+        --per-problem: both are the problem's limit. --time-budget: the soft one ends the problem's share of the time
+        left (planned by the expected call time: a slow call borrows from later shares, which shrink to repay it);
+        the hard one is the budget's end (planned by the bound). No clock: both infinite.
+        """
         now, n = self.clock(), self.settings.samples
         if self.opts.per_problem_s is not None:
-            return now + self.opts.per_problem_s, n
+            return now + self.opts.per_problem_s, now + self.opts.per_problem_s, n
         if self.opts.time_budget_s is None:
-            return math.inf, n
+            return math.inf, math.inf, n
         assert self.started_at is not None
-        share = time_share(self.started_at + self.opts.time_budget_s - now, problems_left)
+        end = self.started_at + self.opts.time_budget_s
+        share = time_share(end - now, problems_left)
         typical = self.spent_s / self.finished if self.finished else None
-        return now + share, planned_samples(n, share, typical, self.last_cut)
+        return now + share, end, planned_samples(n, share, typical, self.last_cut)
 
     def time_left(self) -> float | None:
         """Seconds left of the global budget (None without one)."""
@@ -207,16 +216,24 @@ class Solver:
             self.warm = True
         results = []
         for i, (p, prompt) in enumerate(zip(problems, ids)):
-            deadline, planned = self.deadline(len(problems) - i)
-            r = self.solve_one(str(p["id"]), prompt, planned, deadline, on_call)
+            soft, hard, planned = self.deadline(len(problems) - i)
+            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call)
             results.append(r)
             if on_problem:
                 on_problem(r)
         return results
 
-    def solve_one(self, pid: str, prompt: list[int], planned: int, deadline: float,
-                  on_call: Callable[[], None] | None = None) -> ProblemResult:
+    def solve_one(self, pid: str, prompt: list[int], planned: int, deadline: float = math.inf,
+                  hard_deadline: float | None = None, on_call: Callable[[], None] | None = None) -> ProblemResult:
+        """One problem: at most ``planned`` samples; calls planned to end by ``deadline`` (expected time) and by
+        ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded)."""
         s, opts = self.settings, self.opts
+        soft = hard_deadline is not None and hard_deadline != deadline
+        hard_deadline = deadline if hard_deadline is None else hard_deadline
+        fewest = opts.wave == AUTO and deadline == math.inf  # under a clock, auto draws all at once
+        # chunks exist so that something can act mid-wave: the clock, the first box, a settled vote (which cannot
+        # happen inside a wave of the fewest samples that could settle it)
+        chunk = opts.chunk_tokens or (s.max_new_tokens if fewest and not opts.stop_at_first_box else self.chunk)
         t0 = self.clock()
         tally = Tally(opts.answer_format, self.grader)
         samples: list[Sample] = []
@@ -234,12 +251,14 @@ class Solver:
             fresh = not flight
             if fresh:  # a new wave
                 left = planned - len(samples)
-                fewest = opts.wave == AUTO and deadline == math.inf  # under a clock, auto draws all at once
                 size = next_wave(tally.counts, left, opts.min_lead) if fewest else min(wave, left)
                 flight = [Sample() for _ in range(size)]
-            k = min(self.chunk, s.max_new_tokens - len(flight[0].ids))  # in-flight samples are equally long
-            if deadline != math.inf:
-                fits = self.times.max_steps(len(flight), deadline - self.clock())
+            k = min(chunk, s.max_new_tokens - len(flight[0].ids))  # in-flight samples are equally long
+            if hard_deadline != math.inf:
+                now = self.clock()
+                fits = self.times.max_steps(len(flight), hard_deadline - now)
+                if soft and fits is not None:
+                    fits = min(fits, self.times.max_steps(len(flight), deadline - now, bound=False) or 0)
                 k = min(k, PROBE_STEPS) if fits is None else min(k, fits)
                 if k < 1:  # not even one step fits: a new wave is not started, one in flight is cut
                     stop = TIME if samples else NO_TIME
