@@ -1,0 +1,164 @@
+"""The rules of ``mathrecipe solve`` as small pure functions: when a problem's vote is settled, how much time and how
+many samples a problem gets, how long the next generate call may be, and how durations are written."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Sequence
+
+from mathrecipe.errors import MathRecipeError
+from mathrecipe.solve.answers import top_two
+
+DECIDED, LEAD = "decided", "lead"
+UNBOUNDED = 2**31  # "as many steps as asked for"
+
+
+def vote_settled(counts: Sequence[int], remaining: int, min_lead: int | None = None) -> str | None:
+    """Whether a problem can stop drawing samples, and why.
+
+    ``counts``: votes per distinct answer so far; ``remaining``: samples that have not voted yet (in flight or not
+    started) out of the problem's planned total. With a = the leader's votes and b = the runner-up's (0 if none):
+
+    - ``"decided"`` when a > b + remaining: even if every remaining vote went to the runner-up -- or to an answer not
+      seen yet, which starts from 0 <= b -- the leader keeps strictly more votes, so the majority over all planned
+      samples is already known. Stopping never changes the answer (no tie can form either).
+    - ``"lead"`` when ``min_lead`` is set and a - b >= min_lead: a heuristic, earlier stop (the second-placed AIMO-2
+      team stopped at e.g. 5 agreeing of 7 finished); it may differ from the full majority.
+    - None otherwise (checked in that order).
+    """
+    if remaining < 0:
+        raise ValueError(f"remaining must be >= 0, got {remaining}")
+    if min_lead is not None and min_lead < 1:
+        raise ValueError(f"min_lead must be >= 1, got {min_lead}")
+    a, b = top_two(counts)
+    if a > b + remaining:
+        return DECIDED
+    if min_lead is not None and a > 0 and a - b >= min_lead:
+        return LEAD
+    return None
+
+
+def next_wave(counts: Sequence[int], remaining: int, min_lead: int | None = None) -> int:
+    """Samples to start in the next wave (none in flight): the fewest that could settle the vote if they all
+    agreed with the leader, so no sample is drawn that an earlier stop would have spared.
+
+    With a = the leader's votes, b = the runner-up's, r = samples not yet drawn: y new votes for the leader settle
+    it when a + y > b + (r - y), so y = floor((b + r - a) / 2) + 1; with ``min_lead`` k also y >= k - (a - b)
+    suffices. The wave is min of the two, at least 1 and at most r. First wave of N: floor(N/2) + 1 (15 -> 8).
+    """
+    if remaining < 1:
+        raise ValueError(f"remaining must be >= 1, got {remaining}")
+    a, b = top_two(counts)
+    y = (b + remaining - a) // 2 + 1
+    if min_lead is not None:
+        y = min(y, min_lead - (a - b))
+    return max(1, min(remaining, y))
+
+
+def time_share(remaining_s: float, problems_left: int) -> float:
+    """A problem's share of the global budget: remaining_s / problems_left (time an early stop saves flows on)."""
+    if problems_left < 1:
+        raise ValueError(f"problems_left must be >= 1, got {problems_left}")
+    return max(0.0, remaining_s) / problems_left
+
+
+def planned_samples(max_samples: int, share_s: float, typical_s: float | None, last_cut: bool = False) -> int:
+    """Samples to plan for a problem: N on time, ceil(2N/3) when behind (the second-placed AIMO-2 team cut 15 to 10
+    when the time left per problem fell below 5 minutes).
+
+    Behind: the last problem ran out of its time, or the share is below ``typical_s``, the mean time of the problems
+    that finished without the clock so far (None: none yet). A step, not a proportion: a problem's time hardly falls
+    with its sample count when samples run in parallel, so a proportional cut would spiral down.
+    """
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    behind = last_cut or (typical_s is not None and share_s < typical_s)
+    return math.ceil(2 * max_samples / 3) if behind else max_samples
+
+
+class CallTimes:
+    """How many decode steps the next generate call can take without passing a deadline, from the calls seen so far.
+
+    A call of k decode steps takes about t(k) = a + b*k (a: prefill and call overhead, b: one step), both growing
+    with the batch. From the recent calls i = (m_i, k_i, t_i) with batch m_i >= m (at least as costly):
+
+    - calls of several step counts: (a, b) by least squares (b clamped to [0, min_i t_i / k_i], a >= 0), and
+      e = max_i (t_i - a - b*k_i) >= 0, the worst recent residual (a shared machine's slow moments):
+      U(k) = SAFETY * (a + b*k + e);
+    - calls of one step count k_0 (the overhead cannot be told from the steps): t(k) <= t_max for k <= k_0 and
+      t(k) <= k * t_max / k_0 beyond, t_max the slowest of them: U(k) = SAFETY * t_max * max(1, k / k_0).
+
+    A call is planned with the largest k whose U(k) fits the time left. For costs linear in k no call overruns;
+    SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call at batch >= m
+    nothing bounds the next one (``max_steps`` returns None): the caller makes a short probe.
+    """
+
+    SAFETY = 1.2
+    WINDOW = 16  # recent calls only: a machine's speed drifts
+
+    def __init__(self) -> None:
+        self._calls: deque[tuple[int, int, float]] = deque(maxlen=256)
+
+    def record(self, batch: int, steps: int, seconds: float) -> None:
+        if batch >= 1 and steps >= 1 and seconds >= 0:
+            self._calls.append((batch, steps, seconds))
+
+    def max_steps(self, batch: int, seconds: float, bound: bool = True) -> int | None:
+        """The largest k with U(k) <= ``seconds`` (0: not even one step), or None when nothing bounds it.
+
+        ``bound=False`` plans by the expected time instead -- the fit without the worst residual and the margin (one
+        step count: the median time) -- for a soft deadline that a slow moment may pass.
+        """
+        seen = [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
+        if not seen:
+            return None
+        budget = seconds / self.SAFETY if bound else seconds
+        if len({k for k, _ in seen}) == 1:
+            times = sorted(t for _, t in seen)
+            k0, t0 = seen[0][0], times[-1] if bound else times[len(times) // 2]
+            if t0 > budget:
+                return 0
+            return UNBOUNDED if t0 <= 0 else max(k0, math.floor(budget * k0 / t0))
+        n = len(seen)
+        mk, mt = sum(k for k, _ in seen) / n, sum(t for _, t in seen) / n
+        b = sum((k - mk) * (t - mt) for k, t in seen) / sum((k - mk) ** 2 for k, _ in seen)
+        b = min(max(b, 0.0), min(t / k for k, t in seen))
+        a = max(0.0, mt - b * mk)
+        e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
+        room = budget - a - e
+        if room < 0:
+            return 0
+        return UNBOUNDED if b <= 0 else math.floor(room / b)
+
+
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """Seconds in ``5h``, ``6m``, ``90s``, ``1h30m``, ``1.5h`` or a plain number of seconds; must be > 0."""
+    t = str(text).strip().lower().replace(" ", "")
+    seconds: float | None = None
+    try:
+        seconds = float(t)
+    except ValueError:
+        m = _DURATION.fullmatch(t)
+        if m and any(m.groups()):
+            seconds = sum(float(v) * u for v, u in zip(m.groups(), _UNIT.values()) if v)
+    if seconds is None:
+        raise MathRecipeError(f"{flag} {text!r}: expected a duration such as 5h, 6m, 90s or 1h30m")
+    if not seconds > 0 or math.isinf(seconds):
+        raise MathRecipeError(f"{flag} must be a positive duration, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``4h59m``, ``5m07s``, ``42s``: for progress lines."""
+    s = max(0, int(round(seconds)))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"

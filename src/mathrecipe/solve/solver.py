@@ -1,0 +1,301 @@
+"""The solving loop: problems one at a time, samples in waves, generated in chunks, under a clock.
+
+A problem draws up to ``samples`` completions, in waves drawn in parallel. ``wave="auto"`` (the default) spends what
+is scarce: without a clock, tokens -- each wave is the fewest samples that could settle the vote
+(:func:`policy.next_wave`: 8 of 15 first, then what a split vote still needs), so no sample is drawn that stopping
+would have spared; under a clock, time -- all samples at once, the rest cancelled when the vote is settled (the
+second-placed AIMO-2 team's way): parallel samples cost little time, sequential waves cost a sample's time each
+(bench/bench_solve.py measures both). ``wave=k`` draws k at a time. Samples are generated ``chunk_tokens`` tokens at a time by the evaluation's :class:`Generator`
+(the chunk's token ids are fed back as the next call's prompt, so the model sees one continuous sequence). Between
+chunks the solver:
+
+- ends samples: end-of-sequence, ``</think>`` (``stop_at_think``), the first complete box (``stop_at_first_box``),
+  or ``max_new_tokens`` in all; an ended sample votes with its answer (``answers``);
+- stops the problem once :func:`policy.vote_settled` says the vote is settled -- samples still in flight are
+  cancelled, samples not started are never drawn -- or when all planned samples have voted;
+- keeps the clock: a chunk is started only with as many steps as :class:`policy.CallTimes` bounds within the
+  deadline (a chunk that would overrun is cut short, one that cannot fit is not started); when time is up, samples
+  in flight vote with their last complete box, if any. Under a global budget a problem's share of the time left is
+  planned by the expected call time and the budget's end by the bound: a slow call borrows from later shares, never
+  past the end.
+
+Why chunks: neither backend can cancel a request inside one ``generate`` call (vLLM's offline ``LLM.generate`` has
+no cancellation; ``HFGenerator`` runs a batch until its longest sequence ends). Chunking is the cancellation: early
+stopping and the deadline act at chunk boundaries, and the long tail of samples is never generated. The cost is
+one call's overhead and a prefill of the sequence so far per chunk (cheap in vLLM with prefix caching; on the toy
+model with transformers a call costs about as much as 20 decode steps: bench/bench_solve.py), so a wave is one call
+when nothing can act mid-wave -- waves of the fewest samples that could settle the vote, without a clock or
+``stop_at_first_box`` -- and stopping acts between waves. Caveat for vLLM: ``VLLMGenerator`` gives every
+prompt of a call the same seed, so continuation chunks of one wave share their random stream.
+
+Problems are answered in file order (the competition serves them one at a time). Time share: with a global budget
+each problem may use its share of the time left (:func:`policy.time_share`), so time saved by early stops flows to
+later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mathrecipe.errors import MathRecipeError
+from mathrecipe.evaluate.generation import THINK_END, Generator, SamplingSettings, prompt_ids
+from mathrecipe.grading import boxed_spans, extract_answer
+from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.solve.answers import INT_FORMAT, Tally, Vote, check_answer_format
+from mathrecipe.solve.policy import CallTimes, next_wave, planned_samples, time_share, vote_settled
+
+log = logging.getLogger(__name__)
+
+PROBE_STEPS = 8  # the first chunk under a deadline, before any call has measured the machine's speed
+CHUNKS_PER_SAMPLE = 8  # default chunk_tokens = ceil(max_new_tokens / this)
+AUTO = "auto"  # wave: policy.next_wave
+
+# why a problem stopped
+ALL, TIME, NO_TIME = "all samples", "time", "no time"
+# how a sample ended
+EOS, THINK, FIRST_BOX, MAX_TOKENS, CANCELLED, CUT = "finished", "think", "first box", "max tokens", "cancelled", "time"
+
+
+def default_chunk_tokens(max_new_tokens: int) -> int:
+    """ceil(max_new_tokens / CHUNKS_PER_SAMPLE), at least 16: eight chances per sample to stop."""
+    return max(16, math.ceil(max_new_tokens / CHUNKS_PER_SAMPLE))
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """How ``mathrecipe solve`` draws and stops (sampling itself is a :class:`SamplingSettings`)."""
+
+    wave: int | str = "auto"  # samples per wave: "auto" (fewest that could settle; all under a clock) or a number
+    chunk_tokens: int | None = None  # tokens per generate call; None: default_chunk_tokens(max_new_tokens)
+    early_stop: bool = True  # stop a problem once the vote is settled
+    min_lead: int | None = None  # also stop once the leader leads by this many votes
+    stop_at_first_box: bool = False
+    answer_format: str = INT_FORMAT
+    time_budget_s: float | None = None  # all problems, shared (the clock starts at ``started_at``)
+    per_problem_s: float | None = None  # each problem alone
+
+    def __post_init__(self) -> None:
+        check_answer_format(self.answer_format)
+        def whole(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        if self.wave != AUTO and not whole(self.wave):
+            raise MathRecipeError(f"--wave must be 'auto' or an integer >= 1, got {self.wave!r}")
+        for flag, v in (("--chunk-tokens", self.chunk_tokens), ("--min-lead", self.min_lead)):
+            if v is not None and not whole(v):
+                raise MathRecipeError(f"{flag} must be an integer >= 1, got {v!r}")
+        for flag, s in (("--time-budget", self.time_budget_s), ("--per-problem", self.per_problem_s)):
+            if s is not None and not s > 0:
+                raise MathRecipeError(f"{flag} must be a positive duration, got {s}")
+        if self.time_budget_s is not None and self.per_problem_s is not None:
+            raise MathRecipeError("--time-budget and --per-problem are exclusive: give one (a global budget shares "
+                                  "its time among the problems; --per-problem gives each the same)")
+
+
+@dataclass
+class Sample:
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    end: str | None = None  # how it ended; None while in flight
+    answer: str | None = None  # the extracted answer it voted with
+    vote: Vote | None = None
+
+    def log(self) -> dict[str, Any]:
+        return {"tokens": len(self.ids), "end": self.end, "answer": self.answer}
+
+
+@dataclass
+class ProblemResult:
+    id: str
+    answer: Vote | None
+    stop: str  # decided | lead | all samples | time | no time
+    planned: int  # samples planned (fewer than --samples when behind)
+    samples: list[Sample]
+    tally: Tally
+    seconds: float
+    calls: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s.ids) for s in self.samples)
+
+    def row(self) -> dict[str, Any]:
+        """The solve.jsonl row."""
+        return {"id": self.id, "answer": self.answer, "stop": self.stop, "votes": self.tally.as_dict(),
+                "invalid": self.tally.invalid, "samples": len(self.samples), "planned": self.planned,
+                "tokens": self.tokens, "seconds": round(self.seconds, 3), "calls": self.calls,
+                "sample_log": [s.log() for s in self.samples]}
+
+
+def _ended(s: Sample, settings: SamplingSettings, opts: SolveOptions, finished: bool) -> str | None:
+    """How ``s`` ended after its latest chunk (None: still going). Cuts its text after a stop, as generation does."""
+    if opts.stop_at_first_box:
+        spans = [(c, e) for c, e in boxed_spans(s.text) if c]
+        think = s.text.find(THINK_END) if settings.stop_at_think else -1
+        if spans and (think < 0 or spans[0][1] <= think):
+            s.text = s.text[: spans[0][1]]
+            s.answer = spans[0][0]
+            return FIRST_BOX
+    if settings.stop_at_think:
+        pos = s.text.find(THINK_END)
+        if pos >= 0:
+            s.text = s.text[: pos + len(THINK_END)]
+            s.answer = extract_answer(s.text)
+            return THINK
+    if finished or len(s.ids) >= settings.max_new_tokens:
+        s.answer = extract_answer(s.text)
+        return EOS if finished else MAX_TOKENS
+    return None
+
+
+class Solver:
+    """Answers problems one at a time with a :class:`Generator` (see the module docstring for the rules).
+
+    ``clock`` is injectable (tests drive a simulated one); ``started_at`` is when the global budget started (the
+    command's start, so loading the model counts, as in the competition); default: the first ``solve`` call.
+    """
+
+    def __init__(self, generator: Generator, tokenizer: Any, settings: SamplingSettings, options: SolveOptions,
+                 system_prompt: str | None = SYSTEM_PROMPT, clock: Callable[[], float] = time.monotonic,
+                 started_at: float | None = None, grader: Any = None) -> None:
+        self.gen, self.tok, self.settings, self.opts = generator, tokenizer, settings, options
+        self.system_prompt, self.clock, self.grader = system_prompt, clock, grader
+        self.started_at = started_at
+        self.times = CallTimes()
+        self.chunk = default_chunk_tokens(settings.max_new_tokens)
+        self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
+        self.last_cut = False  # the last problem ran out of time
+        self.warm = False
+
+    # ------------------------------------------------------------------------------------------ the budget
+
+    def deadline(self, problems_left: int) -> tuple[float, float, int]:
+        """(soft deadline, hard deadline, samples to plan) for the next problem.
+
+        --per-problem: both are the problem's limit. --time-budget: the soft one ends the problem's share of the time
+        left (planned by the expected call time: a slow call borrows from later shares, which shrink to repay it);
+        the hard one is the budget's end (planned by the bound). No clock: both infinite.
+        """
+        now, n = self.clock(), self.settings.samples
+        if self.opts.per_problem_s is not None:
+            return now + self.opts.per_problem_s, now + self.opts.per_problem_s, n
+        if self.opts.time_budget_s is None:
+            return math.inf, math.inf, n
+        assert self.started_at is not None
+        end = self.started_at + self.opts.time_budget_s
+        share = time_share(end - now, problems_left)
+        typical = self.spent_s / self.finished if self.finished else None
+        return now + share, end, planned_samples(n, share, typical, self.last_cut)
+
+    def time_left(self) -> float | None:
+        """Seconds left of the global budget (None without one)."""
+        if self.opts.time_budget_s is None or self.started_at is None:
+            return None
+        return self.started_at + self.opts.time_budget_s - self.clock()
+
+    # ------------------------------------------------------------------------------------------ a problem
+
+    def solve(self, problems: Sequence[Mapping[str, Any]],
+              on_problem: Callable[[ProblemResult], None] | None = None,
+              on_call: Callable[[], None] | None = None) -> list[ProblemResult]:
+        """Answer ``problems`` (dicts with ``id`` and ``problem``) in order; ``on_problem`` after each one."""
+        if self.started_at is None:
+            self.started_at = self.clock()
+        ids = prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt)
+        if ids and (self.opts.time_budget_s is not None or self.opts.per_problem_s is not None) and not self.warm:
+            # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels): measured, it
+            # would make the time bound think every call that slow. One token, not timed (the budget still pays).
+            self.gen.generate(ids[:1], dataclasses.replace(self.settings, samples=1, max_new_tokens=1))
+            self.warm = True
+        results = []
+        for i, (p, prompt) in enumerate(zip(problems, ids)):
+            soft, hard, planned = self.deadline(len(problems) - i)
+            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call)
+            results.append(r)
+            if on_problem:
+                on_problem(r)
+        return results
+
+    def solve_one(self, pid: str, prompt: list[int], planned: int, deadline: float = math.inf,
+                  hard_deadline: float | None = None, on_call: Callable[[], None] | None = None) -> ProblemResult:
+        """One problem: at most ``planned`` samples; calls planned to end by ``deadline`` (expected time) and by
+        ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded)."""
+        s, opts = self.settings, self.opts
+        soft = hard_deadline is not None and hard_deadline != deadline
+        hard_deadline = deadline if hard_deadline is None else hard_deadline
+        fewest = opts.wave == AUTO and deadline == math.inf  # under a clock, auto draws all at once
+        # chunks exist so that something can act mid-wave: the clock, the first box, a settled vote (which cannot
+        # happen inside a wave of the fewest samples that could settle it)
+        chunk = opts.chunk_tokens or (s.max_new_tokens if fewest and not opts.stop_at_first_box else self.chunk)
+        t0 = self.clock()
+        tally = Tally(opts.answer_format, self.grader)
+        samples: list[Sample] = []
+        flight: list[Sample] = []
+        wave = planned if opts.wave == AUTO else min(int(opts.wave), planned)
+        calls, stop = 0, None
+        while True:
+            done = sum(1 for x in samples if x.end is not None)
+            if done >= planned:
+                stop = ALL
+            elif opts.early_stop:  # "decided"/"lead" only name stops that left samples undrawn
+                stop = vote_settled(tally.counts, planned - done, opts.min_lead)
+            if stop:
+                break
+            fresh = not flight
+            if fresh:  # a new wave
+                left = planned - len(samples)
+                size = next_wave(tally.counts, left, opts.min_lead) if fewest else min(wave, left)
+                flight = [Sample() for _ in range(size)]
+            k = min(chunk, s.max_new_tokens - len(flight[0].ids))  # in-flight samples are equally long
+            if hard_deadline != math.inf:
+                now = self.clock()
+                fits = self.times.max_steps(len(flight), hard_deadline - now)
+                if soft and fits is not None:
+                    fits = min(fits, self.times.max_steps(len(flight), deadline - now, bound=False) or 0)
+                k = min(k, PROBE_STEPS) if fits is None else min(k, fits)
+                if k < 1:  # not even one step fits: a new wave is not started, one in flight is cut
+                    stop = TIME if samples else NO_TIME
+                    if fresh:
+                        flight = []
+                    break
+            if fresh:
+                samples += flight
+            seed = (s.seed + zlib.crc32(f"{pid}/{calls}".encode())) % 2**31
+            call = dataclasses.replace(s, max_new_tokens=k, seed=seed)
+            c0 = self.clock()
+            if fresh:  # one prompt, n samples: every backend gives each its own random stream
+                outs = self.gen.generate([prompt], dataclasses.replace(call, samples=len(flight)))[0]
+            else:
+                outs = [o[0] for o in self.gen.generate([prompt + x.ids for x in flight],
+                                                        dataclasses.replace(call, samples=1))]
+            self.times.record(len(flight), max((len(o.token_ids) for o in outs), default=0), self.clock() - c0)
+            calls += 1
+            for x, o in zip(flight, outs):
+                x.ids += o.token_ids
+                x.text = self.tok.decode(x.ids, skip_special_tokens=True)
+                x.end = _ended(x, s, opts, o.finished)
+                if x.end is not None:
+                    x.vote = tally.add(x.answer)
+            flight = [x for x in flight if x.end is None]
+            if on_call:
+                on_call()
+        for x in flight:  # still in flight when the problem stopped
+            if stop == TIME:  # out of time: a box already written is the best guess this sample has
+                x.end, x.answer = CUT, extract_answer(x.text)
+                if x.answer is not None:
+                    x.vote = tally.add(x.answer)
+            else:
+                x.end = CANCELLED
+        seconds = self.clock() - t0
+        self.last_cut = stop in (TIME, NO_TIME)
+        if not self.last_cut:
+            self.spent_s += seconds
+            self.finished += 1
+        return ProblemResult(pid, tally.winner(), stop, planned, samples, tally, seconds, calls)

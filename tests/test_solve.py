@@ -1,0 +1,567 @@
+import itertools
+import json
+import math
+
+import pytest
+
+from mathrecipe.evaluate.generation import Completion, SamplingSettings
+from mathrecipe.solve import cli as solve_cli
+from mathrecipe.solve.answers import Tally, int_answer
+from mathrecipe.solve.cli import main, read_problems
+from mathrecipe.solve.policy import (
+    CallTimes,
+    next_wave,
+    parse_duration,
+    planned_samples,
+    time_share,
+    vote_settled,
+)
+from mathrecipe.solve.solver import SolveOptions, Solver
+
+# ------------------------------------------------------------------------------------------ the stopping rule
+
+
+def first_stop(votes, total, min_lead=None):
+    """Replay votes (None = invalid) one at a time; (index after which the rule stops, why) or (None, None)."""
+    counts = {}
+    for i, v in enumerate(votes, 1):
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+        why = vote_settled(list(counts.values()), total - i, min_lead)
+        if why:
+            return i, why
+    return None, None
+
+
+@pytest.mark.parametrize("votes,total,stop_at", [
+    ("AAA", 5, 3),  # 3 > 0 + 2
+    ("AAAA", 7, 4),  # 4 > 0 + 3: a majority of 7
+    ("AAA", 7, None),  # 3 of 7 could still lose: 3 > 0 + 4 fails
+    ("ABAA", 5, 4),  # 3 > 1 + 1
+    ("ABAB", 5, None),  # tied with one left
+    ("ABABA", 5, 5),  # the last vote decides
+    ("A-AA", 5, 4),  # an invalid vote uses up a sample: 3 > 0 + 1
+    ("AAAAAAAA", 15, 8),  # AIMO's 15 samples: 8 agreeing settle it
+    ("AAAAAAA", 15, None),
+    ("ABCABCA", 7, 7),
+])
+def test_rule_stops_exactly_when_decided(votes, total, stop_at):
+    seq = [None if c == "-" else c for c in votes]
+    assert first_stop(seq, total)[0] == stop_at
+
+
+def winners_of_all_completions(counts, remaining, labels):
+    """Every possible final plurality outcome: the set of strict winners (None for a tie at the top)."""
+    out = set()
+    for rest in itertools.product(labels + ["new", None], repeat=remaining):
+        c = dict(counts)
+        for v in rest:
+            if v is not None:
+                c[v] = c.get(v, 0) + 1
+        ranked = sorted(c.values(), reverse=True) + [0, 0]
+        out.add(None if ranked[0] == ranked[1] else max(c, key=c.get))
+    return out
+
+
+def test_rule_is_exactly_cannot_be_overturned():
+    """Exhaustive, N <= 6: "decided" iff every way the remaining samples can vote leaves the same strict winner."""
+    labels = ["A", "B", "C"]
+    for total in range(1, 7):
+        for drawn in range(0, total + 1):
+            for votes in itertools.product(labels + [None], repeat=drawn):
+                counts = {}
+                for v in votes:
+                    if v is not None:
+                        counts[v] = counts.get(v, 0) + 1
+                finals = winners_of_all_completions(counts, total - drawn, labels)
+                sure = len(finals) == 1 and None not in finals
+                assert (vote_settled(list(counts.values()), total - drawn) == "decided") == sure, (votes, total)
+
+
+def test_min_lead_stops_earlier_and_says_so():
+    assert first_stop(list("AAAA"), 15) == (None, None)
+    assert first_stop(list("ABAAA"), 15, min_lead=3) == (5, "lead")
+    assert first_stop(list("AAAAAAAA"), 15, min_lead=20) == (8, "decided")  # the sure rule still applies
+    with pytest.raises(ValueError):
+        vote_settled([1], 3, min_lead=0)
+
+
+def test_next_wave_is_the_fewest_samples_that_could_settle():
+    """Exhaustive: the wave is the smallest y whose y agreeing votes would settle the vote (all remaining when none
+    would), and never a sample more."""
+    for remaining in range(1, 9):
+        for counts in [[], [1], [2, 1], [3, 3], [4], [2, 2, 1], [5, 1]]:
+            for lead in (None, 2, 3):
+                y = next_wave(counts, remaining, lead)
+                settles = [vote_settled([counts[0] + k if counts else k, *counts[1:]], remaining - k, lead)
+                           for k in range(1, remaining + 1)]
+                want = next((k for k, s in enumerate(settles, 1) if s), remaining)
+                assert y == want, (counts, remaining, lead, y, want)
+    assert next_wave([], 15) == 8 and next_wave([], 8) == 5
+
+
+# ------------------------------------------------------------------------------------------ answers
+
+
+@pytest.mark.parametrize("raw,vote", [
+    ("\\boxed{1,000}"[7:-1], 0),  # thousands separator -> 1000 -> mod 1000
+    ("1{,}000", 0),
+    ("12.0", 12),
+    ("-3", None),  # negative: invalid, no reduction repairs a negative remainder
+    ("\\frac{6}{3}", 2),
+    ("\\dfrac{12}{4}", 3),
+    ("\\frac{7}{2}", None),
+    ("12.5", None),
+    ("025", 25),
+    ("2024", 24),
+    ("999", 999),
+    ("$42$", 42),
+    ("\\text{42}", 42),
+    ("n = 42", 42),
+    ("42^\\circ", 42),
+    ("1,2", None),
+    ("2^{10}", None),
+    ("\\sqrt{2}", None),
+    ("", None),
+    (None, None),
+])
+def test_int_answer(raw, vote):
+    assert int_answer(raw) == vote
+
+
+def test_tally_int_pools_by_value_and_counts_invalid():
+    t = Tally("int0-999")
+    for raw in ["12", "12.0", "\\frac{24}{2}", "7", "x", "-3", "7"]:
+        t.add(raw)
+    assert t.as_dict() == {"12": 3, "7": 2} and t.invalid == 2 and t.winner() == 12
+    tie = Tally("int0-999")
+    for raw in ["5", "6", "6", "5"]:
+        tie.add(raw)
+    assert tie.winner() == 5  # a tie goes to the answer seen first
+
+
+def test_tally_any_pools_by_grader_equivalence():
+    t = Tally("any")
+    for raw in ["\\frac{1}{2}", "0.5", "1/2", "\\sqrt{2}"]:
+        t.add(raw)
+    assert t.as_dict() == {"\\frac{1}{2}": 3, "\\sqrt{2}": 1}
+
+
+# ------------------------------------------------------------------------------------------ clock rules
+
+
+def test_durations():
+    assert parse_duration("5h", "--time-budget") == 18000
+    assert parse_duration("6m", "--per-problem") == 360
+    assert parse_duration("1h30m", "--time-budget") == 5400
+    assert parse_duration("90s", "--time-budget") == 90
+    assert parse_duration("300", "--time-budget") == 300
+    for bad in ("5x", "h", "-5m", "0", ""):
+        with pytest.raises(solve_cli.MathRecipeError, match="--time-budget"):
+            parse_duration(bad, "--time-budget")
+
+
+def test_share_and_samples_when_behind():
+    assert time_share(300, 3) == 100
+    assert time_share(-5, 2) == 0
+    assert planned_samples(15, 600, None) == 15  # nothing measured yet
+    assert planned_samples(15, 600, 300) == 15  # the share covers a typical problem
+    assert planned_samples(15, 290, 300) == 10  # behind: the AIMO-2 team's 15 -> 10
+    assert planned_samples(15, 600, 300, last_cut=True) == 10  # the last problem ran out of time
+    assert planned_samples(1, 1, 300) == 1
+
+
+def test_call_bound_holds_for_linear_costs():
+    """Calls cost a + b*k (a, b unknown to it); every k it allows fits."""
+    for a, b in [(0.5, 0.01), (0.0, 0.2), (2.0, 0.001)]:
+        times = CallTimes()
+        assert times.max_steps(4, 10.0) is None  # nothing measured: no bound
+        for k in (8, 64, 64):
+            times.record(4, k, a + b * k)
+        for left in (0.1, a + b * 3, a + b * 64, 5.0, 50.0):
+            k = times.max_steps(4, left)
+            assert k >= 0 and (k == 0 or a + b * k <= left), (a, b, left, k)
+        assert times.max_steps(8, 50.0) is None  # a bigger batch than any measured is not bounded
+    times = CallTimes()
+    times.record(4, 64, 1.0)
+    assert times.max_steps(2, 0.5) == 0  # a smaller call may cost as much as the one measured
+    times.record(4, 64, 2.0)  # the machine got slower: the slow call bounds, not the fast one
+    assert times.max_steps(4, 2.4) == 64 and times.max_steps(4, 1.8) == 0
+
+
+# ------------------------------------------------------------------------------------------ the solver
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class Scripted:
+    """A Generator that writes given completions, chunk by chunk, and advances a fake clock by call_s + step_s per
+    decode step of the call (the longest sequence in it). ``plan[problem text]`` lists the completions in the order
+    samples are drawn; each ends with end-of-sequence."""
+
+    def __init__(self, tokenizer, plan, clock=None, call_s=0.05, step_s=0.01):
+        self.tok, self.clock, self.call_s, self.step_s = tokenizer, clock, call_s, step_s
+        self.scripts = {p: [tokenizer.encode(t, add_special_tokens=False) for t in texts] for p, texts in plan.items()}
+        self.next = {p: 0 for p in plan}
+        self.running = {}  # tuple(prompt + generated so far) -> full script
+        self.calls = []
+
+    def _problem(self, prompt):
+        text = self.tok.decode(prompt)
+        return next(p for p in self.scripts if p in text)
+
+    def _emit(self, prompt, script, done, k):
+        chunk = script[done: done + k]
+        finished = done + len(chunk) >= len(script)
+        self.running[tuple(prompt) + tuple(script[: done + len(chunk)])] = (len(prompt), script)
+        return Completion(self.tok.decode(chunk), list(chunk), finished)
+
+    def generate(self, prompts, settings, on_progress=None):
+        out, steps = [], 0
+        for prompt in prompts:
+            if tuple(prompt) in self.running:  # a continuation: prompt = the problem's prompt + generated so far
+                n, script = self.running[tuple(prompt)]
+                out.append([self._emit(prompt[:n], script, len(prompt) - n, settings.max_new_tokens)])
+            else:
+                p = self._problem(prompt)
+                row = []
+                for _ in range(settings.samples):
+                    script = self.scripts[p][self.next[p] % len(self.scripts[p])]
+                    self.next[p] += 1
+                    row.append(self._emit(prompt, script, 0, settings.max_new_tokens))
+                out.append(row)
+            steps = max([steps] + [len(c.token_ids) for c in out[-1]])
+        self.calls.append((len(prompts), settings.samples, settings.max_new_tokens))
+        if self.clock is not None:
+            self.clock.now += self.call_s + self.step_s * steps
+        return out
+
+
+def trace(answer, pad=0):
+    # scripts that differ must differ in their first tokens: the fake tells continuations apart by their ids
+    return f"<think>\n{pad} {answer}\n" + "Wait, let me verify.\n" * pad + f"\\boxed{{{answer}}}\n</think>\nThe answer is \\boxed{{{answer}}}."
+
+
+def settings(**kw):
+    base = dict(samples=5, temperature=1.0, max_new_tokens=200, stop_at_think=True)
+    return SamplingSettings(**{**base, **kw})
+
+
+def problems(n):
+    return [{"id": f"p{i}", "problem": f"Compute problem {i}."} for i in range(n)]
+
+
+def test_early_stop_cancels_the_tail_and_keeps_the_answer(tiny_tokenizer):
+    # 3 short agreeing samples finish first; two long ones (one disagreeing) are still running
+    plan = {"problem 0": [trace(42), trace(42, 1), trace(42, 2), trace(7, 12), trace(42, 12)]}
+    runs = {}
+    for early in (True, False):
+        gen = Scripted(tiny_tokenizer, plan)
+        solver = Solver(gen, tiny_tokenizer, settings(), SolveOptions(wave=5, chunk_tokens=8, early_stop=early))
+        runs[early] = solver.solve(problems(1))[0]
+    stopped, full = runs[True], runs[False]
+    assert stopped.answer == full.answer == 42
+    assert stopped.stop == "decided" and full.stop == "all samples"
+    assert full.tally.as_dict() == {"42": 4, "7": 1}
+    assert stopped.tally.as_dict() == {"42": 3}
+    assert [s.end for s in stopped.samples].count("cancelled") == 2
+    assert stopped.tokens < 0.6 * full.tokens
+    # the samples it kept are token for token the ones the full run drew
+    assert [s.ids for s in stopped.samples[:3]] == [s.ids for s in full.samples[:3]]
+
+
+def test_waves_stop_between_waves(tiny_tokenizer):
+    plan = {"problem 0": [trace(5)] * 9}
+    gen = Scripted(tiny_tokenizer, plan)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=9, max_new_tokens=40),
+                    SolveOptions(wave=3, chunk_tokens=40))
+    r = solver.solve(problems(1))[0]
+    assert (r.answer, r.stop, len(r.samples)) == (5, "decided", 6)  # 3 + 3 agree; 6 > 0 + 3: no third wave
+    assert [c[1] for c in gen.calls] == [3, 3]
+
+
+def test_auto_waves_draw_only_what_could_settle(tiny_tokenizer):
+    plan = {"problem 0": [trace(5), trace(5), trace(5), trace(5), trace(6), trace(5), trace(6), trace(5)]}
+    runs = {}
+    for early in (True, False):
+        gen = Scripted(tiny_tokenizer, plan)
+        r = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=40),
+                   SolveOptions(chunk_tokens=40, early_stop=early)).solve(problems(1))[0]
+        runs[early] = (r, [c[1] for c in gen.calls])
+    (stopped, waves), (full, full_waves) = runs[True], runs[False]
+    # 5 first (4-1 after it), then 1: 5 > 1 + 2 settles it
+    assert waves == [5, 1] and (stopped.answer, stopped.stop, len(stopped.samples)) == (5, "decided", 6)
+    assert full_waves[:2] == [5, 1] and len(full.samples) == 8 and full.answer == stopped.answer
+
+
+def test_min_lead_and_plain_majority(tiny_tokenizer):
+    plan = {"problem 0": [trace(3), trace(3), trace(3), trace(8), trace(8), trace(8), trace(8)]}
+    for opts, answer, stop, n in [(SolveOptions(wave=1, chunk_tokens=64, min_lead=3), 3, "lead", 3),
+                                  (SolveOptions(wave=1, chunk_tokens=64), 8, "all samples", 7)]:
+        gen = Scripted(tiny_tokenizer, plan)
+        r = Solver(gen, tiny_tokenizer, settings(samples=7, max_new_tokens=64), opts).solve(problems(1))[0]
+        assert (r.answer, r.stop, len(r.samples)) == (answer, stop, n)
+
+
+def test_stop_at_first_box_and_at_think(tiny_tokenizer):
+    text = "<think>\nso \\boxed{11} hmm\n" + "Wait, let me verify.\n" * 6 + "no, \\boxed{12}\n</think> \\boxed{13}"
+    plan = {"problem 0": [text]}
+    for first_box, think, answer, end in [(True, True, 11, "first box"), (False, True, 12, "think"),
+                                          (False, False, 13, "finished")]:
+        gen = Scripted(tiny_tokenizer, plan)
+        s = settings(samples=1, stop_at_think=think)
+        r = Solver(gen, tiny_tokenizer, s, SolveOptions(chunk_tokens=4, stop_at_first_box=first_box)).solve(
+            problems(1))[0]
+        assert (r.answer, r.samples[0].end) == (answer, end)
+        if first_box:
+            assert r.tokens < len(tiny_tokenizer.encode(text, add_special_tokens=False)) / 2
+
+
+def test_global_clock_never_overruns_and_shares_saved_time(tiny_tokenizer):
+    """20 problems: even ones easy (all agree, one short chunk), odd ones hard (every sample differs, long).
+    Calls take 0.05 s + 4 ms a decode step: an easy problem needs about 0.15 s, a hard one several waves of 0.5 s."""
+    plan = {}
+    for i in range(20):
+        plan[f"problem {i}."] = [trace(i)] * 8 if i % 2 == 0 else [trace(100 + j, 8) for j in range(8)]
+    budget, used, answered = 5.0, {}, {}
+    for opts in (SolveOptions(time_budget_s=budget, chunk_tokens=32),
+                 SolveOptions(per_problem_s=budget / 20, chunk_tokens=32)):
+        clock = FakeClock()
+        gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
+        solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), opts, clock=clock,
+                        started_at=clock.now)
+        results = solver.solve(problems(20))
+        assert clock.now - 1000.0 <= budget, opts  # never past the budget
+        assert len(results) == 20
+        assert [r.answer for r in results[0::2]] == list(range(0, 20, 2))  # every easy one answered
+        glob = opts.per_problem_s is None
+        used[glob], answered[glob] = clock.now - 1000.0, sum(r.answer is not None for r in results)
+        if not glob:
+            assert all(r.seconds <= opts.per_problem_s for r in results)
+        else:  # time the easy ones saved went to later problems: the last one gets far more than an equal split
+            assert results[-1].seconds > 1.5 * budget / 20
+            assert {r.planned for r in results[1:]} == {6, 8}  # a third fewer after a problem ran out of time
+    assert used[True] > used[False] and answered[True] > answered[False]
+    # a budget too small for more than the warm-up and a probe: nothing overruns, problems are skipped
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
+                    SolveOptions(time_budget_s=0.3, chunk_tokens=16), clock=clock, started_at=clock.now)
+    results = solver.solve(problems(20))
+    assert clock.now - 1000.0 <= 0.3
+    skipped = [r for r in results if r.stop == "no time"]
+    assert skipped and all(r.samples == [] and r.answer is None and r.calls == 0 for r in skipped)
+
+
+class Spiky(Scripted):
+    """Every third call takes 2.5 times as long: a shared machine's slow moments."""
+
+    def generate(self, prompts, settings, on_progress=None):
+        before = self.clock.now
+        out = super().generate(prompts, settings, on_progress)
+        if len(self.calls) % 3 == 0:
+            self.clock.now += 1.5 * (self.clock.now - before)
+        return out
+
+
+def test_slow_calls_borrow_from_later_shares_but_never_pass_the_budget(tiny_tokenizer):
+    """Planned by expected times alone, these budgets are overrun (by 0.02-0.09 s); the bound keeps them."""
+    plan = {f"problem {i}.": [trace(i, j) for j in range(8)] for i in range(12)}
+    for budget in (1.75, 3.25, 4.75, 6.0):
+        clock = FakeClock()
+        gen = Spiky(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
+        solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
+                        SolveOptions(time_budget_s=budget, chunk_tokens=16), clock=clock, started_at=clock.now)
+        results = solver.solve(problems(12))
+        assert clock.now - 1000.0 <= budget and len(results) == 12
+        assert sum(r.answer is not None for r in results) >= 3
+
+
+def test_one_call_per_wave_unless_something_acts_mid_wave(tiny_tokenizer):
+    plan = {"problem 0": [trace(5, j) for j in range(8)]}
+    for opts, chunk in [(SolveOptions(), 200), (SolveOptions(stop_at_first_box=True), 25),
+                        (SolveOptions(wave=8), 25), (SolveOptions(per_problem_s=60.0), 25),
+                        (SolveOptions(chunk_tokens=7), 7)]:
+        gen = Scripted(tiny_tokenizer, plan, clock=FakeClock())
+        Solver(gen, tiny_tokenizer, settings(samples=8), opts, clock=gen.clock).solve(problems(1))
+        assert max(c[2] for c in gen.calls) == chunk, opts  # the warm-up asks for 1 token
+
+
+def test_samples_planned_fewer_when_behind(tiny_tokenizer):
+    plan = {f"problem {i}.": [trace(100 + j, 8) for j in range(8)] for i in range(6)}  # never decided
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(
+        time_budget_s=1.5, wave=2, chunk_tokens=160), clock=clock, started_at=clock.now)
+    results = solver.solve(problems(6))
+    assert results[0].planned == 8 and 6 <= min(r.planned for r in results[1:]) < 8
+    assert clock.now - 1000.0 <= 1.5
+
+
+def test_time_cut_votes_with_boxes_already_written(tiny_tokenizer):
+    plan = {"problem 0": ["<think>\n\\boxed{9}\n" + "Wait, let me verify.\n" * 30 + "</think>"] * 3}
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.01, step_s=0.01)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=3), SolveOptions(per_problem_s=1.0, chunk_tokens=16),
+                    clock=clock)
+    r = solver.solve(problems(1))[0]
+    assert r.stop == "time" and r.answer == 9 and {s.end for s in r.samples} == {"time"}
+    assert r.seconds <= 1.0
+
+
+# ------------------------------------------------------------------------------------------ input
+
+
+def test_read_problems_formats_and_errors(tmp_path):
+    (tmp_path / "p.csv").write_text("id,problem,answer\n1,What is 2+2?,4\n2,\"Compute 1, 2\",\n")
+    rows = read_problems(str(tmp_path / "p.csv"))
+    assert rows == [{"id": "1", "problem": "What is 2+2?", "answer": "4"}, {"id": "2", "problem": "Compute 1, 2"}]
+    (tmp_path / "p.jsonl").write_text('{"id": 7, "problem": "x", "answer": 3}\n')
+    assert read_problems(str(tmp_path / "p.jsonl")) == [{"id": "7", "problem": "x", "answer": "3"}]
+    assert read_problems("-", stdin=['{"id": "a", "problem": "y"}\n', "\n"]) == [{"id": "a", "problem": "y"}]
+    bad = {
+        "nocol.jsonl": ('{"problem": "x"}\n', "missing column 'id'"),
+        "dup.jsonl": ('{"id": 1, "problem": "x"}\n{"id": 1, "problem": "y"}\n', "row 2: id '1' repeats row 1"),
+        "empty.jsonl": ('{"id": 1, "problem": " "}\n', "row 1: column 'problem' is empty"),
+    }
+    for name, (text, msg) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(solve_cli.MathRecipeError, match=msg):
+            read_problems(str(tmp_path / name))
+    with pytest.raises(solve_cli.MathRecipeError, match=r"stdin\), line 2: not valid JSON"):
+        read_problems("-", stdin=['{"id": 1, "problem": "y"}\n', "{oops\n"])
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+@pytest.fixture()
+def toy_problems(tmp_path, toy_splits):
+    f = tmp_path / "toy.jsonl"
+    f.write_text("".join(json.dumps({"id": f"t{i}", **r}) + "\n" for i, r in enumerate(toy_splits.test[:4])))
+    return f
+
+
+def test_solve_command_on_a_tiny_model(tiny_model_dir, toy_problems, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["-q", "--model", str(tiny_model_dir), "--problems", str(toy_problems), "--samples", "3",
+               "--max-new-tokens", "24", "--per-problem", "20s", "--out", str(out), "--batch-size", "8"])
+    assert rc == 0
+    lines = (out / "answers.csv").read_text().splitlines()
+    assert lines[0] == "id,answer" and [x.split(",")[0] for x in lines[1:]] == ["t0", "t1", "t2", "t3"]
+    rows = [json.loads(x) for x in (out / "solve.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["t0", "t1", "t2", "t3"]
+    for r in rows:
+        assert r["seconds"] <= 20 and r["stop"] in ("decided", "all samples", "time")
+        assert {"votes", "invalid", "samples", "tokens", "gold", "correct"} <= set(r)
+        assert 0 < r["tokens"] <= 3 * 24
+    printed = capsys.readouterr().out
+    assert "solved 4 problems" in printed and "accuracy" in printed
+
+
+def test_solve_command_reads_stdin(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"id": "s1", "problem": "Compute 12 + 30."}\n'))
+    out = tmp_path / "o"
+    assert main(["-q", "--model", str(tiny_model_dir), "--problems", "-", "--samples", "2", "--max-new-tokens",
+                 "8", "--out", str(out)]) == 0
+    assert (out / "answers.csv").read_text().splitlines()[1].startswith("s1,")
+    assert "accuracy" not in capsys.readouterr().out  # no answer column, no accuracy line
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--time-budget", "5x"], "--time-budget '5x': expected a duration"),
+    (["--time-budget", "1h", "--per-problem", "6m"], "--time-budget and --per-problem are exclusive"),
+    (["--answer-format", "float"], "--answer-format must be one of int0-999, any"),
+    (["--samples", "0"], "--samples must be >= 1"),
+    (["--min-lead", "0"], "--min-lead must be an integer >= 1"),
+    (["--wave", "-1"], "--wave must be 'auto' or an integer >= 1"),
+    (["--wave", "all"], "--wave must be 'auto' or an integer >= 1, got 'all'"),
+    (["--backend", "tgi"], "--backend must be one of hf, vllm"),
+    (["--limit", "0"], "--limit must be >= 1"),
+])
+def test_bad_arguments_fail_in_one_line_before_loading(tiny_model_dir, toy_problems, tmp_path, monkeypatch,
+                                                       capsys, args, message):
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("mathrecipe.evaluate.generation.make_generator", no_loading)
+    rc = main(["--model", str(tiny_model_dir), "--problems", str(toy_problems), "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("mathrecipe: error: ") and message in err[0], err
+
+
+def test_bad_inputs_fail_in_one_line(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "p.jsonl").write_text('{"problem": "x"}\n')
+    cases = [
+        (["--model", str(tmp_path / "nope"), "--problems", str(tmp_path / "p.jsonl")], "nope"),
+        (["--model", str(tiny_model_dir), "--problems", str(tmp_path / "p.jsonl")], "missing column 'id'"),
+        (["--model", str(tiny_model_dir), "--problems", str(tmp_path / "none.csv")], "none.csv: no such file"),
+    ]
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "ok.jsonl").write_text('{"id": 1, "problem": "x"}\n')
+    cases.append((["--model", str(tiny_model_dir), "--problems", str(tmp_path / "ok.jsonl"), "--out",
+                   str(tmp_path / "afile")], "afile: is a file; give a folder"))
+    for argv, msg in cases:
+        assert main([*argv, "--out", str(tmp_path / "o")] if "--out" not in argv else argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+
+
+def test_outputs_are_written_atomically(monkeypatch, tmp_path, tiny_tokenizer):
+    """Both files go through mathrecipe.files.atomic_write_text."""
+    written = []
+    import mathrecipe.files as files
+
+    real = files.atomic_write_text
+    monkeypatch.setattr(files, "atomic_write_text", lambda p, t: written.append(p.name) or real(p, t))
+    gen = Scripted(tiny_tokenizer, {"problem 0": [trace(4)]})
+    results = Solver(gen, tiny_tokenizer, settings(samples=1), SolveOptions()).solve(problems(1))
+    solve_cli.write_outputs(tmp_path, results)
+    assert sorted(written) == ["answers.csv", "solve.jsonl"]
+    assert (tmp_path / "answers.csv").read_text() == "id,answer\np0,4\n"
+    assert math.isclose(json.loads((tmp_path / "solve.jsonl").read_text())["tokens"], results[0].tokens)
+
+
+def test_vllm_backend_draws_each_wave_as_one_prompt_with_n_samples(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                    monkeypatch):
+    """vLLM seeds a request's n samples apart; the same prompt sent n times with one seed would repeat itself."""
+    import sys
+    import types
+
+    calls = []
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            pass
+
+        def generate(self, prompts, params, use_tqdm=True):
+            calls.append((len(prompts), params.n, params.max_tokens))
+            ids = tiny_tokenizer.encode("<think>\n\\boxed{7}\n</think>", add_special_tokens=False)
+            out = types.SimpleNamespace(text=tiny_tokenizer.decode(ids), token_ids=ids, finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[out] * params.n) for _ in prompts]
+
+    vllm, inputs = types.ModuleType("vllm"), types.ModuleType("vllm.inputs")
+    vllm.LLM, vllm.SamplingParams, inputs.TokensPrompt, vllm.inputs = LLM, SamplingParams, dict, inputs
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    problems_file = tmp_path / "p.jsonl"
+    problems_file.write_text('{"id": "a", "problem": "Compute 3 + 4.", "answer": "7"}\n')
+    out = tmp_path / "o"
+    assert main(["-q", "--model", str(tiny_model_dir), "--problems", str(problems_file), "--backend", "vllm",
+                 "--samples", "6", "--wave", "2", "--max-new-tokens", "40", "--chunk-tokens", "40",
+                 "--out", str(out)]) == 0
+    assert calls == [(1, 2, 40), (1, 2, 40)]  # two waves of 2, then 4 > 0 + 2: decided
+    row = json.loads((out / "solve.jsonl").read_text())
+    assert (row["answer"], row["stop"], row["samples"], row["correct"]) == (7, "decided", 4, True)
