@@ -465,6 +465,15 @@ def test_solve_command_on_a_tiny_model(tiny_model_dir, toy_problems, tmp_path, c
     assert "solved 4 problems" in printed and "accuracy" in printed
 
 
+def test_top_level_cli_has_solve(tiny_model_dir, toy_problems, tmp_path):
+    from mathrecipe.cli import main as mathrecipe_main
+
+    out = tmp_path / "top"
+    assert mathrecipe_main(["-q", "solve", "--model", str(tiny_model_dir), "--problems", str(toy_problems),
+                            "--samples", "2", "--max-new-tokens", "8", "--limit", "1", "--out", str(out)]) == 0
+    assert (out / "answers.csv").read_text().splitlines()[1].startswith("t0,")
+
+
 def test_solve_command_reads_stdin(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import io
 

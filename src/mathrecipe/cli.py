@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mathrecipe.evaluate.cli import add_eval_parsers
 
     add_eval_parsers(sub)
+
+    from mathrecipe.solve import add_solve_parser
+
+    add_solve_parser(sub)
     return parser
 
 
