@@ -30,7 +30,7 @@ class ToyModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    vocab_size: int = 320
+    vocab_size: int = 384
 
 
 @dataclass
@@ -44,10 +44,10 @@ class ModelConfig:
 
 @dataclass
 class ToyDataConfig:
-    n_sft: int = 2000
+    n_sft: int = 1200
     n_test: int = 200
     n_rl: int = 3000
-    verbose_fraction: float = 0.5  # share of teacher traces with redundant "Wait, let me verify" re-checking
+    verbose_fraction: float = 0.7  # share of teacher traces with redundant "Wait, let me verify" re-checking
     max_verify_blocks: int = 3
     n_dev: int = 100  # development problems for sft.select=best, disjoint from the reported held-out set
 
@@ -155,7 +155,7 @@ class GRPOConfig:
     num_generations: int = 8
     batch_size: int = 64  # completions per device per step (num_generations divides it)
     gradient_accumulation_steps: int = 1
-    max_steps: int = 100
+    max_steps: int = 50
     learning_rate: float = 5e-5
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
@@ -187,7 +187,7 @@ class GRPOConfig:
 @dataclass
 class EvalConfig:
     samples: int = 4  # per problem; accuracy = mean pass@1 over them
-    temperature: float = 1.0
+    temperature: float = 0.6  # the R1 convention (the paper recipes and --preset r1 use it too)
     top_p: float = 1.0
     min_p: float | None = None
     max_new_tokens: int = 160
