@@ -48,7 +48,7 @@ class ToyDataConfig:
     n_test: int = 200
     n_rl: int = 3000
     verbose_fraction: float = 0.7  # share of teacher traces with redundant "Wait, let me verify" re-checking
-    max_verify_blocks: int = 3
+    max_verify_blocks: int = 2
     n_dev: int = 100  # development problems for sft.select=best, disjoint from the reported held-out set
 
 
@@ -155,7 +155,7 @@ class GRPOConfig:
     num_generations: int = 8
     batch_size: int = 64  # completions per device per step (num_generations divides it)
     gradient_accumulation_steps: int = 1
-    max_steps: int = 50
+    max_steps: int = 40
     learning_rate: float = 5e-5
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
@@ -191,7 +191,7 @@ class EvalConfig:
     top_p: float = 1.0
     min_p: float | None = None
     max_new_tokens: int = 160
-    batch_size: int | Literal["auto"] = 256  # sequences per generate() call; auto: the most the KV budget holds
+    batch_size: int | Literal["auto"] = 400  # sequences per generate() call; auto: the most the KV budget holds
     kv_cache_gib: float | None = None  # KV-cache budget per device for batch_size=auto (None: measured free memory)
     backend: Literal["hf", "vllm"] = "hf"
     stop_at_think: bool = False
