@@ -203,15 +203,17 @@ def test_vllm_share_too_small_for_one_sequence_names_the_utilization():
 
 
 def test_cpu_plan_has_estimates_and_work_but_no_verdict():
-    plan = check_fits(load_recipe(None))  # this machine: no GPU
+    r = load_recipe(None)
+    plan = check_fits(r)  # this machine: no GPU
     assert [s.stage for s in plan.stages] == ["sft", "grpo", "eval"]
     assert all(s.fits is None for s in plan.stages) and plan.failures() == []
     sft = plan.stage("sft")
-    assert sft.work["steps_per_epoch"] == math.ceil(2000 / 16) and sft.work["optimizer_steps"] == 1250
+    per_epoch = math.ceil(r.data.toy.n_sft / r.sft.batch_size)
+    assert sft.work["steps_per_epoch"] == per_epoch and sft.work["optimizer_steps"] == per_epoch * r.sft.epochs
     assert "fp32" in sft.setup and "no checkpointing" in sft.setup  # CPU defaults
     grpo = plan.stage("grpo").work
     assert grpo["completions_per_step"] == 64 and grpo["prompts_per_step"] == 8
-    assert plan.stage("eval").work["generate_calls"] == math.ceil(200 * 4 / 256)
+    assert plan.stage("eval").work["generate_calls"] == math.ceil(r.data.toy.n_test * r.eval.samples / r.eval.batch_size)
     assert "total per process" in render(plan)
 
 
