@@ -82,10 +82,17 @@ def test_two_process_cpu_launch_splits_and_gathers(tiny_model_dir, toy_splits, t
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
     (tmp_path / "script.py").write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    # a KV budget that holds two sequences: several auto-sized generate calls per rank, whatever the prompt length
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mathrecipe.evaluate.generation import kv_bytes_per_token, prompt_ids
+
+    longest = max(map(len, prompt_ids(AutoTokenizer.from_pretrained(tiny_model_dir), [p["problem"] for p in problems])))
+    gib = 2.5 * kv_bytes_per_token(AutoConfig.from_pretrained(tiny_model_dir), 4) * (longest + 16) / 2**30
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
            str(_free_port()), str(tmp_path / "script.py"), str(tiny_model_dir), str(tmp_path / "p.jsonl"),
-           str(tmp_path), *EVAL]
+           str(tmp_path), *EVAL[:-1], f"eval.kv_cache_gib={gib}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

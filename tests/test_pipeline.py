@@ -33,7 +33,8 @@ def test_run_all_stages_writes_report(tmp_path, capsys):
     dev_ids = {json.loads(x)["problem"] for x in (out / "data" / "dev.jsonl").read_text().splitlines()}
     assert dev_ids and not dev_ids & test_ids
     assert report["grpo"]["steps"] == 2 and 0 <= report["grpo"]["accuracy"] <= 1
-    assert report["eval"] == {"n_problems": 6, "samples": 2, "temperature": 1.0, "max_new_tokens": 40}
+    assert report["eval"] == {"n_problems": 6, "samples": 2, "temperature": load_recipe(None).eval.temperature,
+                              "max_new_tokens": 40}
     for f in ["report.md", "report.png", "recipe.yaml", "data/sft/dataset_info.json", "data/grpo/dataset_info.json",
               "data/data_report.json", "data/test.jsonl", "grpo/final/config.json",
               "eval/grpo.samples.jsonl", "sft/eval-epoch1.samples.jsonl"]:
