@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -189,6 +190,8 @@ def main() -> None:
     sft_ratio = med("sft/mathrecipe", "tokens_per_s") / med("sft/trl_defaults", "tokens_per_s")
     grpo_ratio = med("grpo/mathrecipe", "s_per_step") / med("grpo/trl_defaults", "s_per_step")
     result = {
+        "command": " ".join(["python bench/bench_train.py", *sys.argv[1:]]),
+        "repeats": args.repeats,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                    f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}",
         "settings": {"trl_defaults": TRL_DEFAULTS, "mathrecipe": ours, "mathrecipe_grpo": ours_grpo},
@@ -208,7 +211,8 @@ def main() -> None:
 def render(r: dict[str, Any]) -> str:
     s, g = r["sft_tokens_per_s"], r["grpo_s_per_step"]
     lines = ["# Training speed on CPU: the project's settings vs TRL's defaults (toy model)", "",
-             f"Machine: {r['machine']}. Command: `python bench/bench_train.py`. Medians over alternating repeats.",
+             f"Machine: {r['machine']}. Command: `{r.get('command', 'python bench/bench_train.py')}`. "
+             + ("Medians over alternating repeats." if r.get("repeats", 2) > 1 else "One repeat of each setting."),
              "", f"TRL 1.16 defaults on CPU: `{r['settings']['trl_defaults']}`; the project's CPU choice: "
              f"`{r['settings']['mathrecipe']}`, for GRPO `{r['settings'].get('mathrecipe_grpo', r['settings']['mathrecipe'])}`.",
              "",
