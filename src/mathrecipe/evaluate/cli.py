@@ -168,10 +168,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parsers
 
 
+def add_sampling_args(p: Any, samples_help: str, stop_help: str) -> None:
+    """The sampling flags ``eval`` and ``solve`` share, named like the recipe's eval keys (--recipe, --preset,
+    --samples ... --stop-at-think); unset flags stay None so the recipe, then the preset, fill them."""
+    from mathrecipe.evaluate.presets import PRESETS
+
+    p.add_argument("--recipe", help="take the sampling defaults, seed and system prompt from this recipe YAML")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    p.add_argument("--samples", type=int, help=samples_help)
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--top-p", dest="top_p", type=float)
+    p.add_argument("--min-p", dest="min_p", type=float)
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="max new tokens per sample")
+    p.add_argument("--batch-size", dest="batch_size",
+                   help="sequences per generate() call (hf backend), or 'auto': the most the KV budget holds")
+    p.add_argument("--kv-cache-gib", dest="kv_cache_gib", type=float,
+                   help="KV-cache budget for --batch-size auto (default: a share of free GPU memory; 4 on CPU)")
+    p.add_argument("--backend", help="hf (transformers, any device) or vllm (GPU)")
+    p.add_argument("--stop-at-think", dest="stop_at_think", action=argparse.BooleanOptionalAction, default=None,
+                   help=stop_help)
+
+
 def add_eval_parsers(sub: Any) -> None:
     """Register ``eval``, ``grade`` and ``compare`` on the top-level ``mathrecipe`` subparsers."""
     from mathrecipe.data.benchmarks import REGISTRY
-    from mathrecipe.evaluate.presets import PRESETS
     from mathrecipe.recipe import EvalConfig
 
     d = EvalConfig()
@@ -190,21 +211,8 @@ def add_eval_parsers(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (resumable)")
     p.add_argument("--data-dir", help="folder holding the registry's files (e.g. math500_test.jsonl); "
                    "default: the public hub datasets")
-    p.add_argument("--recipe", help="take the sampling defaults, seed and system prompt from this recipe YAML")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    p.add_argument("--samples", type=int, help="samples per problem (accuracy = mean pass@1 over them)")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-p", dest="top_p", type=float)
-    p.add_argument("--min-p", dest="min_p", type=float)
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="max new tokens per sample")
-    p.add_argument("--batch-size", dest="batch_size",
-                   help="sequences per generate() call (hf backend), or 'auto': the most the KV budget holds")
-    p.add_argument("--kv-cache-gib", dest="kv_cache_gib", type=float,
-                   help="KV-cache budget for --batch-size auto (default: a share of free GPU memory; 4 on CPU)")
-    p.add_argument("--backend", help="hf (transformers, any device) or vllm (GPU)")
-    p.add_argument("--stop-at-think", dest="stop_at_think", action=argparse.BooleanOptionalAction, default=None,
-                   help="stop at </think> and take the boxed answer from the reasoning (AIMO-style inference)")
+    add_sampling_args(p, samples_help="samples per problem (accuracy = mean pass@1 over them)",
+                      stop_help="stop at </think> and take the boxed answer from the reasoning (AIMO-style inference)")
     p.add_argument("--seed", type=int)
     p.add_argument("--system-prompt", help="'' for none (default: the recipe's data.system_prompt)")
     p.add_argument("--budgets", type=_ints, help="token budgets for accuracy-vs-budget, e.g. 8192,16384,32768")

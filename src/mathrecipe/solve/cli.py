@@ -287,7 +287,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 def add_solve_parser(sub: Any) -> None:
     """Register ``solve`` (with its ``func``) on the top-level ``mathrecipe`` subparsers."""
-    from mathrecipe.evaluate.presets import PRESETS
+    from mathrecipe.evaluate.cli import add_sampling_args
     from mathrecipe.recipe import EvalConfig
 
     d = EvalConfig()
@@ -313,21 +313,8 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--answer-format", dest="answer_format", default=INT_FORMAT,
                    help=f"{' or '.join(ANSWER_FORMATS)}: integers 0-999 (n >= 1000 taken mod 1000; other answers "
                    f"are invalid votes), or any answer, pooled by the grader's equivalence (default {INT_FORMAT})")
-    p.add_argument("--recipe", help="take the sampling defaults, seed and system prompt from this recipe YAML")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    p.add_argument("--samples", type=int, help="most samples per problem (N of maj@N)")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-p", dest="top_p", type=float)
-    p.add_argument("--min-p", dest="min_p", type=float)
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="max new tokens per sample")
-    p.add_argument("--batch-size", dest="batch_size",
-                   help="sequences per generate() call (hf backend), or 'auto': the most the KV budget holds")
-    p.add_argument("--kv-cache-gib", dest="kv_cache_gib", type=float,
-                   help="KV-cache budget for --batch-size auto (default: a share of free GPU memory; 4 on CPU)")
-    p.add_argument("--backend", help="hf (transformers, any device) or vllm (GPU)")
-    p.add_argument("--stop-at-think", dest="stop_at_think", action=argparse.BooleanOptionalAction, default=None,
-                   help="stop each sample at </think> and take its boxed answer from the reasoning")
+    add_sampling_args(p, samples_help="most samples per problem (N of maj@N)",
+                      stop_help="stop each sample at </think> and take its boxed answer from the reasoning")
     p.add_argument("--stop-at-first-box", dest="stop_at_first_box", action="store_true",
                    help="stop each sample at its first complete \\boxed{} and vote with it (checked between chunks)")
     p.add_argument("--early-stop", dest="early_stop", action=argparse.BooleanOptionalAction, default=True,
