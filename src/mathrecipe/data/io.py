@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +66,21 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a malformed line is an error naming file and line."""
     p = Path(path)
     with p.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}, line {i}: not valid JSON ({e.msg})") from e
-            if not isinstance(obj, dict):
-                raise DataError(f"{p}, line {i}: each line must be a JSON object, got {type(obj).__name__}")
-            yield i, obj
+        yield from iter_jsonl_lines(f, str(p))
+
+
+def iter_jsonl_lines(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`iter_jsonl` over any stream of lines (e.g. stdin); errors say ``where, line N``."""
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}, line {i}: not valid JSON ({e.msg}); give one object a line") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}, line {i}: each line must be a JSON object, got {type(obj).__name__}")
+        yield i, obj
 
 
 def _check_jsonl(p: Path) -> None:

@@ -29,21 +29,9 @@ ANSWERS_FILE, LOG_FILE = "answers.csv", "solve.jsonl"
 
 
 def _rows_from_stdin(stream: Iterable[str]) -> list[dict[str, Any]]:
-    from mathrecipe.data.io import DataError
+    from mathrecipe.data.io import iter_jsonl_lines
 
-    rows = []
-    for i, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"--problems - (stdin), line {i}: not valid JSON ({e.msg}); give one object a line") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"--problems - (stdin), line {i}: each line must be a JSON object, got "
-                            f"{type(obj).__name__}")
-        rows.append(obj)
-    return rows
+    return [obj for _, obj in iter_jsonl_lines(stream, "--problems - (stdin)")]
 
 
 def read_problems(source: str, problem_column: str = "problem", answer_column: str = "answer",
