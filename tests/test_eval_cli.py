@@ -6,7 +6,7 @@ import time
 import pytest
 
 from mathrecipe.cli import build_parser, main
-from mathrecipe.evaluate import run as run_mod
+from mathrecipe.evaluate import generation as gen_mod
 from mathrecipe.evaluate.generation import Completion, HFGenerator
 
 
@@ -27,11 +27,11 @@ def _rows(out):
 
 
 class Counting:
-    """Wraps run.make_generator: records every prompt generated."""
+    """Wraps generation.make_generator: records every prompt generated."""
 
     def __init__(self, monkeypatch, script=None):
         self.prompts = []
-        real = run_mod.make_generator
+        real = gen_mod.make_generator
         counter = self
 
         def make(backend, model, tokenizer, **kw):
@@ -45,7 +45,7 @@ class Counting:
             gen.generate = generate
             return gen
 
-        monkeypatch.setattr(run_mod, "make_generator", make)
+        monkeypatch.setattr(gen_mod, "make_generator", make)
 
 
 class Scripted(HFGenerator):
@@ -188,7 +188,7 @@ def test_bad_arguments_fail_first_in_one_line(args, message, tiny_model_dir, ben
     def never(*a, **k):
         raise AssertionError("a model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(run_mod, "make_generator", never)
+    monkeypatch.setattr(gen_mod, "make_generator", never)
     out = tmp_path / "o"
     assert _eval(tiny_model_dir, bench_file, out, *args) == 2
     err = capsys.readouterr().err
@@ -218,7 +218,7 @@ def test_a_failed_run_does_not_bind_the_folder(tiny_model_dir, bench_file, tmp_p
     def broken(*a, **k):
         raise MathRecipeError("cannot load the model")
 
-    monkeypatch.setattr(run_mod, "make_generator", broken)
+    monkeypatch.setattr(gen_mod, "make_generator", broken)
     out = tmp_path / "o"
     assert _eval(tiny_model_dir, bench_file, out, "--seed", "1") == 2
     monkeypatch.undo()

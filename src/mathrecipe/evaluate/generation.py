@@ -353,6 +353,23 @@ def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size:
     return HFGenerator(model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib)
 
 
+def open_generator(backend: str, model: str, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
+                   seed: int = 0) -> tuple[Any, Generator]:
+    """(tokenizer, generator) for a saved folder or hub id, as the ``eval`` and ``solve`` commands load it: a folder
+    without weights or tokenizer files, an unknown hub id or architecture is one line naming ``--model``."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        return tokenizer, make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
+                                         seed=seed)
+    except MathRecipeError:
+        raise
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MathRecipeError(f"--model {model}: cannot be loaded ({first})") from e
+
+
 def answer_token_offsets(token_ids: Sequence[int], char_ends: Sequence[int], tokenizer: Any) -> list[int]:
     """For each character offset e of the completion's text (where an answer closes), how many tokens it takes to
     reach it: the smallest k whose decoded prefix ids[:k] holds at least e characters.

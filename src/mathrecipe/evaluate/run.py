@@ -28,7 +28,7 @@ from mathrecipe.evaluate.generation import (
     VLLMMissing,
     check_backend,
     check_batch_size,
-    make_generator,
+    open_generator,
     prompt_ids,
 )
 from mathrecipe.evaluate.metrics import summarize
@@ -187,17 +187,7 @@ def run_eval(
     todo = [(name, p) for name, probs, _ in loaded for p in probs if (name, str(p["id"])) not in done]
 
     if todo:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model)
-            gen = make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
-                                 seed=settings.seed)
-        except MathRecipeError:
-            raise
-        except (OSError, ValueError) as e:  # no such hub id, no weights or tokenizer files in the folder
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MathRecipeError(f"--model {model}: cannot be loaded ({first})") from e
+        tokenizer, gen = open_generator(backend, model, batch_size, kv_cache_gib, settings.seed)
         grader = default_grader()
         total = sum(samples_of[name] for name, _ in todo)
         with tqdm(total=total, desc="eval", unit="sample", disable=not progress) as bar:

@@ -158,21 +158,12 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
     The global budget (``options.time_budget_s``) runs from ``started_at`` (default: now), so loading counts.
     """
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
-    from mathrecipe.evaluate.generation import make_generator
+    from mathrecipe.evaluate.generation import open_generator
 
     started_at = time.monotonic() if started_at is None else started_at
     out = Path(out_dir)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        gen = make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
-                             seed=settings.seed)
-    except MathRecipeError:
-        raise
-    except (OSError, ValueError) as e:  # no weights or tokenizer files in the folder, an unknown architecture
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MathRecipeError(f"--model {model}: cannot be loaded ({first})") from e
+    tokenizer, gen = open_generator(backend, model, batch_size, kv_cache_gib, settings.seed)
     solver = Solver(gen, tokenizer, settings, options, system_prompt=system_prompt, started_at=started_at)
     results: list[ProblemResult] = []
     out.mkdir(parents=True, exist_ok=True)
