@@ -16,6 +16,7 @@ from mathrecipe.evaluate.generation import (
     kv_bytes_per_token,
     make_generator,
     prompt_ids,
+    static_cache_bytes,
 )
 from mathrecipe.prompts import render_prompt
 
@@ -62,6 +63,27 @@ def test_greedy_batched_equals_one_at_a_time(tiny):
     batched = HFGenerator(model, tok, batch_size=8).generate(ids, s)
     single = [HFGenerator(model, tok, batch_size=1).generate([p], s)[0] for p in ids]
     assert [b[0].token_ids for b in batched] == [x[0].token_ids for x in single]
+
+
+def test_cpu_uses_a_static_cache_only_when_it_fits_the_kv_budget(tiny, monkeypatch):
+    model, tok = tiny
+    ids = prompt_ids(tok, PROBLEMS)
+    s = SamplingSettings(samples=2, temperature=0.0, max_new_tokens=10)
+    seen = []
+    real = model.generate
+
+    def recording(**kw):
+        seen.append(kw.get("cache_implementation"))
+        return real(**kw)
+
+    monkeypatch.setattr(model, "generate", recording)
+    fits = HFGenerator(model, tok, batch_size=8).generate(ids, s)
+    width = max(map(len, ids))
+    need = static_cache_bytes(model.config, 4, 6, width + 10)
+    tight = HFGenerator(model, tok, batch_size=8, kv_cache_gib=0.5 * need / 2**30).generate(ids, s)
+    assert seen == ["static", None]
+    # the preallocated cache changes where the keys live, not what is generated
+    assert [[c.token_ids for c in cs] for cs in fits] == [[c.token_ids for c in cs] for cs in tight]
 
 
 def test_prompt_ids_are_the_rendered_prompt(tiny):

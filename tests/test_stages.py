@@ -1,5 +1,6 @@
 """Stage helpers: epoch selection, the GRPO collapse guard, device-aware precision, reward wiring."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -80,3 +81,15 @@ def test_liger_is_off_without_cuda_or_the_package():
 
     assert liger_supported("llama") is False  # CPU here (and liger-kernel is a GPU extra)
     assert liger_supported(None) is False
+
+
+def test_cpu_rollouts_use_a_static_cache_only_when_it_fits(tmp_path):
+    from mathrecipe.grpo import grpo_args
+    from mathrecipe.recipe import load_recipe
+
+    assert grpo_args(load_recipe(None), tmp_path)["cache_implementation"] == "static"  # the toy: ~0.3 GB
+    # the paper's 1.5B recipe with HF rollouts, 16 completions of 16k tokens: ~16 GB in fp32, the growing cache stays
+    root = Path(__file__).resolve().parents[1]
+    big = load_recipe(root / "recipes" / "paper" / "fast-math-r1-1.5b.yaml",
+                      ["grpo.backend=hf", "grpo.batch_size=16", "grpo.precision=auto"])
+    assert "cache_implementation" not in grpo_args(big, tmp_path)

@@ -760,9 +760,7 @@ def checkpointing_needed(recipe: Recipe, stage: str) -> bool:
     """Gradient checkpointing for ``stage`` ("sft"/"grpo") when the recipe leaves it unset (null) on a GPU: on only
     when the plan says the stage does not fit without it. Checkpointing recomputes every layer's forward (about a
     third more compute: 13.2k vs 15.1k tokens/s measured on an H200), so it is used only where memory needs it."""
-    import copy as _copy
-
-    trial = _copy.deepcopy(recipe)
+    trial = copy.deepcopy(recipe)
     getattr(trial, stage).gradient_checkpointing = False
     try:
         plan = check_fits(trial)

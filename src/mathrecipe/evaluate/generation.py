@@ -112,6 +112,11 @@ def auto_batch_size(config: Any, dtype_bytes: int, tokens_per_sequence: int, kv_
     return max(1, int(kv_cache_gib * 2**30 // per_seq))
 
 
+def static_cache_bytes(config: Any, dtype_bytes: int, batch: int, tokens_per_sequence: int) -> int:
+    """Bytes a preallocated KV cache takes: batch x tokens_per_sequence x :func:`kv_bytes_per_token`."""
+    return batch * tokens_per_sequence * kv_bytes_per_token(config, dtype_bytes)
+
+
 def default_kv_cache_gib(device: Any) -> float:
     """KV budget when none is set: on CUDA, GPU_KV_CACHE_SHARE of the device's free memory; elsewhere a fixed
     CPU_KV_CACHE_GIB."""
@@ -213,6 +218,16 @@ class HFGenerator:
         fits = auto_batch_size(self.model.config, p.element_size(), longest + settings.max_new_tokens, gib)
         return max(1, min(fits, len(prompts) * settings.samples))
 
+    def static_cache_fits(self, batch: int, tokens_per_sequence: int) -> bool:
+        """On CPU, generate with a preallocated (static) KV cache when its full size fits the KV budget: the default
+        cache grows by torch.cat every token (41 % of the toy's evaluation time; static: 1.64x faster at 160 new
+        tokens, the same tokens). On GPU, or when the full cache would not fit, the growing cache stays."""
+        p = next(self.model.parameters())
+        if p.device.type != "cpu":
+            return False
+        gib = self.kv_cache_gib if self.kv_cache_gib is not None else default_kv_cache_gib(p.device)
+        return static_cache_bytes(self.model.config, p.element_size(), batch, tokens_per_sequence) <= gib * 2**30
+
     def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
         import torch
@@ -234,10 +249,6 @@ class HFGenerator:
         if stop_strings:
             gen_kwargs.update(stop_strings=stop_strings, tokenizer=tok)
         device = next(model.parameters()).device
-        if device.type == "cpu":
-            # a preallocated KV cache: the default one grows by torch.cat every token (the toy's evaluation spent
-            # 40 % of its time there; static is ~1.6x faster, same tokens)
-            gen_kwargs["cache_implementation"] = "static"
         was_training = model.training
         model.eval()
         # a private random stream: evaluating between training epochs must not change training's
@@ -249,9 +260,11 @@ class HFGenerator:
                     width = max(len(prompts[i]) for i, _ in batch)
                     ids = [[tok.pad_token_id] * (width - len(prompts[i])) + list(prompts[i]) for i, _ in batch]
                     mask = [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch]
+                    cache = {"cache_implementation": "static"} if self.static_cache_fits(
+                        len(batch), width + settings.max_new_tokens) else {}
                     with torch.no_grad():
                         seqs = model.generate(input_ids=torch.tensor(ids, device=device),
-                                              attention_mask=torch.tensor(mask, device=device), **gen_kwargs)
+                                              attention_mask=torch.tensor(mask, device=device), **gen_kwargs, **cache)
                     for (i, j), row in zip(batch, seqs[:, width:].tolist()):
                         out[i][j] = _finish(row, stop_ids, stop_strings, tok)
                     if on_progress:
