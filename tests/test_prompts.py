@@ -1,6 +1,17 @@
+from types import SimpleNamespace
+
 import pytest
 
-from mathrecipe.prompts import SYSTEM_PROMPT, build_messages, grpo_example, render_prompt, sft_example
+from mathrecipe.prompts import (
+    SYSTEM_PROMPT,
+    build_messages,
+    describe_overlong,
+    grpo_example,
+    model_context,
+    overlong_prompts,
+    render_prompt,
+    sft_example,
+)
 
 
 def test_default_system_prompt_is_the_papers():
@@ -122,3 +133,19 @@ def test_inspect_json_shows_the_trained_reasoning(name, tmp_path, capsys):
     assert rec["sft"]["n_trained"] < rec["sft"]["n_tokens"]
     assert rec["train_dtype"]["params"] == "float32"
     assert set(rec) == {"sft", "grpo", "eval", "prompts_identical", "train_dtype"}
+
+
+
+def test_model_context_reads_the_config_key_transformers_uses():
+    assert model_context(SimpleNamespace(max_position_embeddings=2048)) == 2048
+    assert model_context(SimpleNamespace(n_positions=1024)) == 1024  # GPT-2 style
+    assert model_context(SimpleNamespace(text_config=SimpleNamespace(max_position_embeddings=4096))) == 4096
+    assert model_context(SimpleNamespace()) is None
+
+
+def test_overlong_prompts_counts_prompt_plus_budget():
+    # context 100: 60 + 40 fits exactly, 61 + 40 does not
+    assert overlong_prompts([60, 61, 10], 40, 100) == [1]
+    assert overlong_prompts([10**6], 40, None) == []
+    line = describe_overlong("eval", ["p7"], [61], 40, 100, "raise it")
+    assert "row p7 (61 prompt tokens)" in line and "100" in line and "\n" not in line

@@ -152,3 +152,39 @@ def sft_example(problem: str, response: str, system_prompt: str | None = SYSTEM_
 def grpo_example(problem: str, answer: str, system_prompt: str | None = SYSTEM_PROMPT) -> dict[str, Any]:
     """A TRL conversational GRPO row: the prompt messages and the gold answer for the rewards."""
     return {"prompt": build_messages(problem, system_prompt), "answer": answer}
+
+
+# ------------------------------------------------------------------------------------------ context length
+
+# config attributes that hold a model's context window, in the order transformers' own configs use them
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def model_context(config: Any) -> int | None:
+    """The model's context window in tokens (prompt + completion), read off its config; None when it sets none."""
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    text = getattr(config, "text_config", None)  # multimodal configs nest the language model's
+    return model_context(text) if text is not None and text is not config else None
+
+
+def overlong_prompts(prompt_lengths: Sequence[int], max_new_tokens: int, context: int | None) -> list[int]:
+    """Indices of prompts that cannot fit: prompt tokens + ``max_new_tokens`` > ``context`` (none when unknown).
+
+    A prompt past the model's positions makes generation produce garbage (or, for a 5 MB problem, run out of
+    memory); one that leaves fewer than ``max_new_tokens`` positions cuts every answer short of its budget.
+    """
+    if context is None:
+        return []
+    return [i for i, n in enumerate(prompt_lengths) if n + max_new_tokens > context]
+
+
+def describe_overlong(where: str, rows: Sequence[Any], prompt_lengths: Sequence[int], max_new_tokens: int,
+                      context: int, fix: str) -> str:
+    """One line naming how many prompts do not fit, the first row, and the fix. ``rows`` are row labels (ids or
+    1-based row numbers) of the over-long prompts, ``prompt_lengths`` their lengths."""
+    first = f"{rows[0]} ({prompt_lengths[0]} prompt tokens)" if rows else ""
+    return (f"{where}: {len(rows)} prompt(s) + max_new_tokens={max_new_tokens} exceed the model's context of "
+            f"{context} tokens (first: row {first}); {fix}")
