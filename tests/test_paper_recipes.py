@@ -264,3 +264,59 @@ def test_grpo_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
                                      recipe.rewards.length_weight, 0.0]
 
 
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if load_recipe(PAPER / n).sft.enabled])
+def test_paper_sft_checkpoints_resume_under_deepspeed(name, monkeypatch, tmp_path, tiny_model_dir):
+    """17.2: under DeepSpeed, transformers resumes only through deepspeed_load_checkpoint, which loads the engine's
+    own state (global_step*/: fp32 master weights, optimizer) and fails without it. Run the Trainer's real
+    checkpoint save and resume path with the recipe's SFT arguments and a stand-in engine that writes and reads
+    that folder as DeepSpeed does: the checkpoint must be resumable, the HF scheduler included. (DeepSpeed itself is
+    not installed here: its config is dropped from the arguments and the engine stands in for it.)"""
+    import torch
+    import transformers.trainer as trainer_mod
+    import trl
+    from accelerate.utils.deepspeed import DeepSpeedSchedulerWrapper
+    from transformers import AutoModelForCausalLM, Trainer
+    from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+
+    recipe = load_recipe(PAPER / name, CPU + ["sft.optim=adamw_torch"])  # 8-bit paged Adam needs a GPU
+    assert load_recipe(PAPER / name).sft.deepspeed  # the combination under test: the recipe runs under DeepSpeed
+    kwargs = _trl_kwargs(monkeypatch, "sft", recipe, tmp_path)
+
+    class Engine:  # deepspeed.DeepSpeedEngine's checkpoint files, as transformers sees them
+        global_steps = 0
+
+        def save_checkpoint(self, save_dir, tag=None, client_state=None, save_latest=True,
+                            exclude_frozen_parameters=False):
+            tag = tag or f"global_step{self.global_steps}"
+            Path(save_dir, tag).mkdir(parents=True)
+            Path(save_dir, tag, "mp_rank_00_model_states.pt").write_bytes(b"state")
+            Path(save_dir, "latest").write_text(tag)
+
+        def load_checkpoint(self, load_dir, **kw):
+            tag = Path(load_dir, "latest").read_text()
+            return (str(Path(load_dir, tag)) if Path(load_dir, tag).is_dir() else None), {}
+
+    def deepspeed_trainer():
+        t = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=trl.SFTConfig(**kwargs))
+        t.create_optimizer_and_scheduler(num_training_steps=20)
+        t.is_deepspeed_enabled = True
+        t.model_wrapped = t.deepspeed = Engine()
+        # ZeRO-3 gathers the 16-bit weights through the engine; here the plain model's weights stand in for them
+        monkeypatch.setattr(t, "save_model", lambda output_dir=None, _internal_call=False: t._save(output_dir))
+        return t
+
+    monkeypatch.setattr(trainer_mod, "DeepSpeedSchedulerWrapper", DeepSpeedSchedulerWrapper, raising=False)
+    trainer = deepspeed_trainer()
+    for _ in range(7):
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    trainer.state.global_step = trainer.model_wrapped.global_steps = 7
+    trainer._save_checkpoint(trainer.model, trial=None)
+    ckpt = tmp_path / "sft" / "checkpoint-7"
+    resumed = deepspeed_trainer()
+    deepspeed_load_checkpoint(resumed.model_wrapped, str(ckpt))  # raises "Can't find a valid checkpoint" without it
+    resumed._load_optimizer_and_scheduler(str(ckpt))
+    assert resumed.lr_scheduler.last_epoch == 7  # the schedule continues at the saved step
+    assert isinstance(resumed.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)

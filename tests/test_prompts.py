@@ -149,3 +149,40 @@ def test_overlong_prompts_counts_prompt_plus_budget():
     assert overlong_prompts([10**6], 40, None) == []
     line = describe_overlong("eval", ["p7"], [61], 40, 100, "raise it")
     assert "row p7 (61 prompt tokens)" in line and "100" in line and "\n" not in line
+
+
+OPENED = "Wait, 45 - 12 = 33, then 33 + 30 = 63.\n\\boxed{63}\n</think>\nThe answer is \\boxed{63}."
+
+
+@pytest.mark.parametrize("trace", [f"<think>{OPENED}", f"<think>\n{OPENED}", f"<think>\n\n{OPENED}",
+                                   f"\n<think> {OPENED}"])
+def test_r1_distill_prompt_opens_the_reasoning_once_however_the_trace_opens_it(trace):
+    """17.7b: R1-Distill's generation prompt ends with ``<think>\\n``. A trace's own ``<think>`` (with a newline, none,
+    or more whitespace around it) is the same opening: the row holds ``<think>`` once, and the trained span starts
+    at the reasoning itself, as the model continues after the prompt at inference."""
+    from conftest import make_template_tokenizer
+
+    from mathrecipe.prompts import sft_tokens, turn_format
+
+    tok = make_template_tokenizer("deepseek_r1_distill")
+    fmt = turn_format(tok)
+    assert fmt.generation_prefix.endswith("<think>\n")
+    row = sft_tokens(tok, build_messages("Compute 45 - 12 + 30."), trace, fmt)
+    think = tok.convert_tokens_to_ids("<think>")
+    assert row["input_ids"].count(think) == 1  # the prompt's
+    trained = [t for t, m in zip(row["input_ids"], row["completion_mask"]) if m]
+    assert trained[-1] == fmt.end_id and tok.decode(trained[:-1]) == OPENED
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen2_5"])
+def test_a_template_that_opens_no_reasoning_trains_the_traces_think(name):
+    """Qwen's generation prompt opens no ``<think>``: the model writes it, so the trace is trained whole."""
+    from conftest import make_template_tokenizer
+
+    from mathrecipe.prompts import sft_tokens
+
+    tok = make_template_tokenizer(name)
+    trace = f"<think>{OPENED}"
+    row = sft_tokens(tok, build_messages("Compute 45 - 12 + 30."), trace)
+    trained = [t for t, m in zip(row["input_ids"], row["completion_mask"]) if m]
+    assert tok.decode(trained[:-1]) == trace

@@ -113,3 +113,45 @@ def test_total_reward_ranks_short_correct_first():
     ]
     assert total[0] > total[1]
     assert math.isfinite(sum(total))
+
+
+# The authors' format2 (kaggle-aimo2-fast-math-r1, finetune/grpo_rewards.py `format_reward2`), matched as they did.
+AUTHORS_FORMAT = r"^.*?oxed{(.*?)}.*?</think>.*?$"
+# mathrecipe's rule: an answer the grader extracts from the text before the first </think>
+CASES = {
+    "The sum is 5. \\boxed{} </think> The answer is 5.": 0.0,  # an empty box is no answer
+    "I am done. </think> So \\boxed{5} </think>": 0.0,  # after the first </think>: inference stopped there
+    "The sum is 5, so \\boxed 5 </think>": 1.0,  # LaTeX's one-token box: the grader reads 5
+    "The sum is 5, so \\fbox{5} </think>": 1.0,  # the grader's box too
+}
+
+
+def _readme_format_table() -> dict[str, tuple[float, float]]:
+    """{completion: (authors' regex, mathrecipe)} from the format-reward table of recipes/paper/README.md."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "paper" / "README.md").read_text()
+    rows = re.findall(r"^\| `([^`]+)` \| ([01]) \| ([01]) \|", text, re.MULTILINE)
+    return {c: (float(a), float(m)) for c, a, m in rows}
+
+
+@pytest.mark.parametrize("completion, expected", list(CASES.items()))
+def test_format_reward_on_the_completions_where_the_authors_regex_differs(completion, expected):
+    """17.7c: the rule is the authors' reason (inference stops at the first </think>, so an answer must stand before
+    it), read with the grader's extraction; on these four the authors' regex says the opposite."""
+    import re
+
+    assert format_reward([completion]) == [expected]
+    assert bool(re.match(AUTHORS_FORMAT, completion, re.DOTALL)) is (expected == 0.0)
+
+
+def test_paper_readme_lists_every_difference_from_the_authors_format_reward():
+    """Each listed completion scores as the README says under both rules, and the four differences are listed."""
+    import re
+
+    table = _readme_format_table()
+    assert set(CASES) <= set(table)
+    for completion, (authors, ours) in table.items():
+        assert float(bool(re.match(AUTHORS_FORMAT, completion, re.DOTALL))) == authors, completion
+        assert format_reward([completion]) == [ours], completion

@@ -113,14 +113,22 @@ def turn_format(tokenizer: Any) -> TurnFormat:
 
 
 def strip_opening(trace: str, generation_prefix: str) -> str:
-    """The trace without the part the generation prompt already wrote.
+    """The trace without the opening that the generation prompt already wrote.
 
-    The longest k such that the prefix ends with trace[:k] is cut, when that overlap has visible text (so a
-    ``<think>\\n`` already in ``<｜Assistant｜><think>\\n`` is not trained twice; a lone newline is left alone).
+    The opening is the longest tail of the prefix (its trailing whitespace aside) that starts with a tag (``<``),
+    such as ``<think>`` or ``<｜Assistant｜><think>``. When the trace, after any leading whitespace, starts with it,
+    that copy is cut with the whitespace before it, and with the whitespace after it when the prefix ends in
+    whitespace (which stands in for it; kept when the prefix ends without any). So under ``<｜Assistant｜><think>\\n`` the
+    traces ``<think>\\nWait``, ``<think>Wait`` and ``<think>\\n\\nWait`` all train ``Wait``, never a second
+    ``<think>``. A trace that does not start with the opening (``Wait``, a lone newline, ``<think>`` under a prefix
+    that opens none) is kept whole.
     """
-    for k in range(min(len(trace), len(generation_prefix)), 0, -1):
-        if generation_prefix.endswith(trace[:k]):
-            return trace[k:] if trace[:k].strip() else trace
+    head = generation_prefix.rstrip()
+    body = trace.lstrip()
+    for start in range(len(head)):  # the longest opening first
+        if head[start] == "<" and body.startswith(head[start:]):
+            rest = body[len(head) - start:]
+            return rest.lstrip() if len(head) < len(generation_prefix) else rest
     return trace
 
 

@@ -113,7 +113,7 @@ class SFTConfig:
     select: Literal["last", "best"] = "last"  # which epoch GRPO starts from: the last, or best dev-set accuracy
     eval_each_epoch: bool = True
     save_steps: int | None = None  # extra resume points within an epoch (a checkpoint is always saved per epoch)
-    save_only_model: bool = False  # true: smaller checkpoints, but a resumed run restarts optimizer and scheduler
+    save_only_model: bool = False  # true: weights only; a resume restarts the optimizer (not the LR schedule)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
     # None: off on CPU (2.4x slower there); on a GPU, on only when `mathrecipe plan` says the stage needs it
     gradient_checkpointing: bool | None = None
@@ -442,6 +442,19 @@ def validate(r: Recipe) -> None:
          "sft.select=best needs dev problems apart from the reported ones: set data.toy.n_dev >= 1")
     need(0 < g.vllm_gpu_memory_utilization < 1,
          f"grpo.vllm_gpu_memory_utilization must be in (0, 1), got {g.vllm_gpu_memory_utilization}")
+    # transformers writes DeepSpeed's state (global_step*/: fp32 master weights, optimizer, scheduler) only without
+    # save_only_model, and its resume under DeepSpeed loads nothing else: deepspeed_load_checkpoint raises "Can't
+    # find a valid checkpoint", so every interrupted run would fail on rerun.
+    need(not (r.sft.deepspeed and r.sft.save_only_model),
+         f"sft.save_only_model=true with sft.deepspeed={r.sft.deepspeed}: DeepSpeed resumes only from its own "
+         "full state (global_step*/), which save_only_model never saves, so an interrupted run could not resume; "
+         "set sft.save_only_model=false")
+    # bfd_split equals bfd when every row fits sft.max_length; when one does not, it packs the row's tail as a
+    # document of its own: trained without the problem in view
+    need(not (r.sft.packing and r.sft.extra.get("packing_strategy") == "bfd_split"),
+         "sft.extra.packing_strategy=bfd_split trains the tail of a row longer than sft.max_length as a separate "
+         "document without its prompt; use bfd (TRL's default: over-long rows are refused before training) or "
+         "wrapped (the paper's)")
     check_extra(r.sft.extra, SFT_OWNED, "sft")
     check_extra(r.grpo.extra, GRPO_OWNED, "grpo")
     h = r.health

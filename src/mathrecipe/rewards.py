@@ -39,7 +39,12 @@ def completion_text(completion: Any) -> str:
 
 
 def boxed_before_think(text: str) -> bool:
-    """The paper's format rule: a complete ``\\boxed{...}`` stands before ``</think>`` (so inference can stop there)."""
+    """The paper's format rule, stated by its reason (inference stops at ``</think>``, so the answer must stand
+    before it): the text before the FIRST ``</think>`` holds an answer the grader extracts
+    (:func:`mathrecipe.grading.extract_answer`: the last complete, non-empty ``\\boxed{}``, ``\\fbox{}`` or
+    ``\\boxed 5``). Unlike the authors' regex ``^.*?oxed{(.*?)}.*?</think>.*?$``, an empty box or a box after the
+    first ``</think>`` earns nothing, and ``\\boxed 5`` / ``\\fbox{5}`` count (recipes/paper/README.md lists why).
+    """
     end = text.find(THINK_END)
     if end < 0:
         return False
@@ -120,7 +125,7 @@ def _correctness(grader: Grader | None, completions: Sequence[Any], answer: Sequ
 
 
 def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """1.0 when a ``\\boxed{...}`` answer stands before ``</think>``, else 0.0."""
+    """1.0 when an answer stands before the first ``</think>`` (:func:`boxed_before_think`), else 0.0."""
     return [1.0 if boxed_before_think(completion_text(c)) else 0.0 for c in completions]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,12 @@ def tokenize_sft(ds: Any, tokenizer: Any, num_proc: int | None = None) -> Any:
 def check_lengths(tokenized: Any, max_length: int | None, path: str | Path, packing_strategy: str | None = None) -> None:
     """Refuse rows longer than ``sft.max_length``: TRL would cut them and lose the answer and the end token.
 
-    Packing strategies that split long rows across blocks (``wrapped``, ``bfd_split``) lose no tokens, so they pass;
-    no packing and ``bfd`` (TRL's default) truncate."""
-    if max_length is None or packing_strategy in ("wrapped", "bfd_split"):
+    Only ``wrapped`` packing (the paper's: concatenate every row, cut fixed blocks) passes them: it drops no token, and
+    cutting rows at block edges is what it does to every row anyway. No packing and ``bfd`` (TRL's default) truncate
+    a long row; ``bfd_split`` keeps its tail but packs it as a document of its own (its own ``seq_lengths`` entry,
+    positions from 0, attention only within it), so the model would learn to write the answer and the end token
+    without seeing the problem (recipe.validate refuses it before this)."""
+    if max_length is None or packing_strategy == "wrapped":
         return
     lengths = [len(x) for x in tokenized["input_ids"]]
     over = [n for n in lengths if n > max_length]
@@ -140,20 +144,69 @@ def _model_type(recipe: Recipe) -> str | None:
 # --------------------------------------------------------------------------------------------- callbacks
 
 
-class EpochEval(TrainerCallback):
-    """After every epoch: evaluate on the held-out problems (and the dev problems when selecting the best epoch),
-    append the row to ``epochs.jsonl``, and force a checkpoint.
+class ContinueSchedule(TrainerCallback):
+    """Resume the learning-rate schedule where it stopped when the checkpoint holds no scheduler state.
 
-    Every rank evaluates its share of the problems (rank-aware evaluation); rank 0 writes the files.
+    A weights-only checkpoint (``sft.save_only_model``) has no ``scheduler.pt``: transformers' resume then loads the
+    weights and the trainer state (global step S, data position) but keeps the fresh scheduler it just built, at step
+    0, so step S+1 would train at lr(0) and the whole schedule would run again. A fresh scheduler (``last_epoch``
+    0) behind a resumed step S is stepped S times here, before the first update: step S+1 trains at lr(S), as in an
+    uninterrupted run. A restored scheduler (full-state checkpoint) is already at S and is left alone.
+    """
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None, **kw: Any) -> None:
+        import torch
+
+        if (state.global_step > 0 and isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+                and not isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+                and lr_scheduler.last_epoch == 0):
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore")
+                for _ in range(state.global_step):
+                    lr_scheduler.step()
+            log.info("SFT: weights-only checkpoint; learning-rate schedule continued at step %d", state.global_step)
+
+
+def _epoch_end(state: Any) -> int | None:
+    """The epoch that ends at the trainer's current step, or None mid-epoch: at an epoch's last update transformers
+    sets ``state.epoch = e + steps_in_epoch / steps_in_epoch``, a whole number."""
+    epoch = state.epoch
+    if epoch is None or epoch < 1 or abs(epoch - round(epoch)) > 1e-6:
+        return None
+    return int(round(epoch))
+
+
+class EpochEval(TrainerCallback):
+    """After every epoch: make sure its checkpoint is saved, THEN evaluate on the held-out problems (and the dev
+    problems when selecting the best epoch) and write the epoch's row to ``epochs.jsonl``.
+
+    Save first, so a kill during the evaluation loses the evaluation only, not the epoch's training: the rerun
+    resumes from that checkpoint and evaluates it before training on (``on_train_begin``). The row is written only
+    once its checkpoint is complete, and ``epochs.jsonl`` is rewritten whole (atomically) from one row per epoch,
+    so a failed save, a kill or a resume can never leave a duplicate or a row without its checkpoint.
+
+    Must run after :class:`mathrecipe.checkpoints.CompleteMarker` (list it later in the callbacks): the row follows
+    the marker. Every rank evaluates its share of the problems (rank-aware evaluation); rank 0 writes the files.
     """
 
     def __init__(self, recipe: Recipe, tokenizer: Any, problems: list[dict[str, Any]],
                  dev: list[dict[str, Any]] | None, out: Path) -> None:
         self.recipe, self.tokenizer, self.problems, self.dev, self.out = recipe, tokenizer, problems, dev, out
         self.epochs: dict[int, dict[str, Any]] = {r["epoch"]: r for r in read_jsonl_rows(out / EPOCHS_FILE)}
+        self.pending: int | None = None  # the global step whose epoch waits for its checkpoint
+        self.saved_step: int | None = None  # the step of the last checkpoint saved in this run
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        epoch = int(round(state.epoch))
+    def keep_rows_up_to(self, step: int | None, is_main: bool) -> None:
+        """Drop rows of steps after ``step`` (None: all), left by an earlier attempt whose checkpoints did not
+        survive, and rewrite the file so it never lists them."""
+        self.epochs = {e: r for e, r in self.epochs.items() if step is not None and r["step"] <= step}
+        if is_main:
+            self._write()
+
+    def _write(self) -> None:
+        write_jsonl([self.epochs[e] for e in sorted(self.epochs)], self.out / EPOCHS_FILE)
+
+    def _evaluate(self, state: Any, model: Any, epoch: int) -> None:
         row: dict[str, Any] = {"epoch": epoch, "step": state.global_step,
                                "checkpoint": str(self.out / f"checkpoint-{state.global_step}")}
         if self.recipe.sft.eval_each_epoch:
@@ -172,9 +225,29 @@ class EpochEval(TrainerCallback):
                      summary["mean_tokens"])
         self.epochs[epoch] = row
         if state.is_world_process_zero:
-            with (self.out / EPOCHS_FILE).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        control.should_save = True  # one checkpoint per epoch, also when save_steps adds more
+            self._write()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        # resumed from an epoch's checkpoint whose evaluation was interrupted: the model holds its weights now
+        epoch = _epoch_end(state) if state.global_step > 0 else None
+        if epoch is not None and epoch not in self.epochs:
+            self._evaluate(state, model, epoch)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        epoch = _epoch_end(state)
+        if epoch is None:
+            return
+        if self.saved_step == state.global_step:  # save_steps already saved (and marked) this step's checkpoint
+            self._evaluate(state, model, epoch)
+        else:
+            self.pending = state.global_step
+            control.should_save = True  # one checkpoint per epoch, also when save_steps adds more
+
+    def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        self.saved_step = state.global_step
+        if self.pending == state.global_step:
+            self.pending = None
+            self._evaluate(state, model, _epoch_end(state) or int(round(state.epoch)))
 
 
 def select_epoch(epochs: list[dict[str, Any]], how: str) -> dict[str, Any]:
@@ -214,14 +287,14 @@ def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: li
     check_lengths(dataset, s.max_length, data_path, config.packing_strategy if s.packing else None)
     resume = last_complete_checkpoint(out)
     epoch_eval = EpochEval(recipe, tokenizer, problems, dev if s.select == "best" else None, out)
-    if resume is None:
-        epoch_eval.epochs.clear()  # rows of an earlier, unfinished attempt without a checkpoint
-    else:
-        done = json.loads((resume / "trainer_state.json").read_text())["global_step"]
-        epoch_eval.epochs = {e: r for e, r in epoch_eval.epochs.items() if r["step"] <= done}
+    done = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else None
+    # rows of an earlier attempt past the resume point (or all, starting afresh) belong to no checkpoint
+    epoch_eval.keep_rows_up_to(done, config.process_index == 0)
+    if resume is not None:
         log.info("SFT: resuming from %s", resume)
+    # CompleteMarker before EpochEval: an epoch is evaluated only once its checkpoint is marked complete
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[epoch_eval, CompleteMarker()])
+                         callbacks=[CompleteMarker(), epoch_eval, ContinueSchedule()])
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     epochs = [epoch_eval.epochs[e] for e in sorted(epoch_eval.epochs)]
     chosen = select_epoch(epochs, s.select)
