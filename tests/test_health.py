@@ -57,13 +57,63 @@ def test_step_values_come_from_the_trainer_buffers_once_each():
     assert m.steps[-1] == {"step": 2, "kl": 0.5}
 
 
+def test_a_run_shorter_than_the_window_is_judged_at_the_end_over_its_steps():
+    m = _monitor()  # health.window=10
+    _feed(m, [{"truncation": 1.0, "zero_std_groups": 1.0, "entropy": 1.0}] * 3)
+    assert m.alarms == {}  # during training an alarm waits for a full window
+    m.finish()
+    assert {"truncation", "zero_variance"} <= set(m.alarms)
+    assert m.alarms["truncation"]["steps_judged"] == 3 and "fewer than health.window=10" in m.alarms["truncation"][
+        "message"]
+    j = m.judged(total_steps=3)
+    assert j["short"] and j["steps"] == 3 and j["missing_steps"] == []
+    quiet = _monitor()
+    _feed(quiet, [{"truncation": 0.0, "zero_std_groups": 0.0}] * 3)
+    quiet.finish()
+    assert quiet.alarms == {}
+
+
+def test_the_report_says_plainly_what_could_not_be_judged():
+    from mathrecipe.report import render_markdown
+
+    grpo = {"steps": 4, "health": {"steps": [], "alarms": [], "judged": _monitor().judged(total_steps=4)}}
+    md = render_markdown({"grpo": grpo})
+    assert "Nothing could be judged: none of the 4 GRPO steps has a health record" in md
+    assert "None (truncation" not in md
+
+
+def test_health_is_saved_in_each_checkpoint_and_restored_on_resume(tmp_path):
+    """on_save writes the rows so far into the checkpoint; restore keeps the rows up to its step (a row written
+    after the save, lost in a kill, is trained again), the alarms raised by then, and so the entropy baseline."""
+    from mathrecipe.grpo import HEALTH_FILE
+
+    m = _monitor("health.window=2")
+    _feed(m, [{"truncation": 0.9, "entropy": 2.0}, {"truncation": 0.9, "entropy": 2.5}])
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    m.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=2, is_world_process_zero=True),
+              None)
+    m.steps.append({"step": 3, "truncation": 0.1, "entropy": 9.0})  # after the save: lost in a kill
+    back = _monitor("health.window=2")
+    back.restore(ckpt)
+    assert back.steps == m.steps[:2] and set(back.alarms) == {"truncation"} and back.restored_from == str(ckpt)
+    assert json.loads((ckpt / HEALTH_FILE).read_text())["steps"][0]["entropy"] == 2.0
+    old = tmp_path / "checkpoint-4"
+    old.mkdir()  # saved by a version without health files
+    legacy = _monitor()
+    legacy.restore(old)
+    assert legacy.steps == [] and legacy.judged(total_steps=6)["missing_steps"] == [1, 2, 3, 4, 5, 6]
+
+
 @pytest.mark.slow
-def test_short_completions_raise_the_truncation_alarm(tmp_path):
+def test_short_completions_raise_the_truncation_alarm_on_a_run_shorter_than_the_window(tmp_path):
     from mathrecipe.cli import main
 
     out = tmp_path / "run"
+    # 3 steps against the default health.window of 10: judged at the end over the 3 steps that ran
+    assert load_recipe(None).health.window == 10
     assert main(["-q", "run", f"output_dir={out}", *TINY, "grpo.max_steps=3", "grpo.max_completion_length=4",
-                 "rewards.cosine.max_len=4", "health.window=2"]) == 0
+                 "rewards.cosine.max_len=4"]) == 0
     report = json.loads((out / "report.json").read_text())
     health = report["grpo"]["health"]
     assert len(health["steps"]) == report["grpo"]["steps"]
@@ -72,26 +122,36 @@ def test_short_completions_raise_the_truncation_alarm(tmp_path):
     md = (out / "report.md").read_text()
     assert "**truncation**" in md and "grpo.max_completion_length" in md
     assert "**zero_variance**" in md  # every completion cut at 4 tokens: equal rewards, no learning signal
+    assert health["judged"]["short"] and "fewer than health.window=10" in md
 
 
 @pytest.mark.slow
-def test_collapse_guard_restores_the_last_checkpoint_before_the_trip(tmp_path):
+def test_collapse_guard_restores_the_newest_policy_outside_the_tripping_window(tmp_path):
+    """Step s's KL is measured with the policy after s - 1 updates (checkpoint-(s-1)). A warm-up of 2 steps makes
+    update 1 a zero step (lr x 0/2), so checkpoint-1 equals the start model (the reference) and steps 1 and 2 log
+    KL 0; update 2 moves the policy, step 3 measures it and trips max_kl=1e-9. The window (step 3) measured
+    checkpoint-2: the saved policy must be checkpoint-1, not checkpoint-2. (HF's "constant" schedule has no warm-up:
+    constant_with_warmup.)"""
+    from safetensors.torch import load_file
+
     from mathrecipe.cli import main
 
     out = tmp_path / "run"
-    # a briefly SFT-trained start varies its lengths, so GRPO moves the policy and the KL leaves 0 at step 2
+    # a briefly SFT-trained start varies its lengths, so the length rewards differ within groups and GRPO moves it
     args = [a for a in TINY if a != "sft.enabled=false"]
     assert main(["-q", "run", f"output_dir={out}", *args, "data.toy.n_sft=64", "sft.epochs=2", "sft.batch_size=8",
-                 "sft.learning_rate=3e-3", "sft.warmup_steps=0", "grpo.max_steps=4", "grpo.max_completion_length=48",
-                 "rewards.cosine.max_len=48", "grpo.learning_rate=1e-2", "grpo.max_kl=1e-9",
-                 "grpo.save_steps=1"]) == 0
+                 "sft.learning_rate=3e-3", "sft.warmup_steps=0", "grpo.max_steps=5", "grpo.max_completion_length=48",
+                 "rewards.cosine.max_len=48", "grpo.learning_rate=1e-2", "grpo.lr_scheduler=constant_with_warmup",
+                 "grpo.warmup_steps=2", "grpo.max_kl=1e-9", "grpo.save_steps=1"]) == 0
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
     stop = report["grpo"]["stopped_early"]
-    # step 1's policy equals the reference (KL 0); the first positive KL trips the guard at step 2
-    assert stop["step"] == 2 and stop["restored_step"] == 1
-    assert "step 1" in md and "Collapse guard stopped GRPO at step 2" in md
-    import filecmp
+    assert stop["step"] == 3 and stop["window_start"] == 2 and stop["restored_step"] == 1
+    assert "Collapse guard stopped GRPO at step 3" in md and "checkpoint 1" in md
 
-    assert filecmp.cmp(out / "grpo" / "checkpoint-1" / "model.safetensors",
-                       out / "grpo" / "final" / "model.safetensors", shallow=False)
+    def weights(folder):
+        return load_file(str(folder / "model.safetensors"))
+
+    final, ckpt1, ckpt2 = (weights(out / "grpo" / d) for d in ("final", "checkpoint-1", "checkpoint-2"))
+    assert all(final[k].equal(ckpt1[k]) for k in final)
+    assert any(not final[k].equal(ckpt2[k]) for k in final)  # the tripping policy is not the one kept

@@ -17,6 +17,13 @@ TINY = [
 ]
 
 
+def _error_line(stderr: str) -> str:
+    """The one ``mathrecipe: error:`` line a refused command prints (progress bars aside), and no traceback."""
+    lines = [x for x in stderr.splitlines() if x.startswith("mathrecipe: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    return lines[0]
+
+
 @pytest.mark.slow
 def test_run_all_stages_writes_report(tmp_path, capsys):
     out = tmp_path / "run"
@@ -66,6 +73,86 @@ def test_grpo_stage_alone_from_a_checkpoint(tmp_path, tiny_model_dir):
     report = json.loads((out / "report.json").read_text())
     assert "sft" not in report and report["grpo"]["steps"] == 2
     assert report["start"]["name"] == "start model" and "accuracy" in report["start"]
+    # the effect verdicts' thresholds are the toy task's: not judged on other data unless the recipe asks
+    assert "verdicts" not in report and "Verdict" not in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_grpo_from_the_runs_own_sft_checkpoint_continues_the_run(tmp_path, capsys):
+    """The README's stage-by-stage path: `sft`, then `grpo ... model.name_or_path=OUT/sft/checkpoint-N` on the same
+    output_dir adds the GRPO stage (no conflict); --restart refuses to delete the model it would start from."""
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if not a.startswith("grpo.max_steps")] + ["grpo.max_steps=1", "data.toy.n_sft=16"]
+    assert main(["-q", "sft", f"output_dir={out}", *tiny]) == 0
+    ckpts = sorted((out / "sft").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    first, last = ckpts[0], ckpts[-1]  # epochs 1 and 2; `run` would start GRPO from the last
+    capsys.readouterr()
+    assert main(["-q", "grpo", f"output_dir={out}", *tiny, f"model.name_or_path={first}"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert [e["epoch"] for e in report["sft"]["epochs"]] == [1, 2] and report["reused"] == ["sft"]
+    assert report["start"]["name"] == "SFT epoch 1" and report["grpo"]["steps"] == 1
+    assert report["grpo"]["start_model"] == str(first)
+    assert load_recipe(out / "recipe.yaml").model.name_or_path == "toy"  # the run keeps its own start
+    # the toy measures the paper's effects: the verdict is in the report, printed once
+    assert report["verdicts"] and printed.count("effect 2 (GRPO shortens") == 1
+    # --restart would delete sft/checkpoint-N, the model it was told to start from: refused, nothing deleted
+    assert main(["-q", "grpo", f"output_dir={out}", *tiny, f"model.name_or_path={first}", "--restart"]) == 2
+    err = capsys.readouterr().err
+    err = _error_line(err)
+    assert f"--restart would delete {out}" in err and f"model.name_or_path={first}" in err
+    assert (first / "model.safetensors").is_file()
+    # the whole run would start GRPO from the last epoch: this output_dir's GRPO started elsewhere
+    assert main(["-q", "run", f"output_dir={out}", *tiny]) == 2
+    assert f"holds GRPO started from {first.resolve()}" in _error_line(capsys.readouterr().err)
+    assert last.is_dir()
+
+
+def test_a_local_model_path_that_is_gone_is_never_sent_to_the_hub(tmp_path):
+    from mathrecipe.errors import MathRecipeError
+    from mathrecipe.modeling import load_tokenizer
+    from mathrecipe.pipeline import prepare_data
+
+    gone = tmp_path / "run" / "sft" / "checkpoint-2"
+    with pytest.raises(MathRecipeError, match="no such file or folder"):
+        load_tokenizer(str(gone), load_recipe(None).model)
+    with pytest.raises(MathRecipeError, match="no such file or folder"):  # the toy data step counts tokens with it
+        prepare_data(load_recipe(None, ["data.toy.n_sft=8", "data.toy.n_test=2", "data.toy.n_rl=8"]),
+                     tmp_path / "data", str(gone))
+
+
+def test_grpo_prompts_longer_than_the_context_are_refused_before_training(tmp_path, capsys, tiny_model_dir):
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
+    grpo = tmp_path / "grpo.jsonl"
+    rows = [{"prompt": "Compute 10 + 10.", "answer": "20"}, {"prompt": "Compute 1 + 1. " * context, "answer": "2"}]
+    grpo.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"problem": "Compute 10 + 10.", "answer": "20"}\n')
+    rc = main(["run", f"output_dir={tmp_path / 'o'}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
+               "sft.enabled=false", f"data.grpo_path={grpo}", f"data.eval_path={test}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    err = _error_line(err)
+    assert f"GRPO data {grpo}" in err and "1 prompt(s)" in err and "row 2 (" in err and f"context of {context}" in err
+    assert not (tmp_path / "o" / "grpo").exists()  # refused before any training
+
+
+def test_paged_rollouts_are_refused_where_trl_would_cast_the_fp32_masters_to_bf16(monkeypatch, capsys):
+    """TRL 1.16's continuous batching runs ``unwrapped_model.to(torch.bfloat16)`` before each generation when bf16 is
+    on (GRPOTrainer._generate_single_turn) and never casts back; on a GPU (bf16 compute) paged is refused before any
+    compute. On CPU (fp32 compute) TRL casts nothing and paged is allowed."""
+    import torch
+
+    from mathrecipe.grpo import check_backend_precision
+
+    check_backend_precision(load_recipe(None, ["grpo.backend=paged"]))  # CPU here: fp32, nothing cast
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert main(["run", "grpo.backend=paged", "sft.enabled=false"]) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert "grpo.backend=paged with bf16 compute" in err and "grpo.backend=hf" in err
 
 
 def test_cli_errors_name_the_culprit(tmp_path, capsys, tiny_model_dir):

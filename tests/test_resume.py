@@ -64,11 +64,12 @@ def test_kill_9_mid_sft_then_rerun_resumes(tmp_path):
     # a finished stage is not run again
     again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert again.returncode == 0
-    assert json.loads((out / "report.json").read_text())["resumed"]["sft"] == "finished earlier"
+    again_report = json.loads((out / "report.json").read_text())
+    assert again_report["reused"] == ["sft"] and again_report["resumed"] == report["resumed"]  # the real checkpoint
 
 
 @pytest.mark.slow
-def test_kill_9_mid_grpo_then_rerun_continues_at_the_right_step_and_lr(tmp_path):
+def test_kill_9_mid_grpo_then_rerun_continues_at_the_right_step_lr_and_health(tmp_path):
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
@@ -94,6 +95,21 @@ def test_kill_9_mid_grpo_then_rerun_continues_at_the_right_step_and_lr(tmp_path)
         opt.step()
         sched.step()
     assert logged == pytest.approx(expected)  # the resumed steps continue the schedule where it stopped
+    # health: every step once, the steps before the resume restored from the checkpoint it resumed from
+    health = report["grpo"]["health"]
+    assert [r["step"] for r in health["steps"]] == [1, 2, 3, 4, 5, 6]
+    assert all({"mean_length", "truncation", "kl", "entropy", "reward_format"} <= set(r) for r in health["steps"])
+    saved = json.loads((Path(resumed) / "mathrecipe_health.json").read_text())["steps"]
+    assert health["steps"][: len(saved)] == saved
+    assert health["judged"]["missing_steps"] == [] and health["judged"]["restored_from"] == resumed
+    md = (out / "report.md").read_text()
+    assert "Resumed: sft from" not in md and f"grpo from {resumed}" in md
+    # a rerun of the finished run says where GRPO resumed, and that it was reused
+    again = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    again_report = json.loads((out / "report.json").read_text())
+    assert again_report["resumed"] == {"grpo": resumed} and again_report["reused"] == ["sft", "grpo"]
+    assert again_report["grpo"]["health"]["steps"] == health["steps"]
 
 
 def test_incomplete_checkpoint_is_skipped_with_a_log_line(tmp_path, caplog):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mathrecipe.grpo import CollapseGuard, build_rewards
+from mathrecipe.grpo import CollapseGuard, build_rewards, last_safe_step
 from mathrecipe.hardware import precision_kwargs
 from mathrecipe.recipe import load_recipe
 from mathrecipe.sft import select_epoch
@@ -28,15 +28,66 @@ def test_collapse_guard_stops_on_kl():
     control = SimpleNamespace(should_training_stop=False)
     guard.on_log(None, SimpleNamespace(global_step=10), control, logs={"kl": 0.1, "reward": 1.0})
     assert not control.should_training_stop and guard.stopped is None
-    guard.on_log(SimpleNamespace(logging_steps=10), SimpleNamespace(global_step=20), control, logs={"kl": 0.8})
+    guard.on_log(None, SimpleNamespace(global_step=20), control, logs={"kl": 0.8})
     assert control.should_training_stop
-    # the logged KL averages steps 11..20, so the last good policy is the one saved at step 10 or before
-    assert guard.stopped == {"step": 20, "window_start": 10, "reason": "kl 0.800 > grpo.max_kl 0.5"}
-    assert [h["step"] for h in guard.history] == [10, 20]
+    # the logged KL averages steps 11..20, measured with the policies after 10..19 updates
+    assert guard.stopped == {"step": 20, "window_start": 10, "reason": "kl 0.800 (mean of steps 11-20) > grpo.max_kl 0.5"}
+    assert last_safe_step(guard.stopped["window_start"]) == 9
     off = CollapseGuard(max_kl=None)
     control = SimpleNamespace(should_training_stop=False)
     off.on_log(None, SimpleNamespace(global_step=1), control, logs={"kl": 99.0})
     assert not control.should_training_stop
+
+
+def test_collapse_guard_window_follows_the_trainers_log_cadence():
+    """TRL 1.16 appends each micro-batch's KL to a buffer in ``_compute_loss`` (the forward pass of step s runs the
+    weights after s - 1 updates, i.e. checkpoint-(s-1)) and ``log`` averages and empties it: the Trainer logs every
+    logging_steps steps, and once more at the end of training. A resumed run starts with an empty buffer."""
+    guard = CollapseGuard(max_kl=0.5)
+    state, control = SimpleNamespace(global_step=4), SimpleNamespace(should_training_stop=False)
+    guard.on_train_begin(None, state, control)  # resumed from checkpoint-4, logging_steps=3
+    state.global_step = 6
+    guard.on_log(None, state, control, logs={"kl": 0.1})  # steps 5-6
+    state.global_step = 9
+    guard.on_log(None, state, control, logs={"kl": 0.1})  # steps 7-9
+    state.global_step = 10  # max_steps: the end-of-training log averages step 10 alone
+    guard.on_log(None, state, control, logs={"kl": 0.7, "train_runtime": 1.0})
+    assert guard.stopped["window_start"] == 9 and guard.stopped["step"] == 10
+    # step 10's KL measured checkpoint-9 (the policy after 9 updates): the newest policy outside is checkpoint-8
+    assert last_safe_step(9) == 8
+    fresh = CollapseGuard(max_kl=0.5)
+    fresh.on_train_begin(None, SimpleNamespace(global_step=0), control)
+    fresh.on_log(None, SimpleNamespace(global_step=1), control, logs={"kl": 0.9})
+    # the first step's KL is the start model's: nothing trained is outside the window; the start model is the
+    # reference itself (KL 0), always safe
+    assert fresh.stopped["window_start"] == 0 and last_safe_step(0) == 0
+
+
+def test_health_stop_on_a_per_step_kl_trips_the_guard_for_that_step_only():
+    """health.stop=true with logging_steps > 1: the health KL is per step (from the trainer's buffers), so a trip
+    at step 5 measured only checkpoint-4; checkpoint-3 is kept."""
+    from mathrecipe.grpo import Accuracy, HealthMonitor
+
+    recipe = load_recipe(None, ["health.stop=true", "grpo.max_kl=0.5", "grpo.logging_steps=4"])
+    guard = CollapseGuard(max_kl=0.5)
+    m = HealthMonitor(recipe, Accuracy(), guard)
+    buffers: dict = {"kl": []}
+    m.trainer = SimpleNamespace(_metrics={"train": buffers})
+    control = SimpleNamespace(should_training_stop=False)
+    guard.on_train_begin(None, SimpleNamespace(global_step=0), control)
+    for step, kl in enumerate([0.0, 0.1, 0.2, 0.3, 0.9], 1):
+        buffers["kl"].append(kl)
+        m.on_step_end(None, SimpleNamespace(global_step=step), control)
+        if step == 4:  # logging_steps=4: the logged mean (0.15) stays under max_kl; the buffer empties
+            assert not control.should_training_stop
+            for cb in (guard, m):
+                cb.on_log(None, SimpleNamespace(global_step=4), control, logs={"kl": 0.15})
+            buffers["kl"].clear()
+    assert control.should_training_stop and guard.stopped["step"] == 5
+    assert last_safe_step(guard.stopped["window_start"]) == 3
+    # the end-of-training log then averages step 5 alone: the same window, the same policy kept
+    guard.on_log(None, SimpleNamespace(global_step=5), control, logs={"kl": 0.9})
+    assert last_safe_step(guard.stopped["window_start"]) == 3
 
 
 def test_cpu_defaults_are_fp32_without_checkpointing():

@@ -35,16 +35,14 @@ def _load(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace, stages: tuple[str, ...] = ("sft", "grpo")) -> int:
     from mathrecipe.hardware import distributed_state
     from mathrecipe.pipeline import run
-    from mathrecipe.report import render_markdown, verdict_lines
+    from mathrecipe.report import render_markdown
 
     recipe = _load(args)
     report = run(recipe, stages, restart=args.restart)
     if distributed_state().is_main_process:
         out = recipe.output_dir
         print(f"\nReport: {out}/report.md  {out}/report.json  {out}/report.png")
-        print(render_markdown(report))
-        for line in verdict_lines(report):
-            print(line)
+        print(render_markdown(report))  # ends with the verdict, where the run measures one (recipe key verdicts)
     return 0
 
 

@@ -6,6 +6,7 @@ train (resumable; collapse guard; health per step) -> save -> report section.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import statistics
@@ -15,12 +16,18 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mathrecipe.checkpoints import CompleteMarker, checkpoint_step, last_complete_checkpoint
-from mathrecipe.data.io import check_system_prompt, load_table, require_columns, require_nonempty
-from mathrecipe.files import replace_dir
+from mathrecipe.data.io import DataError, check_system_prompt, load_table, require_columns, require_nonempty
+from mathrecipe.files import atomic_write_json, replace_dir
 from mathrecipe.grading import Grader, default_grader
 from mathrecipe.hardware import has_cuda, precision_kwargs
-from mathrecipe.modeling import load_model_and_tokenizer
-from mathrecipe.prompts import build_messages
+from mathrecipe.modeling import load_model_and_tokenizer, load_tokenizer, resolve_model
+from mathrecipe.prompts import (
+    build_messages,
+    describe_overlong,
+    messages_ids,
+    model_context,
+    overlong_prompts,
+)
 from mathrecipe.recipe import Recipe
 from mathrecipe.rewards import CosineReward, LengthPenalty, completion_text, format_reward
 
@@ -88,6 +95,7 @@ def grpo_args(recipe: Recipe, out: Path) -> dict[str, Any]:
 
         gc = checkpointing_needed(recipe, "grpo")
     prec = precision_kwargs(g.precision, gc)
+    check_backend_precision(recipe)
     kwargs: dict[str, Any] = dict(
         output_dir=str(out), per_device_train_batch_size=g.batch_size,
         gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
@@ -139,32 +147,54 @@ def _static_cache_fits(recipe: Recipe) -> bool:
 
 
 class CollapseGuard(TrainerCallback):
-    """Stops training when the logged KL to the reference passes ``max_kl``.
+    """Stops training when the logged KL to the reference passes ``max_kl``, and says which policy to keep.
 
     The paper's GRPO collapsed past ~60 steps and its authors picked an early checkpoint by hand; on the toy task a
-    too-high learning rate cut length but collapsed accuracy with KL peaking at 0.8. The logged KL is an average over
-    the last ``logging_steps`` steps, so the last good policy is the last checkpoint saved before that window:
-    :func:`run_grpo` restores it and the report names both steps.
+    too-high learning rate cut length but collapsed accuracy with KL peaking at 0.8.
+
+    What a logged KL measures (TRL 1.16 ``GRPOTrainer._compute_loss``): every micro-batch of optimizer step ``s``
+    (all gradient-accumulation passes, whatever ``steps_per_generation`` and ``num_iterations`` are) appends the KL
+    of its forward pass to a buffer, and that forward pass runs the weights after ``s - 1`` updates. ``log`` averages
+    the buffer and empties it; the Trainer logs every ``logging_steps`` steps and once more at the end. So a log at
+    step ``S`` whose previous log (or the resumed step) was ``W`` averages steps ``W+1..S``: the policies after
+    ``W..S-1`` updates, i.e. the ones saved as ``checkpoint-W .. checkpoint-(S-1)``. :func:`last_safe_step` names
+    the newest policy outside that window.
     """
 
     def __init__(self, max_kl: float | None) -> None:
         self.max_kl = max_kl
         self.stopped: dict[str, Any] | None = None
-        self.history: list[dict[str, float]] = []
+        self._last_log = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._last_log = state.global_step  # a resumed run starts with empty metric buffers at its checkpoint
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-        if not logs:
-            return
-        keep = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-        keep["step"] = state.global_step
-        self.history.append(keep)
-        kl = logs.get("kl")
-        if self.max_kl is not None and kl is not None and kl > self.max_kl and self.stopped is None:
-            window_start = max(0, state.global_step - args.logging_steps)
-            self.stopped = {"step": state.global_step, "window_start": window_start,
-                            "reason": f"kl {kl:.3f} > grpo.max_kl {self.max_kl}"}
-            log.warning("GRPO collapse guard: %s at step %d; stopping", self.stopped["reason"], state.global_step)
+        window_start, self._last_log = self._last_log, state.global_step
+        kl = (logs or {}).get("kl")
+        if self.max_kl is not None and kl is not None and kl > self.max_kl:
+            self.trip(state.global_step, window_start,
+                      f"kl {kl:.3f} (mean of steps {window_start + 1}-{state.global_step}) > grpo.max_kl {self.max_kl}")
             control.should_training_stop = True
+
+    def trip(self, step: int, window_start: int, reason: str) -> None:
+        """Record a trip at ``step`` by KL values of steps ``window_start+1..step`` (the first trip's reason is
+        kept; a second one at the same stop can only widen the window)."""
+        if self.stopped is None:
+            self.stopped = {"step": step, "window_start": window_start, "reason": reason}
+            log.warning("GRPO collapse guard: %s at step %d; stopping", reason, step)
+        else:
+            self.stopped["window_start"] = min(self.stopped["window_start"], window_start)
+
+
+def last_safe_step(window_start: int) -> int:
+    """The newest policy that no KL value of a tripping window measured: ``window_start - 1``.
+
+    The window holds steps ``window_start+1 .. trip``; step ``s``'s KL is measured with the policy after ``s - 1``
+    updates (``checkpoint-(s-1)``), so the window measured ``checkpoint-window_start`` onwards. 0 is the start
+    model, the reference itself (KL 0 by definition), always safe.
+    """
+    return max(0, window_start - 1)
 
 
 HEALTH_KEYS = {  # TRL 1.16 metric -> our name
@@ -173,20 +203,54 @@ HEALTH_KEYS = {  # TRL 1.16 metric -> our name
 }
 
 
+HEALTH_FILE = "mathrecipe_health.json"  # per-step health saved in each GRPO checkpoint (not copied to final/)
+
+
 class HealthMonitor(TrainerCallback):
     """Per GRPO step: mean and 95th-percentile completion length, truncation rate, each reward's mean, the share of
     zero-variance groups (no learning signal), KL and entropy; and the alarms of ``recipe.health``.
 
     Step values come from the trainer's own metric buffers (averaged over the step's micro-batches), so they exist
-    for every step whatever ``logging_steps`` is.
+    for every step whatever ``logging_steps`` is. Alarms are judged during training over the last ``health.window``
+    steps, and once more at the end over the steps that ran (so a run shorter than the window is judged too). The
+    rows and alarms are saved in every checkpoint (``HEALTH_FILE``) and restored on resume, so curves, alarm windows
+    and the entropy baseline continue across a kill.
     """
 
-    def __init__(self, recipe: Recipe, accuracy: Accuracy) -> None:
-        self.h, self.max_kl, self.accuracy = recipe.health, recipe.grpo.max_kl, accuracy
+    def __init__(self, recipe: Recipe, accuracy: Accuracy, guard: CollapseGuard | None = None) -> None:
+        self.h, self.max_kl, self.accuracy, self.guard = recipe.health, recipe.grpo.max_kl, accuracy, guard
         self.trainer: Any = None
         self.steps: list[dict[str, float]] = []
         self.alarms: dict[str, dict[str, Any]] = {}
+        self.stopped_by: dict[str, Any] | None = None
+        self.restored_from: str | None = None
         self._seen: dict[str, int] = {}
+
+    # ---- persistence
+
+    def state(self) -> dict[str, Any]:
+        return {"steps": self.steps, "alarms": list(self.alarms.values())}
+
+    def restore(self, ckpt: Path) -> None:
+        """Continue from the health saved in checkpoint ``ckpt`` (steps up to its step); a checkpoint saved without
+        one (an older version) leaves the history empty, and the report says which steps it lacks."""
+        f = Path(ckpt) / HEALTH_FILE
+        if not f.is_file():
+            log.warning("%s holds no %s: GRPO health before step %d is not known", ckpt, HEALTH_FILE,
+                        checkpoint_step(ckpt))
+            return
+        saved = json.loads(f.read_text())
+        upto = checkpoint_step(ckpt)
+        self.steps = [r for r in saved.get("steps", []) if r.get("step", 0) <= upto]
+        self.alarms = {a["name"]: a for a in saved.get("alarms", []) if a.get("step", 0) <= upto}
+        self.restored_from = str(ckpt)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and ckpt.is_dir():  # before CompleteMarker marks the checkpoint complete
+            atomic_write_json(ckpt / HEALTH_FILE, self.state())
+
+    # ---- per step
 
     def on_log(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._seen = {}  # the trainer empties its buffers right after logging
@@ -209,127 +273,245 @@ class HealthMonitor(TrainerCallback):
             row["p95_length"] = float(s[min(len(s) - 1, int(0.95 * len(s)))])
             self.accuracy.lengths.clear()
         self.steps.append(row)
-        for alarm in self.check():
-            if alarm["name"] not in self.alarms:
-                self.alarms[alarm["name"]] = alarm
-                log.warning("GRPO health alarm at step %d: %s", state.global_step, alarm["message"])
-                if self.h.stop:
-                    control.should_training_stop = True
+        for alarm in self._record(self.check()):
+            if self.h.stop:
+                control.should_training_stop = True
+                if alarm["name"] == "kl" and self.guard is not None:
+                    # a per-step KL: the window is this one step, measured with the policy after step - 1 updates
+                    self.guard.trip(alarm["step"], alarm["step"] - 1, alarm["message"] + " (health.stop)")
+                elif self.stopped_by is None:
+                    self.stopped_by = {"step": alarm["step"], "alarm": alarm["name"]}
 
-    def _window(self, key: str) -> list[float]:
-        return [r[key] for r in self.steps[-self.h.window:] if key in r]
+    def finish(self) -> None:
+        """The end-of-training judgement: every alarm over the steps that ran when there were fewer than
+        ``health.window`` (during training an alarm waits for a full window)."""
+        self._record(self.check(final=True))
 
-    def check(self) -> list[dict[str, Any]]:
-        """The alarms that hold now, judged over the last ``health.window`` steps."""
-        out = []
+    def _record(self, alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        new = [a for a in alarms if a["name"] not in self.alarms]
+        for a in new:
+            self.alarms[a["name"]] = a
+            log.warning("GRPO health alarm at step %d: %s", a["step"], a["message"])
+        return new
+
+    # ---- the rules
+
+    def check(self, final: bool = False) -> list[dict[str, Any]]:
+        """The alarms that hold now, judged over the last ``health.window`` steps; with ``final``, over the steps
+        that ran when they are fewer (a rolling mean over n < window steps is the mean of all n).
+
+        truncation: mean truncated share > health.max_truncation; zero_variance: mean share of equal-reward groups >
+        health.max_zero_std_groups; format_up_accuracy_down: over the judged steps' halves, format rose and accuracy
+        fell by more than health.trend; kl: the last step's KL > grpo.max_kl; entropy: mean entropy of the judged
+        steps after the first / the first step's > health.max_entropy_growth.
+        """
+        out: list[dict[str, Any]] = []
         step = self.steps[-1]["step"] if self.steps else 0
-        full = len(self.steps) >= self.h.window
+        n, w = len(self.steps), self.h.window
+        span = w if n >= w else (n if final else 0)
+        judged = self.steps[-span:] if span else []
+        over = f"{span} steps" + ("" if span == w else f" (all that ran: fewer than health.window={w})")
+
+        def values(key: str) -> list[float]:
+            return [r[key] for r in judged if key in r]
 
         def alarm(name: str, value: float, threshold: float, message: str) -> None:
-            out.append({"name": name, "step": step, "value": value, "threshold": threshold, "message": message})
+            out.append({"name": name, "step": step, "value": value, "threshold": threshold, "message": message,
+                        "steps_judged": span})
 
-        trunc = self._window("truncation")
-        if full and trunc and statistics.fmean(trunc) > self.h.max_truncation:
+        trunc = values("truncation")
+        if trunc and statistics.fmean(trunc) > self.h.max_truncation:
             v = statistics.fmean(trunc)
             alarm("truncation", v, self.h.max_truncation,
-                  f"{v:.0%} of completions hit grpo.max_completion_length (> health.max_truncation "
+                  f"{v:.0%} of completions hit grpo.max_completion_length over {over} (> health.max_truncation "
                   f"{self.h.max_truncation:.0%}): truncated completions get no correct-answer reward; raise "
                   "grpo.max_completion_length")
-        zero = self._window("zero_std_groups")
-        if full and zero and statistics.fmean(zero) > self.h.max_zero_std_groups:
+        zero = values("zero_std_groups")
+        if zero and statistics.fmean(zero) > self.h.max_zero_std_groups:
             v = statistics.fmean(zero)
             alarm("zero_variance", v, self.h.max_zero_std_groups,
-                  f"{v:.0%} of prompt groups have equal rewards (> health.max_zero_std_groups "
+                  f"{v:.0%} of prompt groups have equal rewards over {over} (> health.max_zero_std_groups "
                   f"{self.h.max_zero_std_groups:.0%}): no learning signal; use harder/easier prompts or more "
                   "grpo.num_generations")
-        fmt, acc = self._window("reward_format"), self._window("reward_accuracy")
-        if full and len(fmt) == len(acc) == self.h.window:
-            half = self.h.window // 2
+        fmt, acc = values("reward_format"), values("reward_accuracy")
+        if span >= 2 and len(fmt) == len(acc) == span:
+            half = span // 2
             d_fmt = statistics.fmean(fmt[half:]) - statistics.fmean(fmt[:half])
             d_acc = statistics.fmean(acc[half:]) - statistics.fmean(acc[:half])
             if d_fmt > self.h.trend and d_acc < -self.h.trend:
                 alarm("format_up_accuracy_down", d_acc, -self.h.trend,
-                      f"format reward rose {d_fmt:+.2f} while accuracy fell {d_acc:+.2f} over {self.h.window} steps "
+                      f"format reward rose {d_fmt:+.2f} while accuracy fell {d_acc:+.2f} over {over} "
                       "(reward hacking: the policy learns the format, not the answers)")
         kls = [r["kl"] for r in self.steps if "kl" in r]
         if self.max_kl is not None and kls and kls[-1] > self.max_kl:
-            alarm("kl", kls[-1], self.max_kl, f"KL {kls[-1]:.3f} > grpo.max_kl {self.max_kl}")
+            alarm("kl", kls[-1], self.max_kl, f"KL {kls[-1]:.3f} at step {step} > grpo.max_kl {self.max_kl}")
         ent = [r["entropy"] for r in self.steps if "entropy" in r]
-        if len(ent) > self.h.window and ent[0] > 0:
-            v = statistics.fmean(ent[-self.h.window:]) / ent[0]
+        if (len(ent) > w or (final and len(ent) >= 2)) and ent[0] > 0:
+            v = statistics.fmean(ent[1:][-w:]) / ent[0]
             if v > self.h.max_entropy_growth:
                 alarm("entropy", v, self.h.max_entropy_growth,
                       f"entropy grew {v:.1f}x since the first step (> health.max_entropy_growth): the policy is "
                       "drifting towards noise; lower grpo.learning_rate")
         return out
 
+    def judged(self, total_steps: int) -> dict[str, Any]:
+        """What the alarms could judge, for the report: steps with a health row, steps without one, the window
+        used, and each check that had nothing to judge with the reason."""
+        n, w = len(self.steps), self.h.window
+        have = {int(r["step"]) for r in self.steps}
+        missing = [s for s in range(1, total_steps + 1) if s not in have]
+        keys = set().union(*(r.keys() for r in self.steps)) if self.steps else set()
+        not_judged = []
+        for key, what in (("truncation", "truncation"), ("zero_std_groups", "zero-variance groups")):
+            if key not in keys:
+                not_judged.append(f"{what} (no step logged it)")
+        if n < 2 or not {"reward_format", "reward_accuracy"} <= keys:
+            not_judged.append("format-vs-accuracy trend (needs 2 steps with both rewards)")
+        if self.max_kl is None:
+            not_judged.append("KL (grpo.max_kl is off)")
+        elif "kl" not in keys:
+            not_judged.append("KL (no step logged it)")
+        if sum("entropy" in r for r in self.steps) < 2:
+            not_judged.append("entropy growth (needs 2 steps)")
+        return {"steps": n, "window": w, "short": 0 < n < w, "missing_steps": missing, "not_judged": not_judged,
+                "restored_from": self.restored_from}
+
 
 # ------------------------------------------------------------------------------------------------- stage
 
 
+def check_backend_precision(recipe: Recipe) -> None:
+    """Refuse ``grpo.backend=paged`` where TRL would drop the fp32 master weights.
+
+    TRL 1.16's continuous-batching rollout (``use_transformers_continuous_batching``) calls
+    ``unwrapped_model.to(bfloat16)`` (or float16) before every generation when bf16/fp16 is on, and never casts
+    back: after the first step the policy trains in pure half precision, where small updates vanish (see
+    :mod:`mathrecipe.modeling`). With fp32 compute (CPU, or ``grpo.precision=fp32``) it casts nothing.
+    """
+    from mathrecipe.recipe import RecipeError
+
+    g = recipe.grpo
+    if g.backend != "paged":
+        return
+    prec = precision_kwargs(g.precision, g.gradient_checkpointing)
+    if prec["bf16"] or prec["fp16"]:
+        half = "bf16" if prec["bf16"] else "fp16"
+        raise RecipeError(
+            f"grpo.backend=paged with {half} compute (grpo.precision={g.precision}): TRL 1.16's continuous batching "
+            f"casts the policy to {half} before every rollout and never back, so its fp32 master weights would be "
+            "lost after one step; use grpo.backend=hf (or vllm), or grpo.precision=fp32")
+
+
+def check_prompt_lengths(dataset: Any, tokenizer: Any, config: Any, max_completion_length: int, source: str) -> None:
+    """Refuse GRPO prompts with no room to answer: prompt tokens (through the chat template, as TRL renders them)
+    + ``grpo.max_completion_length`` > the model's context. TRL 1.16 neither cuts nor skips such a prompt: its
+    rollouts run past the model's positions (garbage, or out of memory)."""
+    context = model_context(config)
+    if context is None:
+        return
+    lengths = [len(messages_ids(tokenizer, p)) for p in dataset["prompt"]]
+    over = overlong_prompts(lengths, max_completion_length, context)
+    if over:
+        raise DataError(describe_overlong(
+            f"{source} (max_new_tokens = grpo.max_completion_length)", [i + 1 for i in over],
+            [lengths[i] for i in over], max_completion_length, context,
+            "drop or shorten those rows, or lower grpo.max_completion_length"))
+
+
+def check_grpo_data(recipe: Recipe, data_path: str | Path, model_path: str) -> Any:
+    """The GRPO rows, checked before any weights load: columns, non-empty fields, the system prompt they were built
+    with, and every prompt's length against the start model's context. Returns the dataset."""
+    from transformers import AutoConfig
+
+    check_system_prompt(data_path, recipe.data.system_prompt, "GRPO data (data.grpo_path)")
+    dataset = load_grpo_dataset(data_path, recipe.data.system_prompt)
+    path = resolve_model(model_path, "model.name_or_path")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+    check_prompt_lengths(dataset, load_tokenizer(path, recipe.model), config, recipe.grpo.max_completion_length,
+                         f"GRPO data {data_path}")
+    return dataset
+
+
 def _copy_model_files(ckpt: Path, dest: Path) -> None:
     """The model, config and tokenizer files of a checkpoint (not its optimizer, scheduler or RNG state)."""
-    skip = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "mathrecipe_", "global_step")
+    skip = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args", "mathrecipe_", "global_step",
+            "DONE")
     dest.mkdir(parents=True, exist_ok=True)
     for f in ckpt.iterdir():
         if f.is_file() and not f.name.startswith(skip):
             shutil.copy2(f, dest / f.name)
 
 
+def _save_start_model(model_path: str, dest: Path, recipe: Recipe) -> None:
+    """The model GRPO started from, as an HF folder at ``dest`` (copied when local, else loaded and saved)."""
+    if Path(model_path).is_dir():
+        _copy_model_files(Path(model_path), dest)
+        return
+    model, tokenizer = load_model_and_tokenizer(model_path, recipe.model)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
 def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Train stage 2 from ``model_path`` (resuming from the last complete checkpoint in ``out_dir``) and save the
-    final policy to ``out_dir/final`` (atomically)."""
+    """Train stage 2 from ``model_path`` (resuming from the last complete checkpoint in ``out_dir``, health
+    included) and save the final policy to ``out_dir/final`` (atomically): after a collapse-guard trip, the newest
+    policy outside the tripping KL window (a checkpoint, or the start model)."""
     from accelerate import PartialState
     from trl import GRPOConfig, GRPOTrainer
 
     g = recipe.grpo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_system_prompt(data_path, recipe.data.system_prompt, "GRPO data (data.grpo_path)")
+    dataset = check_grpo_data(recipe, data_path, model_path)
     rewards, _ = build_rewards(recipe)
     config = GRPOConfig(**grpo_args(recipe, out))
-    dataset = load_grpo_dataset(data_path, recipe.data.system_prompt)
     model, tokenizer = load_model_and_tokenizer(model_path, recipe.model, training=True)
     guard = CollapseGuard(g.max_kl if g.beta > 0 else None)
-    health = HealthMonitor(recipe, rewards[-1])
+    health = HealthMonitor(recipe, rewards[-1], guard)
+    # health before CompleteMarker: a checkpoint is marked complete only once its health file is written
     trainer = GRPOTrainer(model=model, args=config, reward_funcs=rewards, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[guard, health, CompleteMarker()])
     health.trainer = trainer
     resume = last_complete_checkpoint(out) if g.save_steps else None
     if resume is not None:
         log.info("GRPO: resuming from %s", resume)
+        health.restore(resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    health.finish()
 
     state = PartialState()
     final, tmp = out / "final", out / "final.tmp"
-    restored = None
-    if guard.stopped is not None:
-        good = last_complete_checkpoint(out, before_step=guard.stopped["window_start"])
-        if good is not None:
-            restored = checkpoint_step(good)
-            if state.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-                _copy_model_files(good, tmp)
-                replace_dir(tmp, final)
-            guard.stopped["restored_step"] = restored
-        else:
-            guard.stopped["restored_step"] = None
-            guard.stopped["note"] = ("no checkpoint before the trip to restore (set grpo.save_steps): the saved policy "
-                                     "is the one at the trip step")
-    if restored is None:
-        if state.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        state.wait_for_everyone()
-        trainer.save_model(str(tmp))  # every rank (DeepSpeed/FSDP gather their shards); saves the tokenizer too
-        if state.is_main_process:
-            replace_dir(tmp, final)
+    stopped = guard.stopped
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
     state.wait_for_everyone()
+    if stopped is not None:
+        safe = last_safe_step(stopped["window_start"])
+        good = last_complete_checkpoint(out, before_step=safe) if safe >= 1 else None
+        stopped["restored_step"] = checkpoint_step(good) if good is not None else 0
+        stopped["restored"] = str(good) if good is not None else model_path
+        if good is None and safe >= 1:
+            stopped["note"] = (f"no complete checkpoint at or before step {safe} (grpo.save_steps="
+                               f"{g.save_steps}): the saved policy is the start model")
+        if state.is_main_process:
+            if good is not None:
+                _copy_model_files(good, tmp)
+            else:
+                _save_start_model(model_path, tmp, recipe)
+    else:
+        trainer.save_model(str(tmp))  # every rank (DeepSpeed/FSDP gather their shards); saves the tokenizer too
+    if state.is_main_process:
+        replace_dir(tmp, final)
+    state.wait_for_everyone()
+    steps = trainer.state.global_step
     return {
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "checkpoint": str(final),
-        "stopped_early": guard.stopped,
-        "log": guard.history,
-        "health": {"steps": health.steps, "alarms": list(health.alarms.values())},
+        "start_model": model_path,
+        "stopped_early": stopped,
+        "stopped_by_alarm": health.stopped_by,
+        "log": [h for h in trainer.state.log_history if "step" in h],
+        "health": {"steps": health.steps, "alarms": list(health.alarms.values()), "judged": health.judged(steps)},
         "train_rows": len(dataset),
         "resumed_from": str(resume) if resume else None,
         "on_gpu": has_cuda(),

@@ -71,9 +71,14 @@ def resolve_model(name: str, what: str = "model") -> str:
 
 
 def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
+    """The tokenizer of a local folder or hub id; a local-looking path that is missing (deleted since it was
+    checked, say) fails in one line and is never sent to the hub."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    from mathrecipe.hub import resolve
+
+    found = resolve(path, "model", "Give a local model folder (an HF checkpoint) or a reachable hub id.")
+    return AutoTokenizer.from_pretrained(str(found), trust_remote_code=cfg.trust_remote_code)
 
 
 def load_model_and_tokenizer(path: str, cfg: ModelConfig, training: bool = False,

@@ -31,12 +31,12 @@ from mathrecipe.errors import MathRecipeError
 from mathrecipe.files import atomic_write_json, atomic_write_text, replace_dir
 from mathrecipe.hardware import distributed_state
 from mathrecipe.recipe import Recipe, RecipeError
-from mathrecipe.report import write_report
+from mathrecipe.report import verdicts, write_report
 
 log = logging.getLogger(__name__)
 DONE = "DONE.json"
 # recipe keys that may change between an interrupted run and its resumption without invalidating it
-RESUMABLE_CHANGES = ("report_to", "sft.logging_steps", "grpo.logging_steps", "health.")
+RESUMABLE_CHANGES = ("report_to", "sft.logging_steps", "grpo.logging_steps", "health.", "verdicts")
 
 
 # --------------------------------------------------------------------------------------------- data, model
@@ -67,10 +67,10 @@ def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -
     if (out / DONE).is_file():
         return paths
     import datasets
-    from transformers import AutoTokenizer
 
     from mathrecipe.data.build import BuildReport, build_sets, register, write_outputs
     from mathrecipe.data.sources import normalise_openr1, normalise_problems
+    from mathrecipe.modeling import load_tokenizer
 
     if tokenizer_path is None:
         raise ValueError("the toy data step counts trace tokens: pass the toy model's folder as tokenizer_path")
@@ -84,7 +84,7 @@ def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -
     sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
     rl = normalise_problems(datasets.Dataset.from_list(splits.rl), "toy-rl")
     sft, grpo = build_sets([("toy", sft_src)], ("toy-rl", rl), {"toy-test": test, "toy-dev": dev},
-                           AutoTokenizer.from_pretrained(tokenizer_path), d.build, d.system_prompt, report)
+                           load_tokenizer(tokenizer_path, recipe.model), d.build, d.system_prompt, report)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram},
@@ -171,11 +171,10 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
         if do_sft:
             _check_sft_rows(d.sft_path)
             check_system_prompt(d.sft_path, d.system_prompt, "SFT data (data.sft_path)")
-        if do_grpo:
-            ds = load_table(d.grpo_path, what="data.grpo_path")
-            require_columns(ds, ["prompt", "answer"], f"GRPO data {d.grpo_path}")
-            require_nonempty(ds, ["prompt", "answer"], f"GRPO data {d.grpo_path}")
-            check_system_prompt(d.grpo_path, d.system_prompt, "GRPO data (data.grpo_path)")
+        if do_grpo:  # columns, fields, system prompt, and each prompt's length against the model's context
+            from mathrecipe.grpo import check_grpo_data
+
+            check_grpo_data(recipe, d.grpo_path, recipe.model.name_or_path)
         load_problems(d.eval_path, d.problem_column, d.answer_column, "data.eval_path")
         if do_sft and recipe.sft.select == "best":
             if not d.dev_path:
@@ -197,6 +196,10 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
             precision_kwargs(stage.precision, stage.gradient_checkpointing)
         except MathRecipeError as e:
             raise RecipeError(f"{key}.precision: {e}") from e
+    if do_grpo:
+        from mathrecipe.grpo import check_backend_precision
+
+        check_backend_precision(recipe)
     from mathrecipe.launch import validate_launch
     from mathrecipe.plan import check_fits
 
@@ -206,28 +209,99 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
         raise RecipeError("; ".join(failures))
 
 
-def check_output_dir(recipe: Recipe, out: Path) -> None:
-    """Refuse to resume a run made with other settings (one line listing the keys)."""
+def _inside(path: str | None, folder: Path) -> bool:
+    """True when ``path`` names an existing file or folder at or under ``folder`` (a hub id never does)."""
+    if not path or not Path(path).expanduser().exists():
+        return False
+    return Path(path).expanduser().resolve().is_relative_to(folder.resolve())
+
+
+def input_paths(recipe: Recipe) -> dict[str, str | None]:
+    """Every file or folder a run reads, by recipe key: the model, the data files and the launch configs."""
+    d, s, g = recipe.data, recipe.sft, recipe.grpo
+    return {"model.name_or_path": recipe.model.name_or_path, "data.sft_path": d.sft_path,
+            "data.grpo_path": d.grpo_path, "data.eval_path": d.eval_path, "data.dev_path": d.dev_path,
+            "sft.deepspeed": s.deepspeed, "sft.fsdp": s.fsdp, "grpo.deepspeed": g.deepspeed, "grpo.fsdp": g.fsdp,
+            "accelerate_config": recipe.accelerate_config}
+
+
+def check_restart(recipe: Recipe, out: Path) -> None:
+    """Refuse ``--restart`` when it would delete one of the run's own inputs (e.g. GRPO from this run's
+    ``sft/checkpoint-N``): the run would then load a path that no longer exists."""
+    inside = [f"{k}={v}" for k, v in input_paths(recipe).items() if _inside(v, out)]
+    if inside:
+        raise MathRecipeError(
+            f"--restart would delete {out}, which holds this run's input {inside[0]}"
+            f"{f' (and {len(inside) - 1} more)' if len(inside) > 1 else ''}; copy it outside {out} and point the "
+            "recipe there, or use another output_dir")
+
+
+def _own_checkpoint(recipe: Recipe, out: Path, stages: tuple[str, ...]) -> bool:
+    """``mathrecipe grpo RECIPE model.name_or_path=OUT/sft/checkpoint-N`` (the stage-by-stage path): the model is
+    a folder inside this run's output_dir and this command trains no SFT, so it continues the run."""
+    return not ("sft" in stages and recipe.sft.enabled) and _inside(recipe.model.name_or_path, out)
+
+
+def check_output_dir(recipe: Recipe, out: Path, stages: tuple[str, ...] = ("sft", "grpo")) -> dict[str, Any]:
+    """Refuse to resume a run made with other settings (one line listing the keys); return the settings to record
+    in ``recipe.yaml``. GRPO from one of the run's own checkpoints is no conflict: the run keeps its recorded
+    ``model.name_or_path`` (the model SFT started from) and the GRPO stage records its own start."""
+    settings = recipe.to_dict()
     saved = out / "recipe.yaml"
     if not saved.is_file():
-        return
+        return settings
     try:
         old = yaml.safe_load(saved.read_text()) or {}
     except yaml.YAMLError:
-        return  # unreadable: it is rewritten below
+        return settings  # unreadable: it is rewritten
 
     def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(tree, dict):
             return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
         return {prefix[:-1]: tree}
 
-    a, b = flat(old), flat(recipe.to_dict())
+    a, b = flat(old), flat(settings)
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if "model.name_or_path" in diff and _own_checkpoint(recipe, out, stages):
+        diff.remove("model.name_or_path")
+        settings["model"]["name_or_path"] = a.get("model.name_or_path")
     if diff:
+        hint = (" (GRPO from this run's own SFT checkpoint: `mathrecipe grpo RECIPE model.name_or_path=...`)"
+                if diff == ["model.name_or_path"] and _inside(recipe.model.name_or_path, out) else "")
         raise MathRecipeError(
             f"{out} holds a run made with other settings ({', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''} "
-            "differ); rerun with the same settings to resume it, add --restart to start over, or use another "
+            f"differ); rerun with the same settings to resume it{hint}, add --restart to start over, or use another "
             "output_dir")
+    return settings
+
+
+START_FILE = "mathrecipe_start.json"  # in OUT/grpo: the model the GRPO stage started from
+
+
+def model_identity(name: str) -> str:
+    """A local model as its absolute path (so ``runs/x/...`` and ``./runs/x/...`` match), a hub id as itself."""
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def bind_grpo_start(out: Path, start: str, state: Any) -> None:
+    """One GRPO stage folder, one start model. The first time, record it and drop evaluations of an earlier GRPO
+    stage that is gone (``eval/start.*``, ``eval/grpo.*`` would otherwise be reused); later, refuse another."""
+    folder, ident = out / "grpo", model_identity(start)
+    record = folder / START_FILE
+    if record.is_file():
+        old = json.loads(record.read_text()).get("model")
+        if old != ident:
+            raise MathRecipeError(
+                f"{folder} holds GRPO started from {old}, not {ident}; use another output_dir for GRPO from another "
+                f"model (or delete {folder} to redo this run's GRPO)")
+        return
+    if state.is_main_process:
+        for name in ("start", "grpo"):
+            for suffix in (".summary.json", ".samples.jsonl"):
+                (out / "eval" / f"{name}{suffix}").unlink(missing_ok=True)
+        atomic_write_json(record, {"model": ident})
+    state.wait_for_everyone()
 
 
 # -------------------------------------------------------------------------------------------------- stages
@@ -257,19 +331,36 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage(name: str, folder: Path, train: Any, report: dict[str, Any], state: Any) -> dict[str, Any]:
-    """A stage's report section: read from ``folder/DONE.json`` when it finished earlier, else ``train()`` (which
-    resumes from the stage's last complete checkpoint), recorded as DONE by rank 0."""
+    """A stage's report section: read from ``folder/DONE.json`` when it finished earlier (listed in
+    ``report["reused"]``), else ``train()`` (which resumes from the stage's last complete checkpoint), recorded as
+    DONE by rank 0. ``report["resumed"]`` names the checkpoint a stage resumed from, in this or an earlier run."""
     done = folder / DONE
     if done.is_file():
-        report["resumed"][name] = "finished earlier"
-        return json.loads(done.read_text())
-    section = train()
-    if state.is_main_process:
-        atomic_write_json(done, section)
-    state.wait_for_everyone()
+        section = json.loads(done.read_text())
+        report.setdefault("reused", []).append(name)
+    else:
+        section = train()
+        if state.is_main_process:
+            atomic_write_json(done, section)
+        state.wait_for_everyone()
     if section.get("resumed_from"):
         report["resumed"][name] = section["resumed_from"]
     return section
+
+
+def wants_verdicts(recipe: Recipe) -> bool:
+    """Whether report.md judges the paper's two effects: ``verdicts: true``, or unset (null) on the toy task, the
+    only data their thresholds (mathrecipe.report) were set for."""
+    return recipe.verdicts if recipe.verdicts is not None else recipe.data.source == "toy"
+
+
+def _sft_start(sft: dict[str, Any], start: str) -> tuple[str, dict[str, Any] | None]:
+    """The start model's name and headline numbers when it is one of the SFT stage's epoch checkpoints."""
+    ident = model_identity(start)
+    for e in sft.get("epochs", []):
+        if e.get("checkpoint") and model_identity(e["checkpoint"]) == ident:
+            return f"SFT epoch {e['epoch']}", (_headline(e) if e.get("accuracy") is not None else None)
+    return "start model", None
 
 
 def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool = False) -> dict[str, Any]:
@@ -277,13 +368,15 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
     preflight(recipe, stages)
     state = distributed_state()
     out = Path(recipe.output_dir)
-    if restart and state.is_main_process and out.exists():
-        shutil.rmtree(out)
+    if restart and out.exists():
+        check_restart(recipe, out)  # before anything is deleted
+        if state.is_main_process:
+            shutil.rmtree(out)
     state.wait_for_everyone()
-    check_output_dir(recipe, out)
+    settings = check_output_dir(recipe, out, stages)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        atomic_write_text(out / "recipe.yaml", yaml.safe_dump(settings, sort_keys=False))
     t0 = time.time()
     if state.is_main_process:  # rank 0 builds the model and data; the others wait, then read them
         model_path = prepare_model(recipe, out / "model-init")
@@ -318,9 +411,16 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
         if chosen.get("accuracy") is not None:
             start_summary = _headline(chosen)
         name = f"SFT epoch {sft['selected_epoch']}"
+    elif (out / "sft" / DONE).is_file():  # `mathrecipe grpo` on a run whose SFT stage finished: keep its section
+        report["sft"] = json.loads((out / "sft" / DONE).read_text())
+        report.setdefault("reused", []).append("sft")
+        if report["sft"].get("resumed_from"):
+            report["resumed"]["sft"] = report["sft"]["resumed_from"]
+        name, start_summary = _sft_start(report["sft"], start)
     if "grpo" in stages and recipe.grpo.enabled:
         from mathrecipe.grpo import run_grpo
 
+        bind_grpo_start(out, start, state)
         if start_summary is None:
             t = time.time()
             start_summary = _headline(evaluate_checkpoint(recipe, start, problems, out / "eval", "start"))
@@ -339,6 +439,8 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
     report["timings_s"] = timings
     if not report["resumed"]:
         del report["resumed"]
+    if wants_verdicts(recipe):
+        report["verdicts"] = verdicts(report)
     if state.is_main_process:
         write_report(report, out)
     state.wait_for_everyone()

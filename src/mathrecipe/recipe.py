@@ -216,6 +216,9 @@ class Recipe:
     report_to: str | list[str] = "none"  # both stages: none, tensorboard, wandb, ... (or a list)
     # the `accelerate launch --config_file` this recipe is meant for (process count checked against batch sizes)
     accelerate_config: str | None = None
+    # judge the paper's two effects in report.md (thresholds in mathrecipe.report, set for the toy task): true, false,
+    # or null = only with data.source=toy (on other data those thresholds mean nothing)
+    verdicts: bool | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

@@ -53,13 +53,7 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def verdict_lines(report: dict[str, Any]) -> list[str]:
     """``effect 1 (...): reproduced (0.05 -> 0.82)`` or ``NOT reproduced (...): cause``."""
-    lines = []
-    for v in verdicts(report):
-        if v["reproduced"]:
-            lines.append(f"{v['effect']}: reproduced ({v['numbers']})")
-        else:
-            lines.append(f"{v['effect']}: NOT reproduced ({v['numbers']}): {v['cause']}")
-    return lines
+    return _verdict_text(verdicts(report))
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
@@ -92,34 +86,87 @@ def render_markdown(report: dict[str, Any]) -> str:
             ratio = grpo["mean_tokens"] / base["mean_tokens"]
             delta = grpo["accuracy"] - base["accuracy"]
             lines += ["", f"Tokens after / before GRPO: **{ratio:.2f}x**; accuracy change: **{delta:+.3f}**."]
-        if grpo.get("stopped_early"):
-            s = grpo["stopped_early"]
-            lines.append(f"\nCollapse guard stopped GRPO at step {s['step']}: {s['reason']}.")
-            if s.get("restored_step") is not None:
-                lines.append(f"The saved policy is the last checkpoint before the trip, step {s['restored_step']} "
-                             f"(the KL average that tripped covers steps {s['window_start'] + 1}-{s['step']}).")
-            elif s.get("note"):
-                lines.append(f"Note: {s['note']}.")
-        alarms = (grpo.get("health") or {}).get("alarms") or []
-        lines += ["", "### Health alarms", ""]
-        if alarms:
-            lines += [f"- step {a['step']}: **{a['name']}**: {a['message']}" for a in alarms]
-        else:
-            lines.append("None (truncation, zero-variance groups, format-vs-accuracy trend, KL, entropy).")
-    resumed = report.get("resumed")
+        lines += _stop_lines(grpo)
+        lines += ["", "### Health alarms", ""] + _health_lines(grpo.get("health") or {}, grpo.get("steps", 0))
+    resumed, reused = report.get("resumed"), report.get("reused")
     if resumed:
         lines += ["", "Resumed: " + "; ".join(f"{k} from {v}" for k, v in resumed.items()) + "."]
-    v = verdict_lines(report)
+    if reused:
+        lines += ["", "Finished in an earlier invocation and reused: " + ", ".join(reused) + "."]
+    v = _verdict_text(report.get("verdicts") or [])
     if v:
         lines += ["", "## Verdict", ""] + [f"- {x}" for x in v]
     return "\n".join(lines) + "\n"
 
 
+def _stop_lines(grpo: dict[str, Any]) -> list[str]:
+    """Why GRPO stopped early and which policy was saved."""
+    lines: list[str] = []
+    s = grpo.get("stopped_early")
+    if s:
+        lines.append(f"\nCollapse guard stopped GRPO at step {s['step']}: {s['reason']}.")
+        a, b = s["window_start"] + 1, s["step"]
+        measured = (f"the KL of steps {a}-{b} was measured with the policies after {a - 1}-{b - 1} updates "
+                    "(TRL computes step s's KL before its update)")
+        if s.get("restored_step"):
+            lines.append(f"The saved policy is checkpoint {s['restored_step']}, the newest outside the tripping "
+                         f"window: {measured}.")
+        elif s.get("restored_step") == 0:
+            lines.append(f"The saved policy is the start model ({s.get('restored')}): {measured}"
+                         + (f"; {s['note']}." if s.get("note") else "."))
+        elif s.get("note"):  # a report written before the rule above
+            lines.append(f"Note: {s['note']}.")
+    a = grpo.get("stopped_by_alarm")
+    if a:
+        lines.append(f"\nHealth alarm **{a['alarm']}** stopped GRPO at step {a['step']} (health.stop: true).")
+    return lines
+
+
+def _health_lines(health: dict[str, Any], total_steps: int) -> list[str]:
+    """The alarms, over which steps they were judged, and what could not be judged (said plainly)."""
+    alarms, j = health.get("alarms") or [], health.get("judged")
+    lines = [f"- step {a['step']}: **{a['name']}**: {a['message']}" for a in alarms]
+    if j is None:  # a report written before judgements were recorded
+        return lines or ["None (truncation, zero-variance groups, format-vs-accuracy trend, KL, entropy)."]
+    if j["steps"] == 0:
+        return lines + [f"Nothing could be judged: none of the {total_steps} GRPO steps has a health record."]
+    if not alarms:
+        lines.append("None (truncation, zero-variance groups, format-vs-accuracy trend, KL, entropy).")
+    if j.get("short"):
+        lines.append(f"\nThe run had {j['steps']} steps, fewer than health.window={j['window']}: the alarms were "
+                     f"judged once, at the end, over all {j['steps']}.")
+    else:
+        lines.append(f"\nJudged over rolling windows of health.window={j['window']} steps ({j['steps']} steps).")
+    if j.get("missing_steps"):
+        m = j["missing_steps"]
+        lines.append(f"No health record for {len(m)} step(s) ({m[0]}-{m[-1]})"
+                     + (f": {j['restored_from']} was saved without one." if j.get("restored_from") else "."))
+    if j.get("not_judged"):
+        lines.append("Not judged: " + "; ".join(j["not_judged"]) + ".")
+    return lines
+
+
+def _verdict_text(rows: list[dict[str, Any]]) -> list[str]:
+    return [f"{v['effect']}: reproduced ({v['numbers']})" if v["reproduced"]
+            else f"{v['effect']}: NOT reproduced ({v['numbers']}): {v['cause']}" for v in rows]
+
+
 def render_png(report: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_figure(report: dict[str, Any]) -> Any:
+    """The report's figure: SFT accuracy and tokens per epoch, GRPO before/after bars, GRPO health per step.
+    Epoch and step axes carry whole-number ticks only; the bar chart's legend sits below its axes, off the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = ((report.get("grpo") or {}).get("health") or {}).get("steps") or []
     if steps:
@@ -134,6 +181,7 @@ def render_png(report: dict[str, Any], path: Path) -> None:
         ax1.plot(ep, [e["accuracy"] for e in sft["epochs"] if "accuracy" in e], "o-", color="tab:blue")
         ax1.set_ylim(0, 1)
         ax1.set_xlabel("SFT epoch")
+        ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax1.set_ylabel("held-out accuracy", color="tab:blue")
         twin = ax1.twinx()
         twin.plot(ep, [e["mean_tokens"] for e in sft["epochs"] if "accuracy" in e], "s--", color="tab:orange")
@@ -145,26 +193,28 @@ def render_png(report: dict[str, Any], path: Path) -> None:
     if grpo and base:
         names = [base["name"], "after GRPO"]
         ax2.bar([0, 1], [base["accuracy"], grpo["accuracy"]], width=0.35, color="tab:blue", label="accuracy")
-        ax2.set_ylim(0, 1.15)  # headroom for the legend
+        ax2.set_ylim(0, 1.05)
         ax2.set_ylabel("accuracy")
         tw = ax2.twinx()
         tw.bar([0.4, 1.4], [base["mean_tokens"], grpo["mean_tokens"]], width=0.35, color="tab:orange",
                label="mean tokens")
         tw.set_ylabel("mean completion tokens")
-        tw.set_ylim(0, 1.15 * max(base["mean_tokens"], grpo["mean_tokens"]))
+        tw.set_ylim(0, 1.05 * max(base["mean_tokens"], grpo["mean_tokens"]))
         ax2.set_xticks([0.2, 1.2], names)
         ax2.set_title("Stage 2: GRPO (accuracy, tokens)")
         handles = ax2.get_legend_handles_labels()[0] + tw.get_legend_handles_labels()[0]
-        ax2.legend(handles, ["accuracy", "mean tokens"], loc="upper right")
+        # below the axes (under the model names): inside, it covered the taller bar whatever the headroom
+        ax2.legend(handles, ["accuracy", "mean tokens"], loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2,
+                   fontsize=8, frameon=False)
     else:
         ax2.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _health_panels(steps: list[dict[str, Any]], ax_len: Any, ax_rew: Any) -> None:
     """GRPO per step: completion length (mean, p95) and truncation; reward means, accuracy, KL and entropy."""
+    from matplotlib.ticker import MaxNLocator
 
     def series(key: str) -> tuple[list[float], list[float]]:
         pts = [(r["step"], r[key]) for r in steps if r.get(key) is not None]
@@ -175,6 +225,7 @@ def _health_panels(steps: list[dict[str, Any]], ax_len: Any, ax_rew: Any) -> Non
         if x:
             ax_len.plot(x, y, style, color="tab:orange", label=label)
     ax_len.set_xlabel("GRPO step")
+    ax_len.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_len.set_ylabel("completion tokens")
     tw = ax_len.twinx()
     x, y = series("truncation")
@@ -195,6 +246,7 @@ def _health_panels(steps: list[dict[str, Any]], ax_len: Any, ax_rew: Any) -> Non
         if x:
             ax_rew.plot(x, y, "-", color=color, label=key.removeprefix("reward_"))
     ax_rew.set_xlabel("GRPO step")
+    ax_rew.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_rew.set_ylabel("reward mean")
     tw2 = ax_rew.twinx()
     for key, style in (("kl", "--"), ("entropy", ":")):
