@@ -208,7 +208,8 @@ def add_eval_parsers(sub: Any) -> None:
         description="Generate samples per problem through the training prompt (system prompt + the model's chat "
         "template), grade them, and write samples.jsonl, summary.json, summary.md and budget.png to --out. "
         "Rerunning the same command resumes (also after kill -9): finished problems are not generated again; "
-        "other settings into the same --out are refused. Sampling defaults come from the recipe's eval section "
+        "other settings, or other model files at the same --model path, into the same --out are refused. Every "
+        "prompt plus --max-new-tokens is checked against the model's context first. Sampling defaults come from the recipe's eval section "
         f"(built-in: samples {d.samples}, temperature {d.temperature}, max new tokens {d.max_new_tokens}; "
         "or --recipe FILE), then --preset, then the flags. For published-style numbers use --preset r1.",
     )
