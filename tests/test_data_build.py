@@ -146,7 +146,8 @@ def test_too_long_filter_is_counted(tmp_path, shared_data, tiny_model_dir, sourc
     assert check["sft_max_length"] == 50 and check["over_sft_max_length"] == 4  # the 4 long OpenR1 traces
     assert check["over"] == {"50": 4, "4096": 0, "8192": 0, "16384": 0, "32768": 0}
     md = (out / "data_report.md").read_text()
-    assert "Longer than sft.max_length=50 (truncated in training; the prompt adds more): **4**." in md
+    assert "Longer than sft.max_length=50 (the prompt adds more): **4**. SFT refuses a set holding any such row" in md
+    assert "truncated in training" not in md  # SFT refuses them (sft.check_lengths); it never cuts them
     assert "data.build.max_tokens is null: no trace was dropped for its length." in md
     n_before = report["sft_rows"]
     # rebuilt into the same folder with max_tokens: those 4 are dropped and counted, the folder replaced whole
@@ -267,3 +268,29 @@ def test_system_prompt_of_hand_made_sets(tmp_path):
     (tmp_path / "same.jsonl.mathrecipe.json").write_text("{oops")
     with pytest.raises(DataError, match=r"same.jsonl.mathrecipe.json: not valid JSON"):
         dataset_system_prompt(same)
+
+
+def test_a_source_that_is_not_utf8_or_empty_is_one_line(tmp_path, shared_data, tiny_model_dir, sources, capsys):
+    # 22.5: a UnicodeDecodeError traceback, and datasets' bare StopIteration on an empty JSONL
+    def build(openr1):
+        return main(["-q", "data", "build", f"output_dir={tmp_path / 'run'}", f"data.build.output_dir={tmp_path / 'b'}",
+                     f"data.build.tokenizer={tiny_model_dir}", f"data.build.openr1={openr1}",
+                     "data.build.openr1_hard=null", "data.build.light_r1=null",
+                     f"data.build.benchmark_dir={shared_data / 'benchmarks'}"])
+
+    def one_line():
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("mathrecipe: error: "), err
+        return lines[0]
+
+    bad = tmp_path / "latin1.jsonl"
+    good = sources["openr1"].read_bytes().splitlines(keepends=True)
+    bad.write_bytes(b"".join(good[:3]) + good[3].replace(b"sequence", "séquence".encode("latin-1")))
+    assert build(bad) == 2
+    assert "latin1.jsonl, line 4: not UTF-8 text (byte 0xe9" in one_line()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert build(empty) == 2
+    assert f"data.build.openr1: {empty} is empty (no rows)" in one_line()
+    assert not (tmp_path / "b").exists()

@@ -276,10 +276,11 @@ def test_preset_r1_runs_64_samples_on_aime(tiny_model_dir, shared_data, tmp_path
     counted = Counting(monkeypatch, lambda prompt: "\\boxed{1}")
     out = tmp_path / "o"
     assert main(["-q", "eval", "--model", str(tiny_model_dir), "--benchmarks", "aime24,math500", "--data-dir",
-                 str(shared_data / "benchmarks"), "--out", str(out), "--preset", "r1", "--limit", "1"]) == 0
+                 str(shared_data / "benchmarks"), "--out", str(out), "--preset", "r1", "--limit", "1",
+                 "--max-new-tokens", "512"]) == 0  # the tiny model has 1,024 positions: 32,768 would not fit
     cfg = json.loads((out / "eval_config.json").read_text())
     assert {k: v["samples"] for k, v in cfg["benchmarks"].items()} == {"aime24": 64, "math500": 4}
-    assert cfg["sampling"]["max_new_tokens"] == 32768 and cfg["sampling"]["temperature"] == 0.6
+    assert cfg["sampling"]["max_new_tokens"] == 512 and cfg["sampling"]["temperature"] == 0.6
     assert len(_rows(out)) == 68 and len(counted.prompts) == 2
 
 
@@ -350,3 +351,293 @@ def test_grade_cli_10k_rows_with_a_pathological_row(tmp_path, shared_data, capsy
     assert out[0]["correct"] is True
     assert "graded 10000 rows" in capsys.readouterr().out
     assert took < 600
+
+
+# ------------------------------------------------------------------------------------- issue 22, items 2, 3, 5, 7, 8
+
+
+def _one_line(capsys, *words):
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("mathrecipe: error: "), err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_another_model_copied_to_the_same_path_is_refused(tiny_model_dir, ten, tmp_path, toy_splits, capsys):
+    # 22.2: --limit 5 with model A at m/, then model B copied to m/ and --limit 10 into the same --out: mixing the two
+    # models' rows into one summary over 20 rows was accepted
+    import shutil
+
+    from mathrecipe.toy import build_toy_model_folder
+
+    m, other = tmp_path / "m", tmp_path / "other"
+    shutil.copytree(tiny_model_dir, m)
+    build_toy_model_folder(other, toy_splits, seed=7, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    out = tmp_path / "o"
+    assert _eval(m, ten, out, "--limit", "5") == 0
+    before = (out / "samples.jsonl").read_text()
+    assert _eval(m, ten, out, "--limit", "5") == 0  # the same files: resumes (nothing to do)
+    shutil.rmtree(m)
+    shutil.copytree(other, m)  # another model, same path
+    capsys.readouterr()
+    assert _eval(m, ten, out, "--limit", "10") == 2
+    _one_line(capsys, str(out), "another model", "model.safetensors rewritten", "new --out")
+    assert (out / "samples.jsonl").read_text() == before  # nothing added, nothing lost
+
+
+def test_model_fingerprint_reads_no_weights_and_sees_rewrites(tiny_model_dir, tmp_path):
+    import os
+    import shutil
+
+    from mathrecipe.evaluate.identity import fingerprint_changes, model_fingerprint
+
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, m)
+    (m / "optimizer.pt").write_bytes(b"x")  # training state does not decide what the model generates
+    first = model_fingerprint(m)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(first) and "optimizer.pt" not in first
+    (m / "optimizer.pt").write_bytes(b"yy")
+    assert fingerprint_changes(first, model_fingerprint(m)) == []
+    st = (m / "model.safetensors").stat()
+    os.utime(m / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # same size, rewritten
+    assert fingerprint_changes(first, model_fingerprint(m)) == ["model.safetensors rewritten"]
+    assert model_fingerprint("no-such-org/no-such-model") is None  # a hub id not in the cache: unknown
+
+
+def _big_benchmark(path, toy_splits, big_row):
+    rows = [{"id": i, **r} for i, r in enumerate(toy_splits.test[:3])]
+    rows.insert(1, big_row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_5mb_problem_is_refused_in_seconds_under_2gb(tiny_model_dir, tmp_path, toy_splits):
+    # 22.3: a 5 MB problem ran until it was killed at 12 GB (the toy model has 1,024 positions)
+    import subprocess
+    import sys
+
+    bench = _big_benchmark(tmp_path / "big.jsonl", toy_splits,
+                           {"id": "huge", "problem": "Compute 12 + 30 - 5. " * 250_000, "answer": "37"})
+    assert bench.stat().st_size > 5_000_000
+    out = tmp_path / "o"
+    # the command runs as a child of a small wrapper, whose RUSAGE_CHILDREN peak is then that command's alone
+    wrapper = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+               "sys.stderr.write(done.stderr); print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN)"
+               ".ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "mathrecipe.cli", "-q", "eval",
+                           "--model", str(tiny_model_dir), "--benchmarks", str(bench), "--out", str(out),
+                           "--samples", "1", "--max-new-tokens", "16"], capture_output=True, text=True, timeout=300)
+    rc, peak_kib = map(int, done.stdout.split())
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "benchmark big: 1 prompt(s) + max_new_tokens=16 exceed the model's context of 1024 tokens" in lines[0]
+    assert "row 2 (id huge)" in lines[0]
+    assert peak_kib < 2 * 1024 * 1024, peak_kib
+    assert not out.exists()  # refused before anything was written: no stray eval_config.json
+
+
+def test_a_prompt_that_leaves_too_few_positions_is_refused_with_its_length(tiny_model_dir, tmp_path, toy_splits,
+                                                                           monkeypatch, capsys):
+    # 22.3: a 2,104-token prompt on a 1,024-position model was evaluated and graded without a word
+    from transformers import AutoTokenizer
+
+    from mathrecipe.prompts import prompt_ids
+
+    problem = "Compute 12 + 30 - 5. " * 150
+    n = len(prompt_ids(AutoTokenizer.from_pretrained(tiny_model_dir), problem))
+    assert 1024 - 24 < n < 4 * 1024  # fits the context alone, not with the 24 new tokens
+    bench = _big_benchmark(tmp_path / "long.jsonl", toy_splits, {"id": "long", "problem": problem, "answer": "37"})
+    counted = Counting(monkeypatch, right_for([]))
+    assert _eval(tiny_model_dir, bench, tmp_path / "o") == 2
+    _one_line(capsys, f"row 2 (id long) ({n} prompt tokens)", "max_new_tokens=24", "context of 1024 tokens")
+    assert counted.prompts == [] and not (tmp_path / "o").exists()
+
+
+def test_in_run_evaluation_checks_prompt_length_before_generating(tiny_model_dir, toy_splits, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathrecipe.errors import MathRecipeError
+    from mathrecipe.evaluate.inrun import evaluate_for_recipe
+    from mathrecipe.recipe import load_recipe
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("generated from an over-long prompt"))
+    problems = [{"id": "a", **toy_splits.test[0]}, {"id": "b", "problem": "Compute 1 + 1. " * 2000, "answer": "2"}]
+    with pytest.raises(MathRecipeError, match=r"evaluation \(epoch 1\): 1 prompt\(s\) \+ max_new_tokens=16 exceed "
+                       r"the model's context of 1024 tokens \(first: row 2 \(id b\)"):
+        evaluate_for_recipe(load_recipe(None, ["eval.max_new_tokens=16"]), model, tok, problems, "epoch 1")
+
+
+def test_progress_moves_per_finished_sequence_not_per_generate_call(tiny_model_dir):
+    # 22.8: with the default batch every sequence of a chunk is in one generate call, and the bar sat at 0/40 for
+    # minutes, then jumped. A model that ends its samples at different steps must move the bar as each one ends.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathrecipe.evaluate.generation import SamplingSettings, prompt_ids
+
+    tok, model = AutoTokenizer.from_pretrained(tiny_model_dir), AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tok.eos_token_id] = 4.0  # end-of-sequence likely enough that samples end at different steps
+    model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias)
+    calls = []
+    gen = HFGenerator(model, tok, batch_size=8)
+    out = gen.generate(prompt_ids(tok, [toy["problem"] for toy in ({"problem": "Compute 12 + 30 - 5."},) * 2]),
+                       SamplingSettings(samples=4, temperature=1.0, max_new_tokens=40, seed=0), calls.append)
+    lengths = sorted({c.n_tokens for cs in out for c in cs})
+    assert len(lengths) > 1  # the samples did end at different steps
+    assert sum(calls) == 8 and len(calls) > 1 and calls[0] < 8, calls  # one generate call, several updates
+
+
+def test_k_above_the_samples_is_refused_or_said(tiny_model_dir, ten, tmp_path, monkeypatch, capsys, caplog):
+    # 22.7: --k 8 --samples 2 printed "-" for maj@8/pass@8 without a word
+    counted = Counting(monkeypatch, right_for([]))
+    assert _eval(tiny_model_dir, ten, tmp_path / "o", "--k", "1,8") == 2
+    _one_line(capsys, "--k 8 exceeds the samples per problem (2)", "--samples 8")
+    assert counted.prompts == [] and not (tmp_path / "o").exists()
+    # above some benchmarks' samples only (a preset's 64 on AIME, 4 elsewhere): computed where it can be, said once
+    from mathrecipe.evaluate.run import check_ks
+
+    with caplog.at_level("WARNING"):
+        assert check_ks([1, 8], {"aime24": 64, "math500": 4}) == [1, 8]
+    assert [r.getMessage() for r in caplog.records] == [
+        "--k 8: above the samples per problem of math500 (4); those cells are shown as '-'"]
+
+
+def test_out_naming_a_file_and_an_empty_benchmark_are_one_line(tiny_model_dir, ten, tmp_path, monkeypatch, capsys):
+    def never(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(gen_mod, "make_generator", never)
+    f = tmp_path / "afile"
+    f.write_text("keep")
+    assert _eval(tiny_model_dir, ten, f) == 2
+    _one_line(capsys, f"--out {f} is a file; give a folder")
+    assert f.read_text() == "keep"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert _eval(tiny_model_dir, empty, tmp_path / "o") == 2
+    _one_line(capsys, "empty.jsonl", "no problems")
+    assert not (tmp_path / "o").exists()  # checked before loading the model: no stray eval_config.json
+
+
+def test_a_benchmark_that_is_not_utf8_is_one_line(tiny_model_dir, tmp_path, capsys):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"id": 1, "problem": "Compute 10 + 10.", "answer": "20"}\n'
+                  + '{"id": 2, "problem": "Calculez 10 + 10 façon", "answer": "20"}\n'.encode("latin-1"))
+    assert _eval(tiny_model_dir, f, tmp_path / "o") == 2
+    _one_line(capsys, "latin1.jsonl, line 2: not UTF-8", "byte 0xe7", "save the file as UTF-8")
+    assert not (tmp_path / "o").exists()
+
+
+def test_pickled_weights_torch_refuses_are_one_line(tiny_model_dir, tmp_path, capsys):
+    # 22.5: refused safely (weights_only), but as a traceback
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    m = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, m)
+    state = load_file(m / "model.safetensors")
+    (m / "model.safetensors").unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({**state, "payload": Payload()}, m / "pytorch_model.bin")
+    assert _eval(m, tmp_path / "none.jsonl", tmp_path / "o") == 2  # a missing benchmark fails first
+    capsys.readouterr()
+    ok = tmp_path / "b.jsonl"
+    ok.write_text('{"id": 1, "problem": "Compute 10 + 10.", "answer": "20"}\n')
+    assert _eval(m, ok, tmp_path / "o") == 2
+    _one_line(capsys, f"--model {m}", "pickled weights", "safetensors")
+    assert not (tmp_path / "ran").exists()
+
+
+def _disk_full(monkeypatch):
+    """Every flush to disk fails as on a full disk (fsync reports ENOSPC; the write before it would, too)."""
+    import errno
+    import os
+
+    import mathrecipe.evaluate.samples as samples_mod
+    import mathrecipe.files as files_mod
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files_mod.os, "fsync", full)
+    monkeypatch.setattr(samples_mod.os, "fsync", full)
+
+
+def test_disk_full_in_grade_and_eval_is_one_line_naming_the_file(tiny_model_dir, ten, tmp_path, monkeypatch,
+                                                                  capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"completion": "\\\\boxed{1}", "answer": "1"}\n')
+    out = tmp_path / "graded.jsonl"
+    _disk_full(monkeypatch)
+    assert main(["grade", "--input", str(src), "--output", str(out)]) == 2
+    _one_line(capsys, f"{out}: no space left on device", "free some space")
+    assert not out.exists() and not list(tmp_path.glob(".graded.jsonl*"))  # no temporary file left
+    Counting(monkeypatch, right_for([]))
+    assert _eval(tiny_model_dir, ten, tmp_path / "o", "--limit", "2") == 2
+    _one_line(capsys, f"{tmp_path / 'o' / 'eval_config.json'}: no space left on device")
+
+
+def test_grade_with_nothing_to_grade_fails(tmp_path, capsys):
+    # 22.5: "0/0" and exit 0 read as a result
+    src = tmp_path / "empty.jsonl"
+    src.write_text("\n \n")
+    assert main(["grade", "--input", str(src)]) == 2
+    _one_line(capsys, f"--input {src}: no rows to grade")
+    assert not (tmp_path / "empty.graded.jsonl").exists()
+    src.write_bytes(b'{"completion": "\\\\boxed{1}", "answer": "1\xff"}\n')
+    assert main(["grade", "--input", str(src)]) == 2
+    _one_line(capsys, "empty.jsonl, line 1: not UTF-8", "byte 0xff")
+
+
+def test_budget_png_is_written_without_budgets(tiny_model_dir, ten, tmp_path, monkeypatch):
+    # 22.8: the README lists budget.png among eval's outputs; it was written only with --budgets
+    Counting(monkeypatch, right_for([]))
+    assert _eval(tiny_model_dir, ten, tmp_path / "o", "--limit", "2") == 0
+    assert (tmp_path / "o" / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "budgets" not in json.loads((tmp_path / "o" / "summary.json").read_text())["benchmarks"]["ten"]
+
+
+def test_the_toy_length_on_a_real_model_is_warned_about(tmp_path, monkeypatch, toy_splits, tiny_model_dir, caplog):
+    # 18.3: without a recipe eval used the toy's 160 new tokens, which cut real answers, without a word
+    from conftest import make_template_model_dir
+
+    real = make_template_model_dir(tmp_path / "qwen", "qwen2_5")
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(json.dumps({"id": 1, "problem": "Compute 10 + 10.", "answer": "20"}) + "\n")
+    Counting(monkeypatch, lambda prompt: "\\boxed{20}")
+
+    def run(model, out, *extra):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert main(["-q", "eval", "--model", str(model), "--benchmarks", str(bench), "--out", str(tmp_path / out),
+                         "--samples", "1", *extra]) == 0
+        return [r.getMessage() for r in caplog.records if "toy recipe" in r.getMessage()]
+
+    (warning,) = run(real, "a")
+    assert "built-in toy recipe's 160" in warning and "--preset r1" in warning and "--max-new-tokens" in warning
+    assert run(real, "b", "--max-new-tokens", "200") == []  # chosen: nothing to say
+    assert run(tiny_model_dir, "c") == []  # the toy's own model: the toy's length fits
+
+
+def test_sampling_flags_have_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, words in (("--top-p TOP_P", "nucleus sampling"), ("--min-p MIN_P", "drop tokens less likely"),
+                        ("--seed SEED", "sampling seed")):
+        assert f"{flag} {words}" in text, flag
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "%%" not in text and "95 % CI" in " ".join(text.split())

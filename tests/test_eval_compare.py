@@ -112,3 +112,33 @@ def test_compare_eval_folder_takes_what_its_last_summary_covered(tmp_path):
     assert list(result["benchmarks"]) == ["aime24"]
     (s,) = [r["summary"] for r in result["benchmarks"]["aime24"]["table"]]
     assert s["n_problems"] == 2 and s["accuracy"] == 0.5
+
+
+def test_a_missing_folder_says_no_such_folder(tmp_path, capsys):
+    # 22.7: `compare nonexist` said "neither an eval folder nor a run folder"
+    assert main(["compare", str(tmp_path / "nonexist")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mathrecipe: error: {tmp_path / 'nonexist'}: no such folder; give `mathrecipe eval --out` " \
+                  "folders or run output folders"
+    f = tmp_path / "samples.jsonl"
+    f.write_text("")
+    assert main(["compare", str(f)]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_difference_that_rounds_to_zero_has_no_sign(tmp_path, capsys):
+    # 22.8: compare.md printed "-0 (-6, +6)"; the same accuracy, tokens 0.4 shorter on average
+    from mathrecipe.evaluate.compare import signed
+
+    assert [signed(x, 0) for x in (-0.4, 0.4, -0.6, 6.2, 0.0)] == ["0", "0", "-1", "+6", "0"]
+    assert [signed(x, 1) for x in (-0.04, 0.05, -6.25)] == ["0.0", "+0.1", "-6.2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    base = _rows(set(range(10)), 50, bench="x")
+    other = [{**r, "tokens": 50 - (1 if r["id"] in ("toy-0", "toy-1") else 0)} for r in base]  # mean -0.1 tokens
+    for d, rows in ((a, base), (b, other)):
+        _write(d / "samples.jsonl", rows)
+        (d / "eval_config.json").write_text(json.dumps({"benchmarks": {"x": {"samples": 4}}, "sampling": {}}))
+    assert main(["compare", str(a), str(b)]) == 0
+    md = (a / "compare" / "compare.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| b |"))
+    assert "-0 " not in row and "-0," not in row and "-0)" not in row and "| 0 (" in row, row

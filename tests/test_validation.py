@@ -2,10 +2,13 @@
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from mathrecipe.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["data.toy.n_sft=16", "data.toy.n_test=4", "data.toy.n_rl=16", "data.toy.n_dev=4",
         "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64"]
@@ -81,3 +84,88 @@ def test_a_stage_given_another_system_prompt_than_its_data_was_built_with_stops(
     err = _one_line_error(capsys, "Think hard.", "Please reason step by step", "data.system_prompt")
     assert "SFT data" in err
     assert not (tmp_path / "run" / "sft").exists()
+
+
+# ------------------------------------------------------------------------- issue 22, items 5 and 7: one line, anywhere
+
+
+def test_overrides_after_an_option_are_taken(tmp_path, capsys):
+    # 22.7: `plan recipes/toy.yaml --gpus 1 sft.epochs=2` and `run ... --restart output_dir=...` were rejected
+    toy = str(ROOT / "recipes" / "toy.yaml")
+    assert main(["plan", toy, "--gpus", "1", "sft.epochs=2", "--json", "sft.batch_size=8"]) == 0
+    work = json.loads(capsys.readouterr().out)["stages"][0]["work"]
+    assert (work["epochs"], work["sequences_per_step"]) == (2, 8)
+    # an override after --restart reaches the recipe: the recipe's own check answers, not argparse's usage error
+    assert main(["run", "--restart", f"output_dir={tmp_path / 'o'}", "data.grpo_path=MISSING"]) == 2
+    _one_line_error(capsys, "data.grpo_path is read only with data.source=files")
+    assert main(["run", "--restart", toy, f"output_dir={tmp_path / 'o'}", "data.grpo_path=MISSING"]) == 2
+    _one_line_error(capsys, "data.grpo_path is read only with data.source=files")
+    with pytest.raises(SystemExit) as e:  # an unknown option is still argparse's usage error
+        main(["plan", toy, "--gpus", "1", "--bogus", "sft.epochs=2"])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_positional_words_are_one_list_wherever_they_stand():
+    from argparse import Namespace
+
+    from mathrecipe.cli import merge_positionals
+
+    args = Namespace(recipe=None, overrides=[])
+    assert merge_positionals(args, ["r.yaml", "sft.epochs=2", "--x"]) == ["--x"]
+    assert (args.recipe, args.overrides) == ("r.yaml", ["sft.epochs=2"])
+    args = Namespace(recipe="r.yaml", overrides=["a=1"])
+    merge_positionals(args, ["b=2"])
+    assert (args.recipe, args.overrides) == ("r.yaml", ["a=1", "b=2"])
+    args = Namespace(recipe=None, overrides=[])
+    merge_positionals(args, ["output_dir=x"])
+    assert (args.recipe, args.overrides) == (None, ["output_dir=x"])
+    assert merge_positionals(Namespace(model="m"), ["stray"]) == ["stray"]  # eval has no overrides: still an error
+
+
+def test_an_empty_recipe_file_is_refused(tmp_path, capsys):
+    # 22.7: an empty file silently became the toy recipe
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert main(["plan", str(empty)]) == 2
+    _one_line_error(capsys, str(empty), "the recipe file is empty")
+    assert main(["run", str(empty), f"output_dir={tmp_path / 'o'}"]) == 2
+    _one_line_error(capsys, "the recipe file is empty")
+    assert not (tmp_path / "o").exists()
+
+
+def _files_run(tmp_path, sft_file, *extra):
+    bench = tmp_path / "test.jsonl"
+    bench.write_text(json.dumps({"problem": "Compute 1 + 1.", "answer": "2"}) + "\n")
+    return main(["-q", "sft", f"output_dir={tmp_path / 'run'}", "data.source=files", f"data.sft_path={sft_file}",
+                 f"data.eval_path={bench}", "grpo.enabled=false", *extra])
+
+
+def test_sft_data_that_is_not_utf8_or_empty_is_one_line(tmp_path, capsys, tiny_model_dir):
+    # 22.5: a UnicodeDecodeError traceback, and datasets' bare StopIteration on an empty file
+    model = f"model.name_or_path={tiny_model_dir}"
+    bad = tmp_path / "sft.jsonl"
+    bad.write_bytes(json.dumps({"prompt": "Compute 1 + 1.", "completion": "\\boxed{2}"}).encode() + b"\n"
+                    + '{"prompt": "Calculez 1 + 1 façon", "completion": "2"}\n'.encode("cp1252"))
+    assert _files_run(tmp_path, bad, model) == 2
+    _one_line_error(capsys, "sft.jsonl, line 2: not UTF-8", "byte 0xe7")
+    bad.write_text("\n\n")
+    assert _files_run(tmp_path, bad, model) == 2
+    _one_line_error(capsys, "data.sft_path", "is empty (no rows)")
+    js = tmp_path / "sft.json"
+    js.write_bytes(b'[{"prompt": "x", "completion": "\xff"}]')
+    assert _files_run(tmp_path, js, model) == 2
+    _one_line_error(capsys, "sft.json, line 1: not UTF-8", "byte 0xff")
+    assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_a_checkpoint_write_cut_short_by_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    # 22.5: disk full in sft. torch.save reports a short write as a RuntimeError, not an OSError
+    import torch
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full)
+    assert main(["-q", "sft", f"output_dir={tmp_path / 'run'}", *TINY, "sft.epochs=1", "sft.eval_each_epoch=false",
+                 "grpo.enabled=false"]) == 2
+    _one_line_error(capsys, "saving with torch failed", "unexpected pos", "disk is full", "rerun the same command")

@@ -130,19 +130,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(word: str) -> bool:
+    return "=" in word and not word.startswith("-")
+
+
+def merge_positionals(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Take ``key=value`` overrides (and a recipe path) that follow an option into ``args``; return what is left.
+
+    argparse matches a command's positionals in one run, so in ``plan toy.yaml --gpus 1 sft.epochs=2`` or
+    ``run --restart output_dir=x`` the words after the option are "unrecognized". For commands with overrides, every
+    positional word, wherever it stands, is one list: a recipe first (a word that is not ``key=value``, or a
+    .yaml/.yml path), then overrides in the order given (a later one wins, as always)."""
+    if not hasattr(args, "overrides"):
+        return extra
+    words = [w for w in extra if not w.startswith("-")]
+    if not words:
+        return extra
+    recipe = getattr(args, "recipe", None)
+    merged = ([recipe] if recipe is not None else []) + list(args.overrides) + words
+    if merged and (not _is_override(merged[0]) or merged[0].endswith((".yaml", ".yml"))):
+        args.recipe, args.overrides = merged[0], merged[1:]
+    else:
+        args.recipe, args.overrides = None, merged
+    return [w for w in extra if w.startswith("-")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    left = merge_positionals(args, extra)
+    if left:
+        parser.error(f"unrecognized arguments: {' '.join(left)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from mathrecipe.errors import MathRecipeError
+    from mathrecipe.errors import MathRecipeError, environment_message
 
     try:
         return int(args.func(args) or 0)
     except MathRecipeError as e:
         print(f"mathrecipe: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a full disk, a forbidden path ...: one line; anything else keeps its traceback
+        message = environment_message(e)
+        if message is None:
+            raise
+        print(f"mathrecipe: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -97,7 +97,32 @@ def load_model_and_tokenizer(path: str, cfg: ModelConfig, training: bool = False
         path, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
         dtype=torch.float32 if training else (dtype or "auto"),
     )
+    declare_tied_weights(model)
     return model, tokenizer
+
+
+def declare_tied_weights(model: Any) -> set[str]:
+    """Tell transformers' Trainer that tied weights are not in a checkpoint: returns (and sets as
+    ``model._keys_to_ignore_on_save``) the keys of parameters that ARE their tie's source parameter.
+
+    ``save_pretrained`` drops a tied copy (``lm_head.weight`` of a model with tied embeddings), so resuming from a
+    checkpoint ``load_state_dict``s without it, and the Trainer logs "There were missing keys in the checkpoint model
+    loaded: ['lm_head.weight']" unless the missing keys are exactly ``_keys_to_ignore_on_save`` (then it re-ties,
+    silently). Only weights that share the very tensor are declared, so a key missing for any other reason -- or
+    a "tied" key whose weights were untied -- is still warned about. Saving is unchanged: those keys were dropped
+    as tied copies anyway."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    keys = set()
+    for target, source in tied.items():
+        try:
+            same = model.get_parameter(target) is model.get_parameter(source)
+        except AttributeError:  # a key of a submodule this model does not have
+            same = False
+        if same:
+            keys.add(target)
+    if keys:
+        model._keys_to_ignore_on_save = set(model._keys_to_ignore_on_save or ()) | keys
+    return keys
 
 
 def train_dtypes(precision: str, cuda: bool | None = None, sharded: bool = False) -> dict[str, str]:

@@ -356,9 +356,12 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise RecipeError(f"{p}: not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:  # an empty file would otherwise run the built-in toy recipe without a word
+            raise RecipeError(f"{p}: the recipe file is empty; write its settings (recipes/toy.yaml shows every key), "
+                              "or give no recipe to run the built-in toy recipe")
+        if not isinstance(loaded, dict):
             raise RecipeError(f"{p}: a recipe is a mapping of sections (output_dir, model, data, sft, ...)")
-        tree = loaded or {}
+        tree = loaded
     for o in overrides or []:
         k, v = parse_override(o)
         _set_path(tree, k, v)

@@ -33,8 +33,8 @@ from mathrecipe.recipe import BuildConfig, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 
-# Context lengths SFT runs commonly train at: the report says how many kept traces exceed each, so a trace that the
-# trainer would truncate is visible even when data.build.max_tokens is null.
+# Context lengths SFT runs commonly train at: the report says how many kept traces exceed each, so a trace that SFT
+# would refuse at a given sft.max_length is visible even when data.build.max_tokens is null.
 SFT_LENGTHS = (4096, 8192, 16384, 32768)
 
 
@@ -235,8 +235,9 @@ def length_stats(lengths: list[int]) -> dict[str, Any]:
 
 
 def length_check(kept: list[int], report: BuildReport, sft_max_length: int | None) -> dict[str, Any]:
-    """How many kept traces exceed each common SFT length and ``sft.max_length`` (those the trainer truncates:
-    the trace alone is longer, the prompt adds more), and how many were dropped as longer than ``max_tokens``."""
+    """How many kept traces exceed each common SFT length and ``sft.max_length`` (those SFT refuses before
+    training: the trace alone is longer, the prompt adds more), and how many were dropped as longer than
+    ``max_tokens``."""
     limits = sorted({*SFT_LENGTHS, *([sft_max_length] if sft_max_length else [])})
     return {"max_tokens": report.max_tokens, "dropped_too_long": len(report.too_long),
             "sft_max_length": sft_max_length,
@@ -296,8 +297,10 @@ def _markdown(d: dict[str, Any]) -> str:
                   ""]
     lines.append("Kept traces longer than: " + ", ".join(f"{int(n):,}: **{k}**" for n, k in c["over"].items()) + ".")
     if c["sft_max_length"]:
-        lines.append(f"Longer than sft.max_length={c['sft_max_length']:,} (truncated in training; the prompt adds "
-                     f"more): **{c['over_sft_max_length']}**.")
+        lines.append(f"Longer than sft.max_length={c['sft_max_length']:,} (the prompt adds more): "
+                     f"**{c['over_sft_max_length']}**. SFT refuses a set holding any such row before training "
+                     "(truncation would cut off their answers) unless sft.packing splits long rows (sft.extra.packing_strategy "
+                     "wrapped or bfd_split); set data.build.max_tokens to drop them here, or raise sft.max_length.")
     if c["max_tokens"] is None:
         lines.append("data.build.max_tokens is null: no trace was dropped for its length.")
     else:

@@ -41,7 +41,7 @@ def load_table(path: str | Path, split: str = "train", what: str = "data", local
     if p.is_file():
         suffix = p.suffix.lower()
         if suffix in (".jsonl", ".json"):
-            _check_jsonl(p)
+            _check_text_file(p, what)
             return datasets.load_dataset("json", data_files=str(p), split="train")
         if suffix == ".parquet":
             return datasets.load_dataset("parquet", data_files=str(p), split="train")
@@ -63,15 +63,29 @@ def load_hub(repo_id: str, split: str, what: str, **kwargs: Any) -> Any:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a malformed line is an error naming file and line."""
+    """(line number, object) for each non-blank line; a malformed line (not UTF-8, not JSON, not an object) is an
+    error naming file and line."""
     p = Path(path)
-    with p.open(encoding="utf-8") as f:
+    with p.open("rb") as f:
         yield from iter_jsonl_lines(f, str(p))
 
 
-def iter_jsonl_lines(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """:func:`iter_jsonl` over any stream of lines (e.g. stdin); errors say ``where, line N``."""
-    for i, line in enumerate(lines, 1):
+def decode_line(line: bytes | str, where: str, i: int) -> str:
+    """A line of a text file as text; bytes that are not UTF-8 are a DataError naming the line, the column and the
+    byte (a file saved as Latin-1 or UTF-16 would otherwise be a UnicodeDecodeError traceback)."""
+    if isinstance(line, str):
+        return line
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}, line {i}: not UTF-8 text (byte 0x{line[e.start]:02x} at byte {e.start + 1} of the "
+                        "line); save the file as UTF-8") from None
+
+
+def iter_jsonl_lines(lines: Iterable[str | bytes], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`iter_jsonl` over any stream of lines, text or bytes (e.g. stdin); errors say ``where, line N``."""
+    for i, raw in enumerate(lines, 1):
+        line = decode_line(raw, where, i)
         if not line.strip():
             continue
         try:
@@ -83,11 +97,20 @@ def iter_jsonl_lines(lines: Iterable[str], where: str) -> Iterator[tuple[int, di
         yield i, obj
 
 
-def _check_jsonl(p: Path) -> None:
-    """Fail on the first malformed line with its number (datasets' own error does not say which)."""
+def _check_text_file(p: Path, what: str) -> None:
+    """Before ``datasets`` reads a .jsonl/.json file: the first malformed line with its number (datasets' own
+    errors say neither which line nor, for bytes that are not UTF-8, anything but a traceback), and a file without
+    rows (datasets' JSON loader raises a bare StopIteration on one)."""
+    rows = 0
     if p.suffix.lower() == ".jsonl":
         for _ in iter_jsonl(p):
-            pass
+            rows += 1
+    else:
+        with p.open("rb") as f:
+            for i, line in enumerate(f, 1):
+                rows += bool(decode_line(line, str(p), i).strip())
+    if not rows:
+        raise DataError(f"{what}: {p} is empty (no rows); give a file with one JSON object per line")
 
 
 def require_columns(ds: Any, columns: Sequence[str], source: str) -> None:

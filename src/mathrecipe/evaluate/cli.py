@@ -51,6 +51,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
             if row[col] is None:
                 raise DataError(f"{src}, line {i}: column {col!r} is null")
         rows.append(row)
+    if not rows:  # "accuracy 0/0" with exit 0 reads as a result; there is none
+        raise DataError(f"--input {src}: no rows to grade (the file is empty or blank); give a JSONL file with one "
+                        f"object per line holding {args.completion_column!r} and {args.answer_column!r}")
     with Grader(workers=args.workers, timeout=args.timeout) as grader:
         results = grader.grade([str(r[args.completion_column]) for r in rows],
                                [str(r[args.answer_column]) for r in rows])
@@ -58,7 +61,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     atomic_write_text(out, "".join(json.dumps({**r, "extracted": g.extracted, "correct": g.correct}, ensure_ascii=False)
                               + "\n" for r, g in zip(rows, results)))
     n_ok = sum(g.correct for g in results)
-    acc = n_ok / len(rows) if rows else 0.0
+    acc = n_ok / len(rows)
     print(f"graded {len(rows)} rows: accuracy {acc:.4f} ({n_ok}/{len(rows)}); "
           f"{timeouts} over the {args.timeout:g}s bound (counted wrong) -> {out}")
     return 0
@@ -130,7 +133,8 @@ def resolve_eval(args: argparse.Namespace) -> dict[str, Any]:
                 samples_by_benchmark=per_bench, backend=values["backend"], batch_size=batch_size,
                 kv_cache_gib=values["kv_cache_gib"], budgets=args.budgets or (), ks=args.k, data_dir=args.data_dir,
                 system_prompt=system_prompt or None, limit=args.limit, problem_column=args.problem_column,
-                answer_column=args.answer_column)
+                answer_column=args.answer_column,
+                toy_length=not args.recipe and origin["max_new_tokens"] == f"{src}'s eval.max_new_tokens")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -178,8 +182,11 @@ def add_sampling_args(p: Any, samples_help: str, stop_help: str) -> None:
                    help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     p.add_argument("--samples", type=int, help=samples_help)
     p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-p", dest="top_p", type=float)
-    p.add_argument("--min-p", dest="min_p", type=float)
+    p.add_argument("--top-p", dest="top_p", type=float,
+                   help="nucleus sampling: sample from the smallest set of tokens whose probabilities sum to P "
+                   "(0 < P <= 1; 1 = off)")
+    p.add_argument("--min-p", dest="min_p", type=float,
+                   help="drop tokens less likely than P x the most likely one (0 <= P < 1; unset = off)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="max new tokens per sample")
     p.add_argument("--batch-size", dest="batch_size",
                    help="sequences per generate() call (hf backend), or 'auto': the most the KV budget holds")
@@ -201,7 +208,8 @@ def add_eval_parsers(sub: Any) -> None:
         description="Generate samples per problem through the training prompt (system prompt + the model's chat "
         "template), grade them, and write samples.jsonl, summary.json, summary.md and budget.png to --out. "
         "Rerunning the same command resumes (also after kill -9): finished problems are not generated again; "
-        "other settings into the same --out are refused. Sampling defaults come from the recipe's eval section "
+        "other settings, or other model files at the same --model path, into the same --out are refused. Every "
+        "prompt plus --max-new-tokens is checked against the model's context first. Sampling defaults come from the recipe's eval section "
         f"(built-in: samples {d.samples}, temperature {d.temperature}, max new tokens {d.max_new_tokens}; "
         "or --recipe FILE), then --preset, then the flags. For published-style numbers use --preset r1.",
     )
@@ -213,10 +221,12 @@ def add_eval_parsers(sub: Any) -> None:
                    "default: the public hub datasets")
     add_sampling_args(p, samples_help="samples per problem (accuracy = mean pass@1 over them)",
                       stop_help="stop at </think> and take the boxed answer from the reasoning (AIMO-style inference)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="sampling seed (default: the recipe's seed); the same seed and "
+                   "settings give the same samples")
     p.add_argument("--system-prompt", help="'' for none (default: the recipe's data.system_prompt)")
     p.add_argument("--budgets", type=_ints, help="token budgets for accuracy-vs-budget, e.g. 8192,16384,32768")
-    p.add_argument("--k", type=_ints, help="k values for pass@k and maj@k (default: 1,2,4,..,samples)")
+    p.add_argument("--k", type=_ints, help="k values for pass@k and maj@k, each <= the samples per problem "
+                   "(default: 1,2,4,..,samples)")
     p.add_argument("--limit", type=int, help="first N problems of each benchmark (quick checks)")
     p.add_argument("--problem-column", help="problem column of a custom file (default 'problem')")
     p.add_argument("--answer-column", help="answer column of a custom file (default 'answer')")
@@ -239,7 +249,7 @@ def add_eval_parsers(sub: Any) -> None:
         "compare", help="compare evaluations: tables, paired differences, overlaid budget curves",
         description="Compare `mathrecipe eval` folders and/or `mathrecipe run` output folders (a run contributes "
         "its selected SFT epoch, its start model when GRPO started without SFT, and GRPO). Per benchmark: pass@1 "
-        "with its 95%% CI, maj@n, mean tokens (all and correct), truncation, and each entry's paired difference "
+        "with its 95 % CI, maj@n, mean tokens (all and correct), truncation, and each entry's paired difference "
         "against the first with a seeded bootstrap CI over problems. Writes compare.md, compare.json and "
         "compare.png (accuracy vs token budget, overlaid).",
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.evaluate.metrics import accuracy_at_budgets, paired_bootstrap, summarize
+from mathrecipe.evaluate.metrics import accuracy_at_budgets, budget_grid, paired_bootstrap, summarize
 from mathrecipe.evaluate.render import pct, plot_budget_curves
 from mathrecipe.evaluate.samples import complete_rows, read_samples
 from mathrecipe.files import atomic_write_text
@@ -96,6 +96,10 @@ def load_entries(dirs: Sequence[str | Path]) -> list[Entry]:
     entries: list[Entry] = []
     for raw in dirs:
         d = Path(raw)
+        if not d.exists():
+            raise MathRecipeError(f"{d}: no such folder; give `mathrecipe eval --out` folders or run output folders")
+        if not d.is_dir():
+            raise MathRecipeError(f"{d}: a file, not a folder; give the folder that holds it")
         if (d / "report.json").is_file():
             found = _run_dir(d)
         elif (d / "samples.jsonl").is_file():
@@ -112,6 +116,13 @@ def load_entries(dirs: Sequence[str | Path]) -> list[Entry]:
         if labels.count(e.label) > 1:
             e.label = f"{e.label} ({e.source})"
     return entries
+
+
+def signed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals and its sign, where the sign means something: a difference that rounds to
+    zero prints as 0 (``format(-0.3, "+.0f")`` is "-0", which reads as a loss)."""
+    text = f"{x:+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
 
 
 def _per_problem(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -141,7 +152,7 @@ def compare(dirs: Sequence[str | Path], out_dir: str | Path | None = None, seed:
     for name in names:
         mine = [e for e in entries if name in e.rows]
         longest = max(r["tokens"] for e in mine for r in e.rows[name])
-        grid = sorted({max(1, round(longest * k / CURVE_POINTS)) for k in range(1, CURVE_POINTS + 1)})
+        grid = budget_grid(longest, CURVE_POINTS)
         base = mine[0].rows[name]
         table, curves = [], {}
         for e in mine:
@@ -164,8 +175,8 @@ def compare(dirs: Sequence[str | Path], out_dir: str | Path | None = None, seed:
                 delta = ["(first)", "(first)"] if row is table[0] else ["no common problems"] * 2
             else:
                 a, t = d["accuracy"], d["mean_tokens"]
-                delta = [f"{100 * a[0]:+.1f} ({100 * a[1]:+.1f}, {100 * a[2]:+.1f})",
-                         f"{t[0]:+.0f} ({t[1]:+.0f}, {t[2]:+.0f})"]
+                delta = [f"{signed(100 * a[0], 1)} ({signed(100 * a[1], 1)}, {signed(100 * a[2], 1)})",
+                         f"{signed(t[0], 0)} ({signed(t[1], 0)}, {signed(t[2], 0)})"]
             lines.append(
                 f"| {row['label']} | {s['n_problems']} | {n} | {pct(s['accuracy'])} ({pct(s['ci95'][0])}–"
                 f"{pct(s['ci95'][1])}) | {pct(s['maj@k'][n])} | {s['mean_tokens']:.0f} | "

@@ -188,6 +188,33 @@ def _finish(row: list[int], stop_ids: list[int], stop_strings: list[str], tokeni
     return Completion(text=text, token_ids=ids, finished=finished)
 
 
+class FinishedCounter:
+    """A stopping criterion that never stops anything: it reports ``on_progress(k)`` as k more sequences of a
+    ``generate`` call end on a stop token, so a progress bar moves per finished sequence instead of once per call
+    (with the default batch, one call can hold every sequence of a chunk for minutes). ``reported`` counts them;
+    the caller reports the rest when the call returns."""
+
+    def __init__(self, stop_ids: Sequence[int], batch: int, on_progress: Callable[[int], None]) -> None:
+        self.stop_ids, self.on_progress = list(stop_ids), on_progress
+        self.done: Any = None
+        self.batch, self.reported = batch, 0
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            self.stop = torch.tensor(self.stop_ids, device=input_ids.device)
+        # a finished sequence is padded (often with a stop id) from then on: each counts once
+        new = torch.isin(input_ids[:, -1], self.stop) & ~self.done
+        n = int(new.sum())
+        if n:
+            self.done |= new
+            self.reported += n
+            self.on_progress(n)
+        return torch.zeros_like(self.done)
+
+
 class HFGenerator:
     """Batched ``model.generate`` (transformers): left padding, KV cache, ``batch_size`` sequences per call.
 
@@ -217,6 +244,13 @@ class HFGenerator:
         longest = max((len(x) for x in prompts), default=0)
         fits = auto_batch_size(self.model.config, p.element_size(), longest + settings.max_new_tokens, gib)
         return max(1, min(fits, len(prompts) * settings.samples))
+
+    @property
+    def context(self) -> int | None:
+        """The model's context window in tokens (None when its config sets none)."""
+        from mathrecipe.prompts import model_context
+
+        return model_context(self.model.config)
 
     def static_cache_fits(self, batch: int, tokens_per_sequence: int) -> bool:
         """On CPU, generate with a preallocated (static) KV cache when its full size fits the KV budget: the default
@@ -262,13 +296,15 @@ class HFGenerator:
                     mask = [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch]
                     cache = {"cache_implementation": "static"} if self.static_cache_fits(
                         len(batch), width + settings.max_new_tokens) else {}
+                    watch = FinishedCounter(stop_ids, len(batch), on_progress) if on_progress else None
                     with torch.no_grad():
                         seqs = model.generate(input_ids=torch.tensor(ids, device=device),
-                                              attention_mask=torch.tensor(mask, device=device), **gen_kwargs, **cache)
+                                              attention_mask=torch.tensor(mask, device=device), **gen_kwargs, **cache,
+                                              **({"stopping_criteria": [watch]} if watch else {}))
                     for (i, j), row in zip(batch, seqs[:, width:].tolist()):
                         out[i][j] = _finish(row, stop_ids, stop_strings, tok)
-                    if on_progress:
-                        on_progress(len(batch))
+                    if watch is not None and len(batch) > watch.reported:
+                        watch.on_progress(len(batch) - watch.reported)  # cut at max_new_tokens, or by a stop string
             finally:
                 if was_training:
                     model.train()
@@ -297,6 +333,14 @@ class VLLMGenerator:
             ) from e
         self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **llm_kwargs)
+
+    @property
+    def context(self) -> int | None:
+        """The engine's context window (max_model_len) in tokens; None when it cannot be read."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            return None
 
     def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
@@ -366,21 +410,79 @@ def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size:
     return HFGenerator(model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib)
 
 
+def _cannot_load(model: str, e: Exception) -> MathRecipeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return MathRecipeError(f"--model {model}: cannot be loaded ({first})")
+
+
+def open_tokenizer(model: str) -> tuple[Any, int | None]:
+    """(tokenizer, context window in tokens or None) of a saved folder or hub id, without loading the weights: what
+    the prompt-length check needs, in seconds. A folder that cannot be read is one line naming ``--model``."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mathrecipe.prompts import model_context
+
+    try:
+        return AutoTokenizer.from_pretrained(model), model_context(AutoConfig.from_pretrained(model))
+    except (OSError, ValueError) as e:
+        raise _cannot_load(model, e) from e
+
+
 def open_generator(backend: str, model: str, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
-                   seed: int = 0) -> tuple[Any, Generator]:
+                   seed: int = 0, tokenizer: Any = None) -> tuple[Any, Generator]:
     """(tokenizer, generator) for a saved folder or hub id, as the ``eval`` and ``solve`` commands load it: a folder
-    without weights or tokenizer files, an unknown hub id or architecture is one line naming ``--model``."""
+    without weights or tokenizer files, an unknown hub id or architecture, or weights torch refuses to unpickle is
+    one line naming ``--model``. Pass ``tokenizer`` when it is already loaded."""
+    import pickle
+
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
         return tokenizer, make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
                                          seed=seed)
     except MathRecipeError:
         raise
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MathRecipeError(f"--model {model}: cannot be loaded ({first})") from e
+        raise _cannot_load(model, e) from e
+    except pickle.UnpicklingError as e:  # torch's weights_only load refused a pickle holding more than tensors
+        raise MathRecipeError(f"--model {model}: its pickled weights (pytorch_model.bin) hold Python objects that "
+                              "torch refuses to load, since unpickling them could run code; use a safetensors copy "
+                              "of the model from a source you trust") from e
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token stands for, read off the vocabulary: a raw token string is never shorter than
+    the text it decodes to (byte-level BPE: one character a byte; SentencePiece: "▁" for a space, "<0x41>" for one
+    byte; WordPiece: "##" prefixes), so a text of c characters takes at least c / this many tokens."""
+    return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
+
+
+def checked_prompt_ids(tokenizer: Any, problems: Sequence[str], labels: Sequence[Any], system_prompt: str | None,
+                       max_new_tokens: int, context: int | None, where: str, fix: str) -> list[list[int]]:
+    """:func:`prompt_ids` of each problem, after checking that prompt + ``max_new_tokens`` fits the model's
+    ``context`` (``mathrecipe.prompts.overlong_prompts``); otherwise a one-line error naming how many do not fit
+    and the first (``describe_overlong``; ``labels`` name the problems). A prompt whose text alone proves it cannot
+    fit in the whole context -- ceil(characters / :func:`longest_token_chars`) tokens at least -- is refused without
+    being tokenized: a 5 MB problem would take half a minute and GBs of memory to tokenize, and far more to generate
+    from."""
+    from mathrecipe.prompts import describe_overlong, overlong_prompts, render_prompt
+
+    texts = [render_prompt(tokenizer, p, system_prompt) for p in problems]
+    if context is None:
+        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    widest = longest_token_chars(tokenizer)
+    at_least = [-(-len(t) // widest) for t in texts]
+    sure = set(overlong_prompts(at_least, 0, context))  # longer than the whole context: not worth counting
+    rest = [i for i in range(len(texts)) if i not in sure]
+    enc = tokenizer([texts[i] for i in rest], add_special_tokens=False)["input_ids"] if rest else []
+    ids: dict[int, list[int]] = {i: list(x) for i, x in zip(rest, enc)}
+    over = sorted(sure | {rest[j] for j in overlong_prompts([len(x) for x in enc], max_new_tokens, context)})
+    if over:
+        lengths = [f"at least {at_least[i]}" if i in sure else len(ids[i]) for i in over]
+        raise MathRecipeError(describe_overlong(where, [labels[i] for i in over], lengths, max_new_tokens, context,
+                                                fix))
+    return [ids[i] for i in range(len(texts))]
 
 
 def answer_token_offsets(token_ids: Sequence[int], char_ends: Sequence[int], tokenizer: Any) -> list[int]:

@@ -23,8 +23,8 @@ from mathrecipe.evaluate.generation import (
     HFGenerator,
     SamplingSettings,
     VLLMGenerator,
+    checked_prompt_ids,
     load_hf_model,
-    prompt_ids,
 )
 from mathrecipe.evaluate.metrics import summarize
 from mathrecipe.evaluate.samples import grade_completions
@@ -90,7 +90,12 @@ def evaluate_model(
     if not problems:
         raise MathRecipeError("no problems to evaluate: the held-out set is empty")
     rank, world = dist_info()
-    ids = prompt_ids(tokenizer, [str(p["problem"]) for p in problems], system_prompt)
+    # every rank checks the same prompts against the same model, so a refusal stops every rank alike
+    ids = checked_prompt_ids(tokenizer, [str(p["problem"]) for p in problems],
+                             [f"{i} (id {p['id']})" for i, p in enumerate(problems, 1)], system_prompt,
+                             settings.max_new_tokens, getattr(generator, "context", None), where=f"evaluation ({desc})",
+                             fix="leave those problems out of the held-out set, or lower eval.max_new_tokens if the "
+                             "prompt alone fits (skipping them would report a number over fewer problems)")
     share = rank_share(len(problems), rank, world)
     if world > 1 and isinstance(generator, HFGenerator):
         # one batch size on every rank (free memory differs per device), or the generate calls would not pair up

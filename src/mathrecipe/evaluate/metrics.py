@@ -90,6 +90,12 @@ def correct_at_budget(boxes: Sequence[tuple[int, bool]], budget: int) -> bool:
     return ok
 
 
+def budget_grid(longest: int, points: int = 40) -> list[int]:
+    """``points`` budgets evenly spaced up to ``longest`` tokens (round(longest x k / points), k = 1..points, at
+    least 1): where an accuracy-vs-budget curve is drawn when no budgets are asked for."""
+    return sorted({max(1, round(longest * k / points)) for k in range(1, points + 1)})
+
+
 def accuracy_at_budgets(
     samples: Sequence[dict[str, Any]], budgets: Sequence[int], problem_key: str = "id"
 ) -> dict[int, float]:

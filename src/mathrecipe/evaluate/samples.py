@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.evaluate.generation import Completion, answer_token_offsets
-from mathrecipe.files import atomic_write_text
+from mathrecipe.files import atomic_write_text, naming
 from mathrecipe.grading import Grader, boxed_spans, default_grader
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def write_samples(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 def append_samples(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append whole rows and flush them to disk; a kill can cut at most the last line, which resuming drops."""
-    with Path(path).open("a", encoding="utf-8") as f:
+    with naming(path), Path(path).open("a", encoding="utf-8") as f:  # a full disk: an OSError naming the file
         f.write(_dumps(rows))
         f.flush()
         os.fsync(f.fileno())
