@@ -574,3 +574,23 @@ def test_vllm_backend_draws_each_wave_as_one_prompt_with_n_samples(tiny_model_di
     assert calls == [(1, 2, 40), (1, 2, 40)]  # two waves of 2, then 4 > 0 + 2: decided
     row = json.loads((out / "solve.jsonl").read_text())
     assert (row["answer"], row["stop"], row["samples"], row["correct"]) == (7, "decided", 4, True)
+
+
+def test_a_slow_machine_answers_some_problems_fully_instead_of_cutting_every_sample(tiny_tokenizer):
+    """Issue 17.5: calls cost 0.4 s + 10 ms a step (a loaded machine: the overhead dominates), a wave needs ~50
+    steps (3 chunks, ~1.7 s) to reach its answer, and the budget gives each of 30 problems 0.5 s. Cutting every
+    problem at its share answers none (each sample stops after a probe, before it writes an answer); waves planned
+    to complete answer problems fully -- the first ones -- and skip the rest, never past the budget."""
+    plan = {f"problem {i}.": [trace(i, 6)] * 8 for i in range(30)}
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.01)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
+                    SolveOptions(time_budget_s=15.0), clock=clock, started_at=clock.now)
+    results = solver.solve(problems(30))
+    assert clock.now - 1000.0 <= 15.0
+    answered = [r for r in results if r.answer is not None]
+    assert len(answered) >= 6, [(r.stop, r.answer) for r in results]
+    assert all(r.answer == i for i, r in enumerate(results) if r.answer is not None)
+    assert all(r.stop in ("decided", "all samples") for r in answered)  # whole waves: every sample voted
+    first_skipped = next(i for i, r in enumerate(results) if r.stop == "no time")
+    assert all(r.stop == "no time" and not r.samples for r in results[first_skipped:])  # later ones: no waste

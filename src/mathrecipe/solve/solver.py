@@ -36,10 +36,12 @@ later problems, and plans a third fewer samples when behind (:func:`policy.plann
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,16 +51,28 @@ from mathrecipe.evaluate.generation import THINK_END, Generator, SamplingSetting
 from mathrecipe.grading import boxed_spans, extract_answer
 from mathrecipe.prompts import SYSTEM_PROMPT
 from mathrecipe.solve.answers import INT_FORMAT, Tally, Vote, check_answer_format
-from mathrecipe.solve.policy import CallTimes, next_wave, planned_samples, time_share, vote_settled
+from mathrecipe.solve.policy import (
+    DECIDED,
+    LEAD,
+    CallTimes,
+    next_wave,
+    planned_samples,
+    time_share,
+    typical_steps,
+    vote_settled,
+    wave_seconds,
+)
 
 log = logging.getLogger(__name__)
 
 PROBE_STEPS = 8  # the first chunk under a deadline, before any call has measured the machine's speed
+WARM_UP_STEPS = 2  # the untimed first call: a backend's one-time costs, at the batch the first wave uses
 CHUNKS_PER_SAMPLE = 8  # default chunk_tokens = ceil(max_new_tokens / this)
 AUTO = "auto"  # wave: policy.next_wave
 
 # why a problem stopped
 ALL, TIME, NO_TIME = "all samples", "time", "no time"
+SETTLED = (DECIDED, LEAD, ALL)  # stops that show how many decode steps a problem needed
 # how a sample ended
 EOS, THINK, FIRST_BOX, MAX_TOKENS, CANCELLED, CUT = "finished", "think", "first box", "max tokens", "cancelled", "time"
 
@@ -159,40 +173,77 @@ class Solver:
     """Answers problems one at a time with a :class:`Generator` (see the module docstring for the rules).
 
     ``clock`` is injectable (tests drive a simulated one); ``started_at`` is when the global budget started (the
-    command's start, so loading the model counts, as in the competition); default: the first ``solve`` call.
+    command passes its process's start, so imports and loading count, as in the competition); default: the first
+    ``solve`` call. ``reserve_s`` is kept back at the budget's end (the command's last write and exit).
     """
 
     def __init__(self, generator: Generator, tokenizer: Any, settings: SamplingSettings, options: SolveOptions,
                  system_prompt: str | None = SYSTEM_PROMPT, clock: Callable[[], float] = time.monotonic,
-                 started_at: float | None = None, grader: Any = None) -> None:
+                 started_at: float | None = None, grader: Any = None, reserve_s: float = 0.0) -> None:
         self.gen, self.tok, self.settings, self.opts = generator, tokenizer, settings, options
         self.system_prompt, self.clock, self.grader = system_prompt, clock, grader
-        self.started_at = started_at
+        self.started_at, self.reserve_s = started_at, reserve_s
         self.times = CallTimes()
         self.chunk = default_chunk_tokens(settings.max_new_tokens)
         self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
+        self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took until they stopped
         self.last_cut = False  # the last problem ran out of time
         self.warm = False
 
     # ------------------------------------------------------------------------------------------ the budget
 
+    def end(self) -> float:
+        """When the global budget's time for generating ends (its end less ``reserve_s``); inf without one."""
+        if self.opts.time_budget_s is None:
+            return math.inf
+        assert self.started_at is not None
+        return self.started_at + self.opts.time_budget_s - self.reserve_s
+
+    def chunk_for(self, deadline: float) -> int:
+        """Decode steps per generate call (see :meth:`solve_one`)."""
+        opts, s = self.opts, self.settings
+        fewest = opts.wave == AUTO and deadline == math.inf
+        return opts.chunk_tokens or (s.max_new_tokens if fewest and not opts.stop_at_first_box else self.chunk)
+
     def deadline(self, problems_left: int) -> tuple[float, float, int]:
         """(soft deadline, hard deadline, samples to plan) for the next problem.
 
-        --per-problem: both are the problem's limit. --time-budget: the soft one ends the problem's share of the time
-        left (planned by the expected call time: a slow call borrows from later shares, which shrink to repay it);
-        the hard one is the budget's end (planned by the bound). No clock: both infinite.
+        Both clocks plan alike: ``steps`` = :func:`policy.typical_steps` of the recent problems, ``need(m)`` = what a
+        wave of m samples running that many steps takes at the calls' current speed (:func:`policy.wave_seconds`),
+        and a third fewer samples when the share is below ``need(N)`` or the last problem ran out of time
+        (:func:`policy.planned_samples`).
+
+        --per-problem: the share is fixed; both deadlines are its end. --time-budget: the share is the time left /
+        problems left; the soft deadline ends the share -- or, when a wave that can complete needs more, ends that
+        wave (:meth:`soft_deadline`: borrowed from later shares, which shrink to repay it, so some problems are
+        answered fully rather than all cut before any sample writes its answer; the last ones get what is left, or
+        nothing); the hard one is the budget's end (:meth:`end`), kept by the bound. No clock: both infinite.
         """
         now, n = self.clock(), self.settings.samples
         if self.opts.per_problem_s is not None:
-            return now + self.opts.per_problem_s, now + self.opts.per_problem_s, n
-        if self.opts.time_budget_s is None:
+            share, end = self.opts.per_problem_s, now + self.opts.per_problem_s
+        elif self.opts.time_budget_s is not None:
+            end = self.end()
+            share = time_share(end - now, problems_left)
+        else:
             return math.inf, math.inf, n
-        assert self.started_at is not None
-        end = self.started_at + self.opts.time_budget_s
-        share = time_share(end - now, problems_left)
         typical = self.spent_s / self.finished if self.finished else None
-        return now + share, end, planned_samples(n, share, typical, self.last_cut)
+        planned = planned_samples(n, share, typical, self.last_cut, self.need(n, end))
+        if self.opts.per_problem_s is not None:
+            return end, end, planned
+        return self.soft_deadline(now, share, planned), end, planned
+
+    def need(self, samples: int, deadline: float) -> float | None:
+        """Expected seconds a wave of ``samples`` needs now (None: no call measured yet)."""
+        steps = typical_steps(self.steps_needed, self.settings.max_new_tokens)
+        return wave_seconds(self.times, samples, steps, self.chunk_for(deadline))
+
+    def soft_deadline(self, start: float, share: float, samples: int) -> float:
+        """Under a global budget: a problem that started at ``start`` may use its ``share``, or what a wave of
+        ``samples`` needs when that is more, up to the budget's end."""
+        end = self.end()
+        need = self.need(samples, end)
+        return min(end, start + max(share, need or 0.0))
 
     def time_left(self) -> float | None:
         """Seconds left of the global budget (None without one)."""
@@ -200,46 +251,72 @@ class Solver:
             return None
         return self.started_at + self.opts.time_budget_s - self.clock()
 
+    def _generate(self, prompts: list[list[int]], settings: SamplingSettings, limit_s: float) -> Any:
+        """``generator.generate``; with a finite ``limit_s``, transformers' own ``max_time`` criterion on an HF model
+        ends the call there even when a slow moment makes it overrun its bound (it returns what it has)."""
+        config = getattr(getattr(self.gen, "model", None), "generation_config", None)
+        if config is None or limit_s == math.inf:
+            return self.gen.generate(prompts, settings)
+        before = getattr(config, "max_time", None)
+        config.max_time = max(0.0, limit_s)
+        try:
+            return self.gen.generate(prompts, settings)
+        finally:
+            config.max_time = before
+
     # ------------------------------------------------------------------------------------------ a problem
 
     def solve(self, problems: Sequence[Mapping[str, Any]],
               on_problem: Callable[[ProblemResult], None] | None = None,
-              on_call: Callable[[], None] | None = None) -> list[ProblemResult]:
-        """Answer ``problems`` (dicts with ``id`` and ``problem``) in order; ``on_problem`` after each one."""
+              on_call: Callable[[], None] | None = None,
+              prompts: Sequence[list[int]] | None = None) -> list[ProblemResult]:
+        """Answer ``problems`` (dicts with ``id`` and ``problem``) in order; ``on_problem`` after each one.
+        ``prompts``: their token ids when the caller has them already (default: :func:`prompt_ids`)."""
         if self.started_at is None:
             self.started_at = self.clock()
-        ids = prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt)
+        ids = (list(prompts) if prompts is not None
+               else prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt))
         if ids and (self.opts.time_budget_s is not None or self.opts.per_problem_s is not None) and not self.warm:
-            # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels): measured, it
-            # would make the time bound think every call that slow. One token, not timed (the budget still pays).
-            self.gen.generate(ids[:1], dataclasses.replace(self.settings, samples=1, max_new_tokens=1))
+            # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels, a cache at the
+            # wave's batch): measured, it would make the time bound think every call that slow. Not timed (the
+            # budget still pays); skipped when even that would pass the budget's end.
+            if self.end() - self.clock() > 0:
+                self._generate(ids[:1], dataclasses.replace(self.settings, max_new_tokens=WARM_UP_STEPS),
+                               self.end() - self.clock())
             self.warm = True
         results = []
         for i, (p, prompt) in enumerate(zip(problems, ids)):
+            start = self.clock()
+            blind = self.need(self.settings.samples, self.end()) is None
             soft, hard, planned = self.deadline(len(problems) - i)
-            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call)
+            replan = None
+            if blind and self.opts.time_budget_s is not None:  # planned before any call was measured: once the
+                replan = functools.partial(self.soft_deadline, start, soft - start, planned)  # probe has, re-plan
+            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call, replan)
             results.append(r)
             if on_problem:
                 on_problem(r)
         return results
 
     def solve_one(self, pid: str, prompt: list[int], planned: int, deadline: float = math.inf,
-                  hard_deadline: float | None = None, on_call: Callable[[], None] | None = None) -> ProblemResult:
+                  hard_deadline: float | None = None, on_call: Callable[[], None] | None = None,
+                  replan: Callable[[], float] | None = None) -> ProblemResult:
         """One problem: at most ``planned`` samples; calls planned to end by ``deadline`` (expected time) and by
-        ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded)."""
+        ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded). ``replan``: the soft deadline
+        again after the first call (a plan made before any call was measured)."""
         s, opts = self.settings, self.opts
         soft = hard_deadline is not None and hard_deadline != deadline
         hard_deadline = deadline if hard_deadline is None else hard_deadline
         fewest = opts.wave == AUTO and deadline == math.inf  # under a clock, auto draws all at once
         # chunks exist so that something can act mid-wave: the clock, the first box, a settled vote (which cannot
         # happen inside a wave of the fewest samples that could settle it)
-        chunk = opts.chunk_tokens or (s.max_new_tokens if fewest and not opts.stop_at_first_box else self.chunk)
+        chunk = self.chunk_for(deadline)
         t0 = self.clock()
         tally = Tally(opts.answer_format, self.grader)
         samples: list[Sample] = []
         flight: list[Sample] = []
         wave = planned if opts.wave == AUTO else min(int(opts.wave), planned)
-        calls, stop = 0, None
+        calls, steps, stop = 0, 0, None
         while True:
             done = sum(1 for x in samples if x.end is not None)
             if done >= planned:
@@ -260,6 +337,8 @@ class Solver:
                 if soft and fits is not None:
                     fits = min(fits, self.times.max_steps(len(flight), deadline - now, bound=False) or 0)
                 k = min(k, PROBE_STEPS) if fits is None else min(k, fits)
+                if hard_deadline <= now:  # nothing measured bounds a probe, but the end has come
+                    k = 0
                 if k < 1:  # not even one step fits: a new wave is not started, one in flight is cut
                     stop = TIME if samples else NO_TIME
                     if fresh:
@@ -269,14 +348,16 @@ class Solver:
                 samples += flight
             seed = (s.seed + zlib.crc32(f"{pid}/{calls}".encode())) % 2**31
             call = dataclasses.replace(s, max_new_tokens=k, seed=seed)
+            limit = hard_deadline - self.clock()
             c0 = self.clock()
             if fresh:  # one prompt, n samples: every backend gives each its own random stream
-                outs = self.gen.generate([prompt], dataclasses.replace(call, samples=len(flight)))[0]
+                outs = self._generate([prompt], dataclasses.replace(call, samples=len(flight)), limit)[0]
             else:
-                outs = [o[0] for o in self.gen.generate([prompt + x.ids for x in flight],
-                                                        dataclasses.replace(call, samples=1))]
-            self.times.record(len(flight), max((len(o.token_ids) for o in outs), default=0), self.clock() - c0)
-            calls += 1
+                outs = [o[0] for o in self._generate([prompt + x.ids for x in flight],
+                                                     dataclasses.replace(call, samples=1), limit)]
+            ran = max((len(o.token_ids) for o in outs), default=0)
+            self.times.record(len(flight), ran, self.clock() - c0)
+            calls, steps = calls + 1, steps + ran
             for x, o in zip(flight, outs):
                 x.ids += o.token_ids
                 x.text = self.tok.decode(x.ids, skip_special_tokens=True)
@@ -284,8 +365,13 @@ class Solver:
                 if x.end is not None:
                     x.vote = tally.add(x.answer)
             flight = [x for x in flight if x.end is None]
+            if replan is not None and soft:
+                deadline, replan = replan(), None
             if on_call:
                 on_call()
+            if ran < k and flight and self.clock() >= hard_deadline:
+                stop = TIME  # the call was ended by its time limit: the budget's end has come
+                break
         for x in flight:  # still in flight when the problem stopped
             if stop == TIME:  # out of time: a box already written is the best guess this sample has
                 x.end, x.answer = CUT, extract_answer(x.text)
@@ -298,4 +384,6 @@ class Solver:
         if not self.last_cut:
             self.spent_s += seconds
             self.finished += 1
+        if stop in SETTLED:
+            self.steps_needed.append(steps)
         return ProblemResult(pid, tally.winner(), stop, planned, samples, tally, seconds, calls)
