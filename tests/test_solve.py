@@ -493,6 +493,7 @@ def test_solve_command_reads_stdin(tiny_model_dir, tmp_path, monkeypatch, capsys
     (["--min-lead", "0"], "--min-lead must be an integer >= 1"),
     (["--wave", "-1"], "--wave must be 'auto' or an integer >= 1"),
     (["--wave", "all"], "--wave must be 'auto' or an integer >= 1, got 'all'"),
+    (["--share", "fair"], "--share must be one of adaptive, equal, got 'fair'"),
     (["--backend", "tgi"], "--backend must be one of hf, vllm"),
     (["--limit", "0"], "--limit must be >= 1"),
 ])
@@ -594,6 +595,14 @@ def test_a_slow_machine_answers_some_problems_fully_instead_of_cutting_every_sam
     assert all(r.stop in ("decided", "all samples") for r in answered)  # whole waves: every sample voted
     first_skipped = next(i for i, r in enumerate(results) if r.stop == "no time")
     assert all(r.stop == "no time" and not r.samples for r in results[first_skipped:])  # later ones: no waste
+    # the equal split (the bench's baseline: same planning, the share fixed) cuts every problem at 0.5 s
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.01)
+    equal = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
+                   SolveOptions(time_budget_s=15.0, share="equal"), clock=clock, started_at=clock.now)
+    results = equal.solve(problems(30))
+    assert clock.now - 1000.0 <= 15.0 and sum(r.answer is not None for r in results) < len(answered)
+    assert all(r.seconds <= 0.5 + 1e-9 for r in results)
 
 
 # ------------------------------------------------------------------------------------------ the process's clock

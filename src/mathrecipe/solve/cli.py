@@ -377,7 +377,7 @@ def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) 
     check_answer_format(args.answer_format)
     options = SolveOptions(
         wave=args.wave, chunk_tokens=args.chunk_tokens, early_stop=args.early_stop, min_lead=args.min_lead,
-        stop_at_first_box=args.stop_at_first_box, answer_format=args.answer_format,
+        stop_at_first_box=args.stop_at_first_box, answer_format=args.answer_format, share=args.share,
         time_budget_s=parse_duration(args.time_budget, "--time-budget") if args.time_budget is not None else None,
         per_problem_s=parse_duration(args.per_problem, "--per-problem") if args.per_problem is not None else None)
     if args.limit is not None and args.limit < 1:
@@ -451,6 +451,10 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--time-budget", dest="time_budget",
                    help="for all problems together, e.g. 5h (AIMO: 5h for 50 problems); loading the model counts")
     p.add_argument("--per-problem", dest="per_problem", help="the same time for each problem, e.g. 6m")
+    p.add_argument("--share", default="adaptive",
+                   help="how --time-budget is shared: 'adaptive' (default): each problem may use the time left / "
+                   "problems left, or what a wave that can complete needs (borrowed from later problems); 'equal': "
+                   "the time left when solving begins / problems, fixed (a baseline: bench/bench_solve.py)")
     # "-3m" would otherwise be taken for an option ("expected one argument"): read as a value, it gets the
     # one-line "must be a positive duration". The parser has no option that looks like a negative number.
     p._negative_number_matcher = re.compile(r"^-\d")

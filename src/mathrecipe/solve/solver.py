@@ -69,6 +69,7 @@ PROBE_STEPS = 8  # the first chunk under a deadline, before any call has measure
 WARM_UP_STEPS = 2  # the untimed first call: a backend's one-time costs, at the batch the first wave uses
 CHUNKS_PER_SAMPLE = 8  # default chunk_tokens = ceil(max_new_tokens / this)
 AUTO = "auto"  # wave: policy.next_wave
+SHARES = ("adaptive", "equal")  # how a global budget is shared among the problems
 
 # why a problem stopped
 ALL, TIME, NO_TIME = "all samples", "time", "no time"
@@ -94,6 +95,7 @@ class SolveOptions:
     answer_format: str = INT_FORMAT
     time_budget_s: float | None = None  # all problems, shared (the clock starts at ``started_at``)
     per_problem_s: float | None = None  # each problem alone
+    share: str = "adaptive"  # under time_budget_s: "adaptive" (time left / problems left, borrowing) or "equal"
 
     def __post_init__(self) -> None:
         check_answer_format(self.answer_format)
@@ -108,6 +110,8 @@ class SolveOptions:
         for flag, s in (("--time-budget", self.time_budget_s), ("--per-problem", self.per_problem_s)):
             if s is not None and not s > 0:
                 raise MathRecipeError(f"{flag} must be a positive duration, got {s}")
+        if self.share not in SHARES:
+            raise MathRecipeError(f"--share must be one of {', '.join(SHARES)}, got {self.share!r}")
         if self.time_budget_s is not None and self.per_problem_s is not None:
             raise MathRecipeError("--time-budget and --per-problem are exclusive: give one (a global budget shares "
                                   "its time among the problems; --per-problem gives each the same)")
@@ -189,6 +193,7 @@ class Solver:
         self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took until they stopped
         self.last_cut = False  # the last problem ran out of time
         self.warm = False
+        self.equal_share: float | None = None  # share="equal": each problem's share, fixed at the first problem
 
     # ------------------------------------------------------------------------------------------ the budget
 
@@ -224,13 +229,20 @@ class Solver:
             share, end = self.opts.per_problem_s, now + self.opts.per_problem_s
         elif self.opts.time_budget_s is not None:
             end = self.end()
-            share = time_share(end - now, problems_left)
+            if self.opts.share == "equal":  # a baseline: the same share for every problem, fixed when solving began
+                if self.equal_share is None:
+                    self.equal_share = time_share(end - now, problems_left)
+                share = self.equal_share
+            else:
+                share = time_share(end - now, problems_left)
         else:
             return math.inf, math.inf, n
         typical = self.spent_s / self.finished if self.finished else None
         planned = planned_samples(n, share, typical, self.last_cut, self.need(n, end))
         if self.opts.per_problem_s is not None:
             return end, end, planned
+        if self.opts.share == "equal":
+            return min(end, now + share), end, planned
         return self.soft_deadline(now, share, planned), end, planned
 
     def need(self, samples: int, deadline: float) -> float | None:
@@ -290,7 +302,7 @@ class Solver:
             blind = self.need(self.settings.samples, self.end()) is None
             soft, hard, planned = self.deadline(len(problems) - i)
             replan = None
-            if blind and self.opts.time_budget_s is not None:  # planned before any call was measured: once the
+            if blind and self.opts.time_budget_s is not None and self.opts.share != "equal":  # planned before any call was measured: once the
                 replan = functools.partial(self.soft_deadline, start, soft - start, planned)  # probe has, re-plan
             r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call, replan)
             results.append(r)
