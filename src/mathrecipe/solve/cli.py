@@ -115,12 +115,12 @@ CHARS_PER_TOKEN_CAP = 8  # more characters per token than real tokenizers averag
 
 def prompt_tokens(tokenizer: Any, problems: Sequence[str], system_prompt: str | None,
                   context: int | None) -> list[tuple[list[int] | None, int]]:
-    """(token ids, prompt tokens) per problem; ids are None where only a prefix was tokenised.
+    """(token ids, prompt tokens) per problem; ids are None where the count is an estimate from a prefix.
 
     A problem longer than CHARS_PER_TOKEN_CAP x ``context`` characters is measured on that prefix first: when the
     prefix alone holds more tokens than the context, the whole prompt cannot fit either (its tokens are at least
-    the prefix's), and the count is the prefix's -- a lower bound. This keeps a 5 MB problem to a short
-    tokenisation: whole, it took 38 s and 1.8 GB with the toy tokenizer.
+    the prefix's), and its count is estimated as the prefix's x (characters / prefix characters). This keeps a 5 MB
+    problem to a short tokenisation: whole, it took 38 s and 1.8 GB with the toy tokenizer.
     """
     from mathrecipe.evaluate.generation import prompt_ids
 
@@ -131,7 +131,7 @@ def prompt_tokens(tokenizer: Any, problems: Sequence[str], system_prompt: str | 
         if cap is not None and len(text) > cap:
             n = len(prompt_ids(tokenizer, [text[:cap]], system_prompt)[0])
             if n > cap // CHARS_PER_TOKEN_CAP:
-                out[i] = (None, n)
+                out[i] = (None, n * len(text) // cap)
                 continue
         whole.append(i)
     for i, ids in zip(whole, prompt_ids(tokenizer, [problems[i] for i in whole], system_prompt)):  # one batch
@@ -141,9 +141,12 @@ def prompt_tokens(tokenizer: Any, problems: Sequence[str], system_prompt: str | 
 
 def too_long_row(pid: str, prompt_tokens: int, exact: bool, context: int) -> dict[str, Any]:
     """The solve.jsonl row of a problem skipped because its prompt and max new tokens exceed the context."""
-    return {"id": pid, "answer": None, "stop": TOO_LONG, "votes": {}, "invalid": 0, "samples": 0, "planned": 0,
-            "tokens": 0, "seconds": 0.0, "calls": 0, "sample_log": [],
-            "prompt_tokens" if exact else "prompt_tokens_at_least": prompt_tokens, "context": context}
+    row = {"id": pid, "answer": None, "stop": TOO_LONG, "votes": {}, "invalid": 0, "samples": 0, "planned": 0,
+           "tokens": 0, "seconds": 0.0, "calls": 0, "sample_log": [], "prompt_tokens": prompt_tokens,
+           "context": context}
+    if not exact:
+        row["prompt_tokens_estimated"] = True  # from a prefix: see prompt_tokens
+    return row
 
 
 # ------------------------------------------------------------------------------------------------ output
