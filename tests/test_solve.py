@@ -887,3 +887,41 @@ def test_a_negative_duration_is_one_line(tmp_path, tiny_model_dir, toy_problems,
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, err
         assert err[0] == f"mathrecipe: error: {flag} must be a positive duration (such as 5h, 6m or 90s), got '-3m'"
+
+
+@pytest.mark.parametrize("slow_on,keeps", [(2, 1), (1, 2)])
+def test_cpu_threads_are_kept_only_when_they_make_calls_faster(tiny_tokenizer, monkeypatch, slow_on, keeps):
+    """On a loaded CPU, torch's two threads made a toy generate call 3-25x slower than one: the solver times a
+    probe both ways and keeps the faster; the kept probe is the time bound's first measurement."""
+    import torch
+
+    threads = {"n": 2}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads["n"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.__setitem__("n", n))
+
+    class CpuModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.generation_config = __import__("types").SimpleNamespace(max_time=None)
+
+    class ThreadBound(Scripted):
+        model = CpuModel()
+
+        def generate(self, prompts, settings, on_progress=None):
+            before = self.clock.now
+            out = super().generate(prompts, settings, on_progress)
+            if threads["n"] == slow_on:
+                self.clock.now += 9 * (self.clock.now - before)
+            return out
+
+    clock = FakeClock()
+    gen = ThreadBound(tiny_tokenizer, {"problem 0": [trace(4, 9)] * 4}, clock=clock, call_s=0.05, step_s=0.01)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=4), SolveOptions(time_budget_s=60), clock=clock,
+                    started_at=clock.now)
+    prompt = __import__("mathrecipe.evaluate.generation", fromlist=["prompt_ids"]).prompt_ids(
+        tiny_tokenizer, ["Compute problem 0."])[0]
+    got = solver.calibrate_cpu_threads(prompt)
+    assert got["threads"] == keeps and threads["n"] == keeps and solver.warm
+    assert solver.times.seconds(4, 8) == pytest.approx(0.05 + 0.08, rel=1e-6)  # the kept probe: 8 steps, 1x
+    assert gen.model.generation_config.max_time is None  # restored after each call

@@ -171,10 +171,14 @@ def write_outputs(out: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_write_text(out / ANSWERS_FILE, answers_csv(rows))
 
 
+_PLAIN_INT = re.compile(r"[+-]?\d+")
+
+
 def grade_row(row: dict[str, Any], gold: str | None, answer_format: str, grader: Any = None,
               use_grader: bool = True) -> None:
     """Add ``gold`` and ``correct`` to a row with a gold answer. int0-999 with an integer gold: the vote equals the
-    gold's value (the competition's rule, no parser needed); otherwise the grader (``verify(gold, answer)``).
+    gold's value (the competition's rule, no parser needed); two plain integers: equal values; otherwise the grader
+    (``verify(gold, answer)``).
     ``use_grader=False`` (no time left for a grader call): ``correct`` is None where the grader would be needed."""
     from mathrecipe.grading import default_grader
 
@@ -188,6 +192,8 @@ def grade_row(row: dict[str, Any], gold: str | None, answer_format: str, grader:
         row["correct"] = answer == value
     elif str(answer).strip() == gold.strip():
         row["correct"] = True
+    elif _PLAIN_INT.fullmatch(str(answer).strip()) and _PLAIN_INT.fullmatch(gold.strip()):
+        row["correct"] = int(str(answer)) == int(gold)  # two integers: equal as values (math-verify agrees)
     elif use_grader:
         row["correct"] = (grader or default_grader()).verify_many([gold], [str(answer)])[0]
     else:
@@ -282,6 +288,11 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
         todo_ok = [(p, ids) for i, (p, (ids, _)) in enumerate(zip(todo, measured)) if i not in long]
         solver = Solver(gen, tokenizer, settings, options, system_prompt=system_prompt, started_at=clock_start,
                         reserve_s=EXIT_RESERVE_S)
+        if todo_ok and solver.end() > time.monotonic():
+            threads = solver.calibrate_cpu_threads(todo_ok[0][1])  # type: ignore[arg-type]
+            if threads:
+                log.info("CPU threads for generation: %d of %d (seconds a decode step: %s)", threads["threads"],
+                         threads["default"], ", ".join(f"{v:.3f} on {k}" for k, v in threads["per_step_s"].items()))
         selected = sum(1 for p in problems if str(p["id"]) in rows)
         with tqdm(total=len(problems), initial=selected, desc="solve", unit="problem", disable=not progress,
                   file=sys.stderr) as bar:
