@@ -925,3 +925,20 @@ def test_cpu_threads_are_kept_only_when_they_make_calls_faster(tiny_tokenizer, m
     assert got["threads"] == keeps and threads["n"] == keeps and solver.warm
     assert solver.times.seconds(4, 8) == pytest.approx(0.05 + 0.08, rel=1e-6)  # the kept probe: 8 steps, 1x
     assert gen.model.generation_config.max_time is None  # restored after each call
+
+
+def test_a_borrowing_problem_stops_at_its_first_useful_vote(tiny_tokenizer):
+    """When the share is over, borrowed time buys a useful vote (three valid answers), not a settled one: each
+    problem stops right after its three short samples vote, and the time left goes to the next problems."""
+    plan = {f"problem {i}.": [trace(i, 1)] * 3 + [trace(i, 14)] * 5 for i in range(10)}
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.01)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(time_budget_s=8.0),
+                    clock=clock, started_at=clock.now)
+    results = solver.solve(problems(10))
+    assert clock.now - 1000.0 <= 8.0
+    answered = [r for r in results if r.answer is not None]
+    assert len(answered) >= 5 and all(r.answer == int(r.id[1:]) for r in answered)
+    for r in answered:
+        assert r.stop == "time" and r.tally.votes == 3  # the long samples were cut, not waited for
+        assert [s.end for s in r.samples].count("think") == 3

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 PROBE_STEPS = 8  # the first chunk under a deadline, before any call has measured the machine's speed
 WARM_UP_STEPS = 2  # the untimed first call: a backend's one-time costs, at the batch the first wave uses
+USEFUL_VOTES = 3  # a vote worth planning a wave for: three valid answers outvote one stray (2-1)
 CHUNKS_PER_SAMPLE = 8  # default chunk_tokens = ceil(max_new_tokens / this)
 AUTO = "auto"  # wave: policy.next_wave
 SHARES = ("adaptive", "equal")  # how a global budget is shared among the problems
@@ -190,10 +191,11 @@ class Solver:
         self.times = CallTimes()
         self.chunk = default_chunk_tokens(settings.max_new_tokens)
         self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
-        self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took until they stopped
+        self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took to a useful vote
         self.last_cut = False  # the last problem ran out of time
         self.warm = False
         self.equal_share: float | None = None  # share="equal": each problem's share, fixed at the first problem
+        self.share_end: float | None = None  # the planned problem's share ends (adaptive share)
 
     # ------------------------------------------------------------------------------------------ the budget
 
@@ -213,17 +215,21 @@ class Solver:
     def deadline(self, problems_left: int) -> tuple[float, float, int]:
         """(soft deadline, hard deadline, samples to plan) for the next problem.
 
-        Both clocks plan alike: ``steps`` = :func:`policy.typical_steps` of the recent problems, ``need(m)`` = what a
-        wave of m samples running that many steps takes at the calls' current speed (:func:`policy.wave_seconds`),
-        and a third fewer samples when the share is below ``need(N)`` or the last problem ran out of time
-        (:func:`policy.planned_samples`).
+        Both clocks plan alike: ``steps`` = :func:`policy.typical_steps` of the decode steps recent problems took to
+        a useful vote (``USEFUL_VOTES`` valid answers, or their stop when that came first), ``need(m)`` = what a wave
+        of m samples running that many steps takes at the calls' current speed (:func:`policy.wave_seconds`), and a
+        third fewer samples when the share is below ``need(N)`` or the last problem ran out of time
+        (:func:`policy.planned_samples`). A wave cut at its share after a useful vote answers by plurality; one cut
+        before any sample ended answers nothing.
 
         --per-problem: the share is fixed; both deadlines are its end. --time-budget: the share is the time left /
-        problems left; the soft deadline ends the share -- or, when a wave that can complete needs more, ends that
-        wave (:meth:`soft_deadline`: borrowed from later shares, which shrink to repay it, so some problems are
-        answered fully rather than all cut before any sample writes its answer; the last ones get what is left, or
-        nothing); the hard one is the budget's end (:meth:`end`), kept by the bound. No clock: both infinite.
+        problems left; the soft deadline ends the share -- or, when a wave needs more to reach a useful vote, ends
+        that wave (:meth:`soft_deadline`: borrowed from later shares, which shrink to repay it, so some problems are
+        answered rather than all cut before any sample writes its answer; the last ones get what is left, or
+        nothing). A borrowing problem stops at its first useful vote once its share is over (``share_end``). The
+        hard deadline is the budget's end (:meth:`end`), kept by the bound. No clock: both infinite.
         """
+        self.share_end = None
         now, n = self.clock(), self.settings.samples
         if self.opts.per_problem_s is not None:
             share, end = self.opts.per_problem_s, now + self.opts.per_problem_s
@@ -243,6 +249,7 @@ class Solver:
             return end, end, planned
         if self.opts.share == "equal":
             return min(end, now + share), end, planned
+        self.share_end = now + share
         return self.soft_deadline(now, share, planned), end, planned
 
     def need(self, samples: int, deadline: float) -> float | None:
@@ -337,7 +344,7 @@ class Solver:
             replan = None
             if blind and self.opts.time_budget_s is not None and self.opts.share != "equal":  # planned before any call was measured: once the
                 replan = functools.partial(self.soft_deadline, start, soft - start, planned)  # probe has, re-plan
-            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call, replan)
+            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call, replan, self.share_end)
             results.append(r)
             if on_problem:
                 on_problem(r)
@@ -345,10 +352,11 @@ class Solver:
 
     def solve_one(self, pid: str, prompt: list[int], planned: int, deadline: float = math.inf,
                   hard_deadline: float | None = None, on_call: Callable[[], None] | None = None,
-                  replan: Callable[[], float] | None = None) -> ProblemResult:
+                  replan: Callable[[], float] | None = None, enough_at: float | None = None) -> ProblemResult:
         """One problem: at most ``planned`` samples; calls planned to end by ``deadline`` (expected time) and by
         ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded). ``replan``: the soft deadline
-        again after the first call (a plan made before any call was measured)."""
+        again after the first call (a plan made before any call was measured). ``enough_at``: from then on a useful
+        vote (``USEFUL_VOTES`` valid answers) ends the problem (its share is over; the rest was borrowed)."""
         s, opts = self.settings, self.opts
         soft = hard_deadline is not None and hard_deadline != deadline
         hard_deadline = deadline if hard_deadline is None else hard_deadline
@@ -362,6 +370,7 @@ class Solver:
         flight: list[Sample] = []
         wave = planned if opts.wave == AUTO else min(int(opts.wave), planned)
         calls, steps, stop = 0, 0, None
+        useful: int | None = None  # decode steps when the vote became useful (USEFUL_VOTES valid answers)
         while True:
             done = sum(1 for x in samples if x.end is not None)
             if done >= planned:
@@ -410,6 +419,13 @@ class Solver:
                 if x.end is not None:
                     x.vote = tally.add(x.answer)
             flight = [x for x in flight if x.end is None]
+            if useful is None and tally.votes >= min(USEFUL_VOTES, planned):
+                useful = steps
+            if useful is not None and enough_at is not None and flight and self.clock() >= enough_at:
+                stop = TIME  # borrowed time buys a useful vote, not a settled one
+                if on_call:
+                    on_call()
+                break
             if replan is not None and soft:
                 deadline, replan = replan(), None
             if on_call:
@@ -429,6 +445,6 @@ class Solver:
         if not self.last_cut:
             self.spent_s += seconds
             self.finished += 1
-        if stop in SETTLED:
-            self.steps_needed.append(steps)
+        if useful is not None or stop in SETTLED:  # a cut before a useful vote says only "more than this"
+            self.steps_needed.append(steps if useful is None else useful)
         return ProblemResult(pid, tally.winner(), stop, planned, samples, tally, seconds, calls)
