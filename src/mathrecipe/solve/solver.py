@@ -30,7 +30,10 @@ prompt of a call the same seed, so continuation chunks of one wave share their r
 
 Problems are answered in file order (the competition serves them one at a time). Time share: with a global budget
 each problem may use its share of the time left (:func:`policy.time_share`), so time saved by early stops flows to
-later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`).
+later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`). A wave is priced from
+the measured calls (:func:`policy.wave_seconds` of :func:`policy.typical_steps`, the steps recent problems took to a
+useful vote); a problem whose share cannot buy that borrows from later ones and stops at its first useful vote
+(:meth:`Solver.deadline`), so a slow machine answers some problems rather than cutting every sample before it ends.
 """
 
 from __future__ import annotations
