@@ -942,3 +942,17 @@ def test_a_borrowing_problem_stops_at_its_first_useful_vote(tiny_tokenizer):
     for r in answered:
         assert r.stop == "time" and r.tally.votes == 3  # the long samples were cut, not waited for
         assert [s.end for s in r.samples].count("think") == 3
+
+
+def test_no_model_is_loaded_when_start_up_took_the_whole_budget(tiny_model_dir, tmp_path, monkeypatch):
+    import time
+
+    def no_loading(*a, **k):
+        raise AssertionError("loading the model would overrun the budget")
+
+    monkeypatch.setattr("mathrecipe.evaluate.generation.make_generator", no_loading)
+    rows, lines = solve_cli.run_solve(str(tiny_model_dir), problems(2), tmp_path / "o", settings(samples=2),
+                                      SolveOptions(time_budget_s=10.0), started_at=time.monotonic() - 30.0,
+                                      progress=False)
+    assert [r["stop"] for r in rows] == ["no time", "no time"]
+    assert (tmp_path / "o" / "answers.csv").read_text() == "id,answer\np0,\np1,\n"

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -139,11 +140,15 @@ def prompt_tokens(tokenizer: Any, problems: Sequence[str], system_prompt: str | 
     return out  # type: ignore[return-value]
 
 
+def unsolved_row(pid: str, stop: str, **extra: Any) -> dict[str, Any]:
+    """The solve.jsonl row of a problem that drew no sample (``stop`` says why)."""
+    return {"id": pid, "answer": None, "stop": stop, "votes": {}, "invalid": 0, "samples": 0, "planned": 0,
+            "tokens": 0, "seconds": 0.0, "calls": 0, "sample_log": [], **extra}
+
+
 def too_long_row(pid: str, prompt_tokens: int, exact: bool, context: int) -> dict[str, Any]:
-    """The solve.jsonl row of a problem skipped because its prompt and max new tokens exceed the context."""
-    row = {"id": pid, "answer": None, "stop": TOO_LONG, "votes": {}, "invalid": 0, "samples": 0, "planned": 0,
-           "tokens": 0, "seconds": 0.0, "calls": 0, "sample_log": [], "prompt_tokens": prompt_tokens,
-           "context": context}
+    """The row of a problem skipped because its prompt and max new tokens exceed the context."""
+    row = unsolved_row(pid, TOO_LONG, prompt_tokens=prompt_tokens, context=context)
     if not exact:
         row["prompt_tokens_estimated"] = True  # from a prefix: see prompt_tokens
     return row
@@ -268,6 +273,11 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
     if kept:
         log.info("resuming %s: %d answered problems kept, %d to solve", out, kept, len(todo))
     elapsed = lambda: time.monotonic() - started_at  # noqa: E731
+    budget_end = (clock_start + options.time_budget_s - EXIT_RESERVE_S) if options.time_budget_s else math.inf
+    if todo and budget_end <= time.monotonic():  # start-up took the whole budget: loading the model would overrun
+        log.warning("--time-budget: no time left after start-up (%.1f s); no problem solved", elapsed())
+        rows.update({str(p["id"]): unsolved_row(str(p["id"]), NO_TIME) for p in todo})
+        todo = []
     if todo:
         tokenizer, gen = open_generator(backend, model, batch_size, kv_cache_gib, settings.seed)
         context = _context(gen, model)
