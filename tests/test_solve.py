@@ -956,3 +956,17 @@ def test_no_model_is_loaded_when_start_up_took_the_whole_budget(tiny_model_dir, 
                                       progress=False)
     assert [r["stop"] for r in rows] == ["no time", "no time"]
     assert (tmp_path / "o" / "answers.csv").read_text() == "id,answer\np0,\np1,\n"
+
+
+def test_a_problem_cut_before_a_useful_vote_is_priced_above_what_it_got(tiny_tokenizer):
+    """Cut before any sample voted, a problem needed more steps than it ran: it counts as twice as many (at most
+    max_new_tokens), so the price of a wave grows instead of being set by the problems that happened to vote early."""
+    plan = {"problem 0": [trace(7, 14)] * 4}
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.01)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=4, max_new_tokens=160),
+                    SolveOptions(per_problem_s=0.5, chunk_tokens=16), clock=clock)
+    r = solver.solve(problems(1))[0]
+    ran = max(len(s.ids) for s in r.samples)
+    assert r.stop == "time" and r.answer is None and 0 < ran < 60
+    assert list(solver.steps_needed) == [2 * ran]

@@ -448,6 +448,9 @@ class Solver:
         if not self.last_cut:
             self.spent_s += seconds
             self.finished += 1
-        if useful is not None or stop in SETTLED:  # a cut before a useful vote says only "more than this"
+        if useful is not None or stop in SETTLED:
             self.steps_needed.append(steps if useful is None else useful)
+        elif steps:  # cut before a useful vote: it needed more than it got -- left out, the problems that were lucky
+            # enough to vote early would make the estimate ever shorter and every problem cut the same way
+            self.steps_needed.append(min(s.max_new_tokens, 2 * steps))
         return ProblemResult(pid, tally.winner(), stop, planned, samples, tally, seconds, calls)
