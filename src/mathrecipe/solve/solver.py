@@ -255,17 +255,22 @@ class Solver:
         self.share_end = now + share
         return self.soft_deadline(now, share, planned), end, planned
 
-    def need(self, samples: int, deadline: float) -> float | None:
-        """Expected seconds a wave of ``samples`` needs now (None: no call measured yet)."""
+    def need(self, samples: int, deadline: float, bound: bool = False) -> float | None:
+        """Expected seconds (``bound``: the bound on the seconds) a wave of ``samples`` needs now to reach a useful
+        vote (None: no call measured yet)."""
         steps = typical_steps(self.steps_needed, self.settings.max_new_tokens)
-        return wave_seconds(self.times, samples, steps, self.chunk_for(deadline))
+        return wave_seconds(self.times, samples, steps, self.chunk_for(deadline), bound)
 
     def soft_deadline(self, start: float, share: float, samples: int) -> float:
         """Under a global budget: a problem that started at ``start`` may use its ``share``, or what a wave of
-        ``samples`` needs when that is more, up to the budget's end."""
+        ``samples`` needs when that is more and its bound still ends before the budget does (borrowing time that
+        cannot buy a useful vote would only starve the problems after it)."""
         end = self.end()
         need = self.need(samples, end)
-        return min(end, start + max(share, need or 0.0))
+        if need is None or need <= share:
+            return min(end, start + share)
+        bound = self.need(samples, end, bound=True)
+        return min(end, start + (need if bound is not None and start + bound <= end else share))
 
     def time_left(self) -> float | None:
         """Seconds left of the global budget (None without one)."""
