@@ -461,8 +461,8 @@ def add_solve_parser(sub: Any) -> None:
         description="Draw up to --samples completions per problem (in parallel waves, generated --chunk-tokens "
         "at a time), stop each at </think> (--stop-at-think) or its first box (--stop-at-first-box), stop a problem "
         "once its majority cannot be overturned by the samples left (or leads by --min-lead), and keep a global "
-        "clock from the process's start: each problem gets its share of the time left (or borrows what a useful "
-        "vote needs at the measured speed), fewer samples when behind, and no chunk starts that would pass the "
+        "clock from the process's start: each problem gets its share of the time left (or borrows what a first "
+        "answer needs at the measured speed), fewer samples when behind, and no chunk starts that would pass the "
         "budget. Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, seconds, why it stopped) "
         "to --out after every problem; rerun the same command to resume (answered problems are kept); a prompt too "
         "long for the model is skipped with its row saying so; with an answer column, prints the accuracy. Sampling "
@@ -480,7 +480,7 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--per-problem", dest="per_problem", help="the same time for each problem, e.g. 6m")
     p.add_argument("--share", default="adaptive",
                    help="how --time-budget is shared: 'adaptive' (default): each problem may use the time left / "
-                   "problems left, or what a useful vote needs at the measured speed (borrowed from later problems); "
+                   "problems left, or what a first answer needs at the measured speed (borrowed from later problems); "
                    "'equal': the time left when solving begins / problems, fixed (a baseline: bench/bench_solve.py)")
     # "-3m" would otherwise be taken for an option ("expected one argument"): read as a value, it gets the
     # one-line "must be a positive duration". The parser has no option that looks like a negative number.

@@ -83,7 +83,7 @@ def planned_samples(max_samples: int, share_s: float, typical_s: float | None, l
 
 def typical_steps(history: Sequence[int], max_new_tokens: int, quantile: float = 0.75) -> int:
     """Decode steps to plan a problem's wave for: the ``quantile`` of the steps recent problems needed (the solver
-    records those to a useful vote), at most ``max_new_tokens``; ``max_new_tokens`` before any.
+    records those to a first answer), at most ``max_new_tokens``; ``max_new_tokens`` before any.
 
     A high quantile, not the mean: a wave planned for the typical problem would be cut on every harder one, and a
     sample cut before it writes its answer is wasted.

@@ -32,7 +32,7 @@ Problems are answered in file order (the competition serves them one at a time).
 each problem may use its share of the time left (:func:`policy.time_share`), so time saved by early stops flows to
 later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`). A wave is priced from
 the measured calls (:func:`policy.wave_seconds` of :func:`policy.typical_steps`, the steps recent problems took to a
-useful vote); a problem whose share cannot buy that borrows from later ones and stops at its first useful vote
+first answer); a problem whose share cannot buy that borrows from later ones and stops at its first answer
 (:meth:`Solver.deadline`), so a slow machine answers some problems rather than cutting every sample before it ends.
 """
 
@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 
 PROBE_STEPS = 8  # the first chunk under a deadline, before any call has measured the machine's speed
 WARM_UP_STEPS = 2  # the untimed first call: a backend's one-time costs, at the batch the first wave uses
-USEFUL_VOTES = 3  # a vote worth planning a wave for: three valid answers outvote one stray (2-1)
+USEFUL_VOTES = 1  # valid answers a wave is planned to reach: the first one (a problem cut before it scores nothing;
+# on the toy, planning for 1 answered 30-31/40 on a loaded machine where planning for 3 answered 11-16)
 CHUNKS_PER_SAMPLE = 8  # default chunk_tokens = ceil(max_new_tokens / this)
 AUTO = "auto"  # wave: policy.next_wave
 SHARES = ("adaptive", "equal")  # how a global budget is shared among the problems
@@ -194,7 +195,7 @@ class Solver:
         self.times = CallTimes()
         self.chunk = default_chunk_tokens(settings.max_new_tokens)
         self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
-        self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took to a useful vote
+        self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took to a first answer
         self.last_cut = False  # the last problem ran out of time
         self.warm = False
         self.equal_share: float | None = None  # share="equal": each problem's share, fixed at the first problem
@@ -219,17 +220,17 @@ class Solver:
         """(soft deadline, hard deadline, samples to plan) for the next problem.
 
         Both clocks plan alike: ``steps`` = :func:`policy.typical_steps` of the decode steps recent problems took to
-        a useful vote (``USEFUL_VOTES`` valid answers, or their stop when that came first), ``need(m)`` = what a wave
+        a first answer (``USEFUL_VOTES`` valid answers, or their stop when that came first), ``need(m)`` = what a wave
         of m samples running that many steps takes at the calls' current speed (:func:`policy.wave_seconds`), and a
         third fewer samples when the share is below ``need(N)`` or the last problem ran out of time
-        (:func:`policy.planned_samples`). A wave cut at its share after a useful vote answers by plurality; one cut
+        (:func:`policy.planned_samples`). A wave cut at its share after an answer answers by plurality; one cut
         before any sample ended answers nothing.
 
         --per-problem: the share is fixed; both deadlines are its end. --time-budget: the share is the time left /
-        problems left; the soft deadline ends the share -- or, when a wave needs more to reach a useful vote, ends
+        problems left; the soft deadline ends the share -- or, when a wave needs more to reach an answer, ends
         that wave (:meth:`soft_deadline`: borrowed from later shares, which shrink to repay it, so some problems are
         answered rather than all cut before any sample writes its answer; the last ones get what is left, or
-        nothing). A borrowing problem stops at its first useful vote once its share is over (``share_end``). The
+        nothing). A borrowing problem stops at its first answer once its share is over (``share_end``). The
         hard deadline is the budget's end (:meth:`end`), kept by the bound. No clock: both infinite.
         """
         self.share_end = None
@@ -256,15 +257,15 @@ class Solver:
         return self.soft_deadline(now, share, planned), end, planned
 
     def need(self, samples: int, deadline: float, bound: bool = False) -> float | None:
-        """Expected seconds (``bound``: the bound on the seconds) a wave of ``samples`` needs now to reach a useful
-        vote (None: no call measured yet)."""
+        """Expected seconds (``bound``: the bound on the seconds) a wave of ``samples`` needs now to reach a first
+        answer (None: no call measured yet)."""
         steps = typical_steps(self.steps_needed, self.settings.max_new_tokens)
         return wave_seconds(self.times, samples, steps, self.chunk_for(deadline), bound)
 
     def soft_deadline(self, start: float, share: float, samples: int) -> float:
         """Under a global budget: a problem that started at ``start`` may use its ``share``, or what a wave of
         ``samples`` needs when that is more and its bound still ends before the budget does (borrowing time that
-        cannot buy a useful vote would only starve the problems after it)."""
+        cannot buy an answer would only starve the problems after it)."""
         end = self.end()
         need = self.need(samples, end)
         if need is None or need <= share:
@@ -363,8 +364,8 @@ class Solver:
                   replan: Callable[[], float] | None = None, enough_at: float | None = None) -> ProblemResult:
         """One problem: at most ``planned`` samples; calls planned to end by ``deadline`` (expected time) and by
         ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded). ``replan``: the soft deadline
-        again after the first call (a plan made before any call was measured). ``enough_at``: from then on a useful
-        vote (``USEFUL_VOTES`` valid answers) ends the problem (its share is over; the rest was borrowed)."""
+        again after the first call (a plan made before any call was measured). ``enough_at``: from then on an
+        answer (``USEFUL_VOTES`` valid ones) ends the problem (its share is over; the rest was borrowed)."""
         s, opts = self.settings, self.opts
         soft = hard_deadline is not None and hard_deadline != deadline
         hard_deadline = deadline if hard_deadline is None else hard_deadline
@@ -378,7 +379,7 @@ class Solver:
         flight: list[Sample] = []
         wave = planned if opts.wave == AUTO else min(int(opts.wave), planned)
         calls, steps, stop = 0, 0, None
-        useful: int | None = None  # decode steps when the vote became useful (USEFUL_VOTES valid answers)
+        useful: int | None = None  # decode steps when USEFUL_VOTES valid answers were in
         while True:
             done = sum(1 for x in samples if x.end is not None)
             if done >= planned:
@@ -430,7 +431,7 @@ class Solver:
             if useful is None and tally.votes >= min(USEFUL_VOTES, planned):
                 useful = steps
             if useful is not None and enough_at is not None and flight and self.clock() >= enough_at:
-                stop = TIME  # borrowed time buys a useful vote, not a settled one
+                stop = TIME  # borrowed time buys an answer, not a settled vote
                 if on_call:
                     on_call()
                 break
@@ -455,7 +456,7 @@ class Solver:
             self.finished += 1
         if useful is not None or stop in SETTLED:
             self.steps_needed.append(steps if useful is None else useful)
-        elif steps:  # cut before a useful vote: it needed more than it got -- left out, the problems that were lucky
+        elif steps:  # cut before an answer: it needed more than it got -- left out, the problems that were lucky
             # enough to vote early would make the estimate ever shorter and every problem cut the same way
             self.steps_needed.append(min(s.max_new_tokens, 2 * steps))
         return ProblemResult(pid, tally.winner(), stop, planned, samples, tally, seconds, calls)
