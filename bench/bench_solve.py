@@ -160,6 +160,8 @@ def run_row(name: str, args: list[str], problems: list[dict[str, Any]], answer_f
         "wall_s": wall, "load_1min": load, "busy": busy, "correct": sum(correct),
         "answered": sum(r.get("answer") is not None for r in rows), "tokens": sum(r.get("tokens", 0) for r in rows),
         "samples_per_problem": sum(r.get("samples", 0) for r in rows) / len(problems), "stops": stops,
+        # when the first problem began: interpreter start, imports, model loading, thread probe (None: none began)
+        "startup_s": next((r["clock_s"] - r["seconds"] for r in rows if r.get("samples") and "clock_s" in r), None),
         "answers": [next((r.get("answer") for r in rows if r["id"] == p["id"]), None) for p in problems],
         "correct_per_problem": correct,
     }
@@ -177,7 +179,9 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def summarize(name: str, runs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """Repeats of one configuration: each run, and min/median/max of wall time and correct answers."""
+    starts = [r["startup_s"] for r in runs if r["startup_s"] is not None]
     return {"name": name, **extra, "runs": runs, "wall_s": spread([r["wall_s"] for r in runs]),
+            "startup_s": spread(starts) if starts else None,
             "correct": spread([r["correct"] for r in runs]), "answered": spread([r["answered"] for r in runs]),
             "load_1min": spread([r["load_1min"] for r in runs])}
 
@@ -314,10 +318,10 @@ def render(res: dict[str, Any]) -> str:
         f"## Time budget: {b['seconds']:.1f} s = {b['share_of_plain_wall']:.0%} of plain maj@N's quiet wall time",
         "",
         "| configuration | machine | correct | share of plain's correct | answered | wall s | within budget | "
-        "load (1 min) | samples / problem | stops (first run) |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---|",
+        "start-up s | load (1 min) | samples / problem | stops (first run) |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
         f"| plain maj@N, no clock | quiet | {_spread(plain['correct'], '{:.0f}')} | 1.00 | "
-        f"{_spread(plain['answered'], '{:.0f}')} | {_spread(plain['wall_s'])} | -- | "
+        f"{_spread(plain['answered'], '{:.0f}')} | {_spread(plain['wall_s'])} | -- | {_maybe(plain['startup_s'])} | "
         f"{_spread(plain['load_1min'])} | {plain['runs'][0]['samples_per_problem']:.2f} | "
         f"{_stops(plain['runs'][0]['stops'])} |",
     ]
@@ -325,7 +329,8 @@ def render(res: dict[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['condition']} | {_spread(r['correct'], '{:.0f}')} | "
             f"{_spread(r['share_of_plain_correct'], '{:.2f}')} | {_spread(r['answered'], '{:.0f}')} | "
-            f"{_spread(r['wall_s'])} | {'yes' if r['within_budget'] else '**NO**'} | {_spread(r['load_1min'])} | "
+            f"{_spread(r['wall_s'])} | {'yes' if r['within_budget'] else '**NO**'} | {_maybe(r['startup_s'])} | "
+            f"{_spread(r['load_1min'])} | "
             f"{r['runs'][0]['samples_per_problem']:.2f} | {_stops(r['runs'][0]['stops'])} |")
     g = res["goal"]
     lines += [""] + [f"Goal ({cond}): the global clock answers {v['share']:.0%} of plain maj@N's correct answers "
@@ -337,7 +342,8 @@ def render(res: dict[str, Any]) -> str:
         "that is less than a wave needs at the calls' measured speed, what the wave needs -- borrowed from later "
         "problems, so some are answered fully rather than all cut before any sample writes its answer. Equal split "
         "(`--share equal`): the same planning and sample cut when behind, but every problem's share is fixed at the "
-        "time left when solving begins / problems. Both count the budget from the process's start.",
+        "time left when solving begins / problems. Both count the budget from the process's start. Start-up: when "
+        "the first problem began (interpreter, imports, model loading, the CPU thread probe), from `solve.jsonl`.",
     ]
     for label, v in res["voting"].items():
         cfg = v["configs"]
@@ -359,6 +365,10 @@ def render(res: dict[str, Any]) -> str:
                   f"on {s['identical_answers']}/{st['problems']} problems with {1 - s['token_ratio']:.0%} fewer "
                   "tokens. That reference draws every sample in early stopping's waves: its wall time is no baseline."]
     return "\n".join(lines) + "\n"
+
+
+def _maybe(s: dict[str, float] | None) -> str:
+    return "--" if s is None else _spread(s)
 
 
 def _stops(stops: dict[str, int]) -> str:

@@ -351,8 +351,9 @@ class Solver:
             blind = self.need(self.settings.samples, self.end()) is None
             soft, hard, planned = self.deadline(len(problems) - i)
             replan = None
-            if blind and self.opts.time_budget_s is not None and self.opts.share != "equal":  # planned before any call was measured: once the
-                replan = functools.partial(self.soft_deadline, start, soft - start, planned)  # probe has, re-plan
+            if blind and self.opts.time_budget_s is not None and self.opts.share != "equal":
+                # planned before any call was measured: re-planned once the probe has measured one
+                replan = functools.partial(self.soft_deadline, start, soft - start, planned)
             r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call, replan, self.share_end)
             results.append(r)
             if on_problem:
