@@ -6,8 +6,8 @@ is scarce: without a clock, tokens -- each wave is the fewest samples that could
 would have spared; under a clock, time -- all samples at once, the rest cancelled when the vote is settled (the
 second-placed AIMO-2 team's way): parallel samples cost little time, sequential waves cost a sample's time each.
 ``wave=k`` draws k at a time. Samples are generated ``chunk_tokens`` tokens at a time by the evaluation's
-:class:`Generator` (the chunk's token ids are fed back as the next call's prompt, so the model sees one continuous sequence). Between
-chunks the solver:
+:class:`Generator` (the chunk's token ids are fed back as the next call's prompt, so the model sees one continuous
+sequence). Between chunks the solver:
 
 - ends samples: end-of-sequence, ``</think>`` (``stop_at_think``), the first complete box (``stop_at_first_box``),
   or ``max_new_tokens`` in all; an ended sample votes with its answer (``answers``);
