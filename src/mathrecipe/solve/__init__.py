@@ -1,8 +1,9 @@
 """``mathrecipe solve``: AIMO-style answers -- majority voting with early stopping, under a time budget.
 
 One job per module: ``answers`` (the int0-999 format and vote pooling), ``policy`` (the stopping rule, the time share,
-samples when behind, the bound on a generate call's time: pure functions), ``solver`` (the loop over problems,
-waves and chunks, on the evaluation's ``Generator``), ``cli`` (arguments, input, output files).
+samples when behind, the bound on a generate call's time, a wave's price: pure functions), ``solver`` (the loop over
+problems, waves and chunks, on the evaluation's ``Generator``), ``resume`` (what an output folder is bound to, what a
+rerun keeps), ``clock`` (when the process started), ``cli`` (arguments, input, prompt lengths, output files).
 
     from mathrecipe.solve import Solver, SolveOptions
     solver = Solver(generator, tokenizer, SamplingSettings(samples=15, max_new_tokens=16384, stop_at_think=True),

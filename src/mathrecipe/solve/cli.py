@@ -11,6 +11,10 @@ import argparse
 import csv
 import io
 import json
+import logging
+import math
+import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.solve.answers import ANSWER_FORMATS, INT_FORMAT, check_answer_format
+from mathrecipe.solve.answers import ANSWER_FORMATS, INT_FORMAT, check_answer_format, int_answer
 from mathrecipe.solve.policy import format_duration, parse_duration
-from mathrecipe.solve.solver import ProblemResult, SolveOptions, Solver
+from mathrecipe.solve.resume import bind, solve_config, spent_seconds
+from mathrecipe.solve.solver import NO_TIME, ProblemResult, SolveOptions, Solver
+
+log = logging.getLogger(__name__)
 
 ANSWERS_FILE, LOG_FILE = "answers.csv", "solve.jsonl"
 
@@ -28,10 +35,25 @@ ANSWERS_FILE, LOG_FILE = "answers.csv", "solve.jsonl"
 # ------------------------------------------------------------------------------------------------ input
 
 
-def _rows_from_stdin(stream: Iterable[str]) -> list[dict[str, Any]]:
-    from mathrecipe.data.io import iter_jsonl_lines
+def decode_utf8(data: bytes, name: str) -> str:
+    """``data`` as UTF-8 text (a leading byte-order mark dropped, as spreadsheet programs write one); bytes that
+    are not UTF-8 are one line naming ``name``, the line and the column."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise MathRecipeError(f"{name}, line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+                              "save the file as UTF-8") from None
 
-    return [obj for _, obj in iter_jsonl_lines(stream, "--problems - (stdin)")]
+
+def _stdin_lines(stdin: Iterable[str] | None) -> Iterable[str]:
+    if stdin is not None:
+        return stdin
+    buffer = getattr(sys.stdin, "buffer", None)  # bytes, so that a bad byte is named rather than a traceback
+    if buffer is None:
+        return sys.stdin
+    return io.StringIO(decode_utf8(buffer.read(), "--problems - (stdin)"))
 
 
 def read_problems(source: str, problem_column: str = "problem", answer_column: str = "answer",
@@ -39,23 +61,24 @@ def read_problems(source: str, problem_column: str = "problem", answer_column: s
     """Problems as dicts with ``id``, ``problem`` and (when the file has one) ``answer``, all strings.
 
     ``source``: a .jsonl or .csv file (with a header), ``-`` for JSONL on ``stdin``, or a .json/.parquet file, a saved
-    dataset or a hub id (``mathrecipe.data.io.load_table``). A missing column, an empty id or problem, or a repeated id
-    is a one-line error naming the source and the row (rows count from 1).
+    dataset or a hub id (``mathrecipe.data.io.load_table``). A missing column, an empty id or problem, a repeated id
+    or bytes that are not UTF-8 are a one-line error naming the source and the row or line (counted from 1).
     """
-    from mathrecipe.data.io import DataError, iter_jsonl, load_table
+    from mathrecipe.data.io import DataError, iter_jsonl_lines, load_table
 
     suffix = Path(source).suffix.lower()
     if source == "-":
-        name, rows = "--problems - (stdin)", _rows_from_stdin(stdin if stdin is not None else sys.stdin)
+        name = "--problems - (stdin)"
+        rows = [obj for _, obj in iter_jsonl_lines(_stdin_lines(stdin), name)]
     elif suffix in (".csv", ".jsonl"):  # read directly: exact values (ids stay as written), errors name the line
         name, path = f"--problems {source}", Path(source)
         if not path.is_file():
             raise DataError(f"{name}: no such file")
+        text = decode_utf8(path.read_bytes(), name)
         if suffix == ".jsonl":
-            rows = [row for _, row in iter_jsonl(path)]
+            rows = [row for _, row in iter_jsonl_lines(io.StringIO(text), name)]
         else:
-            with path.open(newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
     else:
         name = f"--problems {source}"
         rows = load_table(source, what="--problems").to_list()
@@ -85,109 +108,248 @@ def read_problems(source: str, problem_column: str = "problem", answer_column: s
     return out
 
 
+# ------------------------------------------------------------------------------------------------ prompts
+
+TOO_LONG = "prompt too long"
+CHARS_PER_TOKEN_CAP = 8  # more characters per token than real tokenizers average on any text (English: ~4)
+
+
+def prompt_tokens(tokenizer: Any, problems: Sequence[str], system_prompt: str | None,
+                  context: int | None) -> list[tuple[list[int] | None, int]]:
+    """(token ids, prompt tokens) per problem; ids are None where the count is an estimate from a prefix.
+
+    A problem longer than CHARS_PER_TOKEN_CAP x ``context`` characters is measured on that prefix first: when the
+    prefix alone holds more tokens than the context, the whole prompt cannot fit either (its tokens are at least
+    the prefix's), and its count is estimated as the prefix's x (characters / prefix characters). This keeps a 5 MB
+    problem to a short tokenisation: whole, it took 38 s and 1.8 GB with the toy tokenizer.
+    """
+    from mathrecipe.evaluate.generation import prompt_ids
+
+    out: list[tuple[list[int] | None, int] | None] = [None] * len(problems)
+    cap = CHARS_PER_TOKEN_CAP * context if context else None
+    whole = []
+    for i, text in enumerate(problems):
+        if cap is not None and len(text) > cap:
+            n = len(prompt_ids(tokenizer, [text[:cap]], system_prompt)[0])
+            if n > cap // CHARS_PER_TOKEN_CAP:
+                out[i] = (None, n * len(text) // cap)
+                continue
+        whole.append(i)
+    for i, ids in zip(whole, prompt_ids(tokenizer, [problems[i] for i in whole], system_prompt)):  # one batch
+        out[i] = (ids, len(ids))
+    return out  # type: ignore[return-value]
+
+
+def unsolved_row(pid: str, stop: str, **extra: Any) -> dict[str, Any]:
+    """The solve.jsonl row of a problem that drew no sample (``stop`` says why)."""
+    return {"id": pid, "answer": None, "stop": stop, "votes": {}, "invalid": 0, "samples": 0, "planned": 0,
+            "tokens": 0, "seconds": 0.0, "calls": 0, "sample_log": [], **extra}
+
+
+def too_long_row(pid: str, prompt_tokens: int, exact: bool, context: int) -> dict[str, Any]:
+    """The row of a problem skipped because its prompt and max new tokens exceed the context."""
+    row = unsolved_row(pid, TOO_LONG, prompt_tokens=prompt_tokens, context=context)
+    if not exact:
+        row["prompt_tokens_estimated"] = True  # from a prefix: see prompt_tokens
+    return row
+
+
 # ------------------------------------------------------------------------------------------------ output
 
 
-def answers_csv(results: Sequence[ProblemResult]) -> str:
+def answers_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """``id,answer`` per problem; the answer cell is empty when no sample gave a valid answer."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "answer"])
-    for r in results:
-        w.writerow([r.id, "" if r.answer is None else r.answer])
+    for r in rows:
+        w.writerow([r["id"], "" if r.get("answer") is None else r["answer"]])
     return buf.getvalue()
 
 
-def write_outputs(out: Path, results: Sequence[ProblemResult],
-                  grades: Mapping[str, tuple[str, bool]] | None = None) -> None:
-    """answers.csv and solve.jsonl, each written atomically (a kill leaves the previous whole file)."""
+def write_outputs(out: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """solve.jsonl, then answers.csv, each written atomically: a kill leaves the previous whole file, and
+    solve.jsonl (what a rerun resumes from) is never behind answers.csv."""
     from mathrecipe.files import atomic_write_text
 
-    rows = []
-    for r in results:
-        row = r.row()
-        if grades and r.id in grades:
-            row["gold"], row["correct"] = grades[r.id]
-        rows.append(json.dumps(row, ensure_ascii=False) + "\n")
-    atomic_write_text(out / ANSWERS_FILE, answers_csv(results))
-    atomic_write_text(out / LOG_FILE, "".join(rows))
+    atomic_write_text(out / LOG_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / ANSWERS_FILE, answers_csv(rows))
 
 
-def grade_answers(problems: Sequence[Mapping[str, Any]], results: Sequence[ProblemResult],
-                  grader: Any = None) -> dict[str, tuple[str, bool]]:
-    """{id: (gold, correct)} for problems with a gold answer, by the grader (``verify(gold, answer)``)."""
+_PLAIN_INT = re.compile(r"[+-]?\d+")
+
+
+def grade_row(row: dict[str, Any], gold: str | None, answer_format: str, grader: Any = None,
+              use_grader: bool = True) -> None:
+    """Add ``gold`` and ``correct`` to a row with a gold answer. int0-999 with an integer gold: the vote equals the
+    gold's value (the competition's rule, no parser needed); two plain integers: equal values; otherwise the grader
+    (``verify(gold, answer)``).
+    ``use_grader=False`` (no time left for a grader call): ``correct`` is None where the grader would be needed."""
     from mathrecipe.grading import default_grader
 
-    gold = {str(p["id"]): p["answer"] for p in problems if p.get("answer")}
-    graded = [r for r in results if r.id in gold]
-    if not graded:
-        return {}
-    ok = (grader or default_grader()).verify_many(
-        [gold[r.id] for r in graded], [None if r.answer is None else str(r.answer) for r in graded])
-    return {r.id: (gold[r.id], c) for r, c in zip(graded, ok)}
+    if gold is None:
+        return
+    row["gold"], answer = gold, row.get("answer")
+    value = int_answer(gold) if answer_format == INT_FORMAT else None
+    if answer is None:
+        row["correct"] = False
+    elif value is not None:
+        row["correct"] = answer == value
+    elif str(answer).strip() == gold.strip():
+        row["correct"] = True
+    elif _PLAIN_INT.fullmatch(str(answer).strip()) and _PLAIN_INT.fullmatch(gold.strip()):
+        row["correct"] = int(str(answer)) == int(gold)  # two integers: equal as values (math-verify agrees)
+    elif use_grader:
+        row["correct"] = (grader or default_grader()).verify_many([gold], [str(answer)])[0]
+    else:
+        row["correct"] = None
 
 
-def summary_lines(results: Sequence[ProblemResult], elapsed_s: float, budget: str | None,
-                  grades: Mapping[str, tuple[str, bool]]) -> list[str]:
+def summary_lines(rows: Sequence[Mapping[str, Any]], elapsed_s: float, budget: str | None, kept: int) -> list[str]:
     stops: dict[str, int] = {}
-    for r in results:
-        stops[r.stop] = stops.get(r.stop, 0) + 1
-    samples = sum(len(r.samples) for r in results)
-    unanswered = sum(r.answer is None for r in results)
-    lines = [f"solved {len(results)} problems in {format_duration(elapsed_s)}"
+    for r in rows:
+        stops[r["stop"]] = stops.get(r["stop"], 0) + 1
+    unanswered = sum(r.get("answer") is None for r in rows)
+    lines = [f"solved {len(rows)} problems in {format_duration(elapsed_s)}"
              + (f" (budget {budget})" if budget else "")
-             + f": {samples} samples, {sum(r.tokens for r in results)} tokens; stopped: "
-             + ", ".join(f"{k} {v}" for k, v in sorted(stops.items()))
+             + (f", {kept} of them kept from an earlier run" if kept else "")
+             + f": {sum(r.get('samples', 0) for r in rows)} samples, {sum(r.get('tokens', 0) for r in rows)} "
+             "tokens; stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(stops.items()))
              + (f"; {unanswered} without a valid answer (empty in {ANSWERS_FILE})" if unanswered else "")]
-    if grades:
-        n_ok = sum(ok for _, ok in grades.values())
-        lines.append(f"accuracy {n_ok / len(grades):.4f} ({n_ok}/{len(grades)} problems with an answer column)")
+    graded = [r for r in rows if r.get("correct") is not None]
+    if graded:
+        n_ok = sum(bool(r["correct"]) for r in graded)
+        lines.append(f"accuracy {n_ok / len(graded):.4f} ({n_ok}/{len(graded)} problems with an answer column)")
+    ungraded = sum(1 for r in rows if "gold" in r and r.get("correct") is None)
+    if ungraded:
+        lines.append(f"{ungraded} answers not graded (no time left for the grader): {LOG_FILE} holds them with "
+                     "their gold answers")
     return lines
 
 
 # ------------------------------------------------------------------------------------------------ run
 
+EXIT_RESERVE_S = 1.0  # kept back at the budget's end for the last write and the exit
+
 
 def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | Path, settings: Any,
               options: SolveOptions, backend: str = "hf", batch_size: Any = "auto",
               kv_cache_gib: float | None = None, system_prompt: str | None = None,
-              started_at: float | None = None, progress: bool = True) -> tuple[list[ProblemResult], list[str]]:
-    """Load the model, answer ``problems``, write answers.csv and solve.jsonl to ``out_dir`` (after every problem)
-    and, when problems carry gold answers, grade them. Returns (results, summary lines).
+              started_at: float | None = None, progress: bool = True,
+              all_problems: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Answer ``problems`` into ``out_dir`` and return (the rows of solve.jsonl, summary lines).
 
-    The global budget (``options.time_budget_s``) runs from ``started_at`` (default: now), so loading counts.
+    Resumes: the folder is bound to the model, settings and problem file (``all_problems``: the whole file when
+    ``problems`` is a selection of it; :mod:`resume`); problems it already answered are kept and skipped, their
+    time counted as spent. Prompts that do not fit the model's context with ``max_new_tokens`` are skipped with a
+    row saying why. After every problem both files are rewritten with every answered problem, graded when the
+    problem has a gold answer. The global budget (``options.time_budget_s``) runs from ``started_at`` (default:
+    now) less the time the kept answers used.
     """
     from tqdm.auto import tqdm
 
     from mathrecipe.evaluate.generation import open_generator
+    from mathrecipe.prompts import describe_overlong, overlong_prompts
 
     started_at = time.monotonic() if started_at is None else started_at
     out = Path(out_dir)
-    tokenizer, gen = open_generator(backend, model, batch_size, kv_cache_gib, settings.seed)
-    solver = Solver(gen, tokenizer, settings, options, system_prompt=system_prompt, started_at=started_at)
-    results: list[ProblemResult] = []
+    universe = list(all_problems) if all_problems is not None else list(problems)
+    order = {str(p["id"]): i for i, p in enumerate(universe)}
+    gold = {str(p["id"]): p.get("answer") for p in universe}
+    config = solve_config(model, backend, system_prompt, settings, options, universe)
+    rows = bind(out, config, LOG_FILE)
+    rows = {pid: r for pid, r in rows.items() if pid in order}
+    kept = len(rows)
+    clock_start = started_at - spent_seconds(list(rows.values()))  # the budget's clock carries over reruns
+    for pid, r in rows.items():
+        r.pop("gold", None)
+        r.pop("correct", None)
+        grade_row(r, gold[pid], options.answer_format)
+
+    def ordered() -> list[dict[str, Any]]:
+        return sorted(rows.values(), key=lambda r: order[str(r["id"])])
+
+    todo = [p for p in problems if str(p["id"]) not in rows]
+    if kept:
+        log.info("resuming %s: %d answered problems kept, %d to solve", out, kept, len(todo))
+    elapsed = lambda: time.monotonic() - started_at  # noqa: E731
+    budget_end = (clock_start + options.time_budget_s - EXIT_RESERVE_S) if options.time_budget_s else math.inf
+    if todo and budget_end <= time.monotonic():  # start-up took the whole budget: loading the model would overrun
+        log.warning("--time-budget: no time left after start-up (%.1f s); no problem solved", elapsed())
+        rows.update({str(p["id"]): unsolved_row(str(p["id"]), NO_TIME) for p in todo})
+        todo = []
+    if todo:
+        tokenizer, gen = open_generator(backend, model, batch_size, kv_cache_gib, settings.seed)
+        context = _context(gen, model)
+        measured = prompt_tokens(tokenizer, [str(p["problem"]) for p in todo], system_prompt, context)
+        long = set(overlong_prompts([n for _, n in measured], settings.max_new_tokens, context))
+        if long:
+            long_ids = [str(todo[i]["id"]) for i in sorted(long)]
+            log.warning(describe_overlong(
+                "--problems", [f"{order[pid] + 1} (id {pid!r})" for pid in long_ids],
+                [measured[i][1] for i in sorted(long)], settings.max_new_tokens, context,  # type: ignore[arg-type]
+                f"skipped with an empty answer ('{TOO_LONG}' in {LOG_FILE}); shorten the problem or lower "
+                "--max-new-tokens"))
+            for i in sorted(long):
+                pid = str(todo[i]["id"])
+                rows[pid] = too_long_row(pid, measured[i][1], measured[i][0] is not None, context)  # type: ignore
+        out.mkdir(parents=True, exist_ok=True)
+        write_outputs(out, ordered())
+        todo_ok = [(p, ids) for i, (p, (ids, _)) in enumerate(zip(todo, measured)) if i not in long]
+        solver = Solver(gen, tokenizer, settings, options, system_prompt=system_prompt, started_at=clock_start,
+                        reserve_s=EXIT_RESERVE_S)
+        if todo_ok and solver.end() > time.monotonic():
+            threads = solver.calibrate_cpu_threads(todo_ok[0][1])  # type: ignore[arg-type]
+            if threads:
+                log.info("CPU threads for generation: %d of %d (seconds a decode step: %s)", threads["threads"],
+                         threads["default"], ", ".join(f"{v:.3f} on {k}" for k, v in threads["per_step_s"].items()))
+        selected = sum(1 for p in problems if str(p["id"]) in rows)
+        with tqdm(total=len(problems), initial=selected, desc="solve", unit="problem", disable=not progress,
+                  file=sys.stderr) as bar:
+
+            def show() -> None:
+                left = solver.time_left()
+                bar.set_postfix_str(f"time left {format_duration(left)}" if left is not None
+                                    else f"elapsed {format_duration(elapsed())}")
+
+            def done(r: ProblemResult) -> None:
+                row = r.row()
+                row["clock_s"] = round(time.monotonic() - clock_start, 3)
+                left = solver.time_left()
+                grade_row(row, gold[r.id], options.answer_format, solver.grader,
+                          use_grader=left is None or left > GRADER_MARGIN_S)
+                rows[r.id] = row
+                if r.stop != NO_TIME:  # nothing to keep: written once at the end, not rewritten per problem
+                    write_outputs(out, ordered())
+                bar.update(1)
+                show()
+
+            solver.solve([p for p, _ in todo_ok], on_problem=done, on_call=show,
+                         prompts=[ids for _, ids in todo_ok])  # type: ignore[misc]
     out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(problems), desc="solve", unit="problem", disable=not progress, file=sys.stderr) as bar:
-
-        def show() -> None:
-            left = solver.time_left()
-            bar.set_postfix_str(f"time left {format_duration(left)}" if left is not None
-                                else f"elapsed {format_duration(time.monotonic() - started_at)}")
-
-        def done(r: ProblemResult) -> None:
-            results.append(r)
-            write_outputs(out, results)
-            bar.update(1)
-            show()
-
-        solver.solve(problems, on_problem=done, on_call=show)
-    elapsed = time.monotonic() - started_at
-    grades = grade_answers(problems, results)
-    if grades:
-        write_outputs(out, results, grades)
+    write_outputs(out, ordered())
     budget = (format_duration(options.time_budget_s) if options.time_budget_s
               else f"{format_duration(options.per_problem_s)} a problem" if options.per_problem_s else None)
-    return results, summary_lines(results, elapsed, budget, grades)
+    final = ordered()
+    return final, summary_lines(final, elapsed(), budget, kept)
+
+
+GRADER_MARGIN_S = 6.0  # a grader call may take its 5 s timeout: not started this close to the budget's end
+
+
+def _context(gen: Any, model: str) -> int | None:
+    """The model's context window (``prompts.model_context``), from the loaded model or its config."""
+    from mathrecipe.prompts import model_context
+
+    config = getattr(getattr(gen, "model", None), "config", None)
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model)
+        except (OSError, ValueError):
+            return None
+    return model_context(config)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -239,7 +401,7 @@ def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) 
     check_answer_format(args.answer_format)
     options = SolveOptions(
         wave=args.wave, chunk_tokens=args.chunk_tokens, early_stop=args.early_stop, min_lead=args.min_lead,
-        stop_at_first_box=args.stop_at_first_box, answer_format=args.answer_format,
+        stop_at_first_box=args.stop_at_first_box, answer_format=args.answer_format, share=args.share,
         time_budget_s=parse_duration(args.time_budget, "--time-budget") if args.time_budget is not None else None,
         per_problem_s=parse_duration(args.per_problem, "--per-problem") if args.per_problem is not None else None)
     if args.limit is not None and args.limit < 1:
@@ -248,19 +410,43 @@ def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) 
     if out.exists() and not out.is_dir():
         raise MathRecipeError(f"--out {out}: is a file; give a folder")
     model = check_model_arg(args.model)
-    problems = read_problems(args.problems, args.problem_column, args.answer_column, stdin)[: args.limit]
-    return dict(model=model, problems=problems, out_dir=out, settings=settings, options=options,
-                backend=values["backend"], batch_size=batch_size, kv_cache_gib=values["kv_cache_gib"],
-                system_prompt=system_prompt or None)
+    problems = read_problems(args.problems, args.problem_column, args.answer_column, stdin)
+    return dict(model=model, problems=problems[: args.limit], all_problems=problems, out_dir=out, settings=settings,
+                options=options, backend=values["backend"], batch_size=batch_size,
+                kv_cache_gib=values["kv_cache_gib"], system_prompt=system_prompt or None)
+
+
+def _own_process() -> bool:
+    """Whether this process was started as the mathrecipe command (the console script, ``python -m
+    mathrecipe.cli`` or ``python -m mathrecipe.solve``) rather than by a caller that imported it."""
+    import mathrecipe
+
+    arg0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if arg0 is None:
+        return False
+    package = Path(mathrecipe.__file__).resolve().parent
+    return arg0.name == "mathrecipe" or package in arg0.resolve().parents
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
-    started_at = time.monotonic()  # the budget runs from the command's start: loading the model counts
+    from mathrecipe.solve.clock import process_started_at
+
+    # As a command, a budget covers the whole process: interpreter start, imports, loading. Called from Python (a
+    # notebook, a test), it runs from this call: run_solve(started_at=...) counts from any other moment.
+    started_at = process_started_at() if _own_process() else time.monotonic()
     kwargs = resolve_solve(args)
     _, lines = run_solve(**kwargs, started_at=started_at, progress=not getattr(args, "quiet", False))
     for line in lines:
         print(line)
     print(f"wrote {Path(args.out) / ANSWERS_FILE} and {Path(args.out) / LOG_FILE}")
+    if kwargs["options"].time_budget_s is not None and _own_process():
+        # Every file is written (atomically) and closed: end without the interpreter's teardown of torch and
+        # transformers, which took 1-3 s on a loaded 2-core machine -- past the budget. Grading workers end on
+        # their closed stdin.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -275,9 +461,11 @@ def add_solve_parser(sub: Any) -> None:
         description="Draw up to --samples completions per problem (in parallel waves, generated --chunk-tokens "
         "at a time), stop each at </think> (--stop-at-think) or its first box (--stop-at-first-box), stop a problem "
         "once its majority cannot be overturned by the samples left (or leads by --min-lead), and keep a global "
-        "clock: each problem gets its share of the time left, fewer samples when behind, and no chunk starts that "
-        "would pass the budget. Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, seconds, "
-        "why it stopped) to --out after every problem; with an answer column, prints the accuracy. Sampling "
+        "clock from the process's start: each problem gets its share of the time left (or borrows what a first "
+        "answer needs at the measured speed), fewer samples when behind, and no chunk starts that would pass the "
+        "budget. Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, seconds, why it stopped) "
+        "to --out after every problem; rerun the same command to resume (answered problems are kept); a prompt too "
+        "long for the model is skipped with its row saying so; with an answer column, prints the accuracy. Sampling "
         f"defaults: the recipe's eval section (built-in: samples {d.samples}, temperature {d.temperature}, max new "
         f"tokens {d.max_new_tokens}; or --recipe FILE), then --preset, then the flags.",
     )
@@ -287,8 +475,16 @@ def add_solve_parser(sub: Any) -> None:
                    "or - for JSONL on stdin")
     p.add_argument("--out", default="solve-out", help="output folder (default: solve-out)")
     p.add_argument("--time-budget", dest="time_budget",
-                   help="for all problems together, e.g. 5h (AIMO: 5h for 50 problems); loading the model counts")
+                   help="for all problems together, e.g. 5h (AIMO: 5h for 50 problems), counted from the process's "
+                   "start: imports and loading the model count, and the command exits within it")
     p.add_argument("--per-problem", dest="per_problem", help="the same time for each problem, e.g. 6m")
+    p.add_argument("--share", default="adaptive",
+                   help="how --time-budget is shared: 'adaptive' (default): each problem may use the time left / "
+                   "problems left, or what a first answer needs at the measured speed (borrowed from later problems); "
+                   "'equal': the time left when solving begins / problems, fixed (a baseline: bench/bench_solve.py)")
+    # "-3m" would otherwise be taken for an option ("expected one argument"): read as a value, it gets the
+    # one-line "must be a positive duration". The parser has no option that looks like a negative number.
+    p._negative_number_matcher = re.compile(r"^-\d")
     p.add_argument("--answer-format", dest="answer_format", default=INT_FORMAT,
                    help=f"{' or '.join(ANSWER_FORMATS)}: integers 0-999 (n >= 1000 taken mod 1000; other answers "
                    f"are invalid votes), or any answer, pooled by the grader's equivalence (default {INT_FORMAT})")

@@ -64,22 +64,51 @@ def time_share(remaining_s: float, problems_left: int) -> float:
     return max(0.0, remaining_s) / problems_left
 
 
-def planned_samples(max_samples: int, share_s: float, typical_s: float | None, last_cut: bool = False) -> int:
+def planned_samples(max_samples: int, share_s: float, typical_s: float | None, last_cut: bool = False,
+                    need_s: float | None = None) -> int:
     """Samples to plan for a problem: N on time, ceil(2N/3) when behind (the second-placed AIMO-2 team cut 15 to 10
     when the time left per problem fell below 5 minutes).
 
-    Behind: the last problem ran out of its time, or the share is below ``typical_s``, the mean time of the problems
-    that finished without the clock so far (None: none yet). A step, not a proportion: a problem's time hardly falls
-    with its sample count when samples run in parallel, so a proportional cut would spiral down.
+    Behind: the last problem ran out of its time, or the share is below ``typical_s`` (the mean time of the problems
+    that finished without the clock so far) or below ``need_s`` (what a wave of N samples is expected to take now,
+    :func:`wave_seconds`); None: not known yet. A step, not a proportion: a problem's time hardly falls with its
+    sample count when samples run in parallel, so a proportional cut would spiral down.
     """
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    behind = last_cut or (typical_s is not None and share_s < typical_s)
+    behind = (last_cut or (typical_s is not None and share_s < typical_s)
+              or (need_s is not None and share_s < need_s))
     return math.ceil(2 * max_samples / 3) if behind else max_samples
 
 
+def typical_steps(history: Sequence[int], max_new_tokens: int, quantile: float = 0.75) -> int:
+    """Decode steps to plan a problem's wave for: the ``quantile`` of the steps recent problems needed (the solver
+    records those to a first answer), at most ``max_new_tokens``; ``max_new_tokens`` before any.
+
+    A high quantile, not the mean: a wave planned for the typical problem would be cut on every harder one, and a
+    sample cut before it writes its answer is wasted.
+    """
+    if not history:
+        return max_new_tokens
+    xs = sorted(history)
+    return max(1, min(max_new_tokens, xs[min(len(xs) - 1, math.ceil(quantile * len(xs)) - 1)]))
+
+
+def wave_seconds(times: CallTimes, batch: int, steps: int, chunk: int, bound: bool = False) -> float | None:
+    """Seconds a wave of ``batch`` samples takes to run ``steps`` decode steps in calls of ``chunk`` steps:
+    floor(steps / chunk) x t(chunk) + t(steps mod chunk), with t from :meth:`CallTimes.seconds` (None: no call at
+    this batch or larger measured yet)."""
+    full, rest = divmod(max(0, steps), max(1, chunk))
+    one = times.seconds(batch, chunk, bound) if full else 0.0
+    tail = times.seconds(batch, rest, bound) if rest else 0.0
+    if one is None or tail is None:
+        return None
+    return full * one + tail
+
+
 class CallTimes:
-    """How many decode steps the next generate call can take without passing a deadline, from the calls seen so far.
+    """How long a generate call of k decode steps takes, and how many steps fit before a deadline, from the calls
+    seen so far.
 
     A call of k decode steps takes about t(k) = a + b*k (a: prefill and call overhead, b: one step), both growing
     with the batch. From the recent calls i = (m_i, k_i, t_i) with batch m_i >= m (at least as costly):
@@ -92,7 +121,8 @@ class CallTimes:
 
     A call is planned with the largest k whose U(k) fits the time left. For costs linear in k no call overruns;
     SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call at batch >= m
-    nothing bounds the next one (``max_steps`` returns None): the caller makes a short probe.
+    nothing bounds the next one (``max_steps`` returns None): the caller makes a short probe. ``bound=False``
+    gives the expected time instead: the fit without the worst residual and the margin (one step count: the median).
     """
 
     SAFETY = 1.2
@@ -105,32 +135,45 @@ class CallTimes:
         if batch >= 1 and steps >= 1 and seconds >= 0:
             self._calls.append((batch, steps, seconds))
 
-    def max_steps(self, batch: int, seconds: float, bound: bool = True) -> int | None:
-        """The largest k with U(k) <= ``seconds`` (0: not even one step), or None when nothing bounds it.
-
-        ``bound=False`` plans by the expected time instead -- the fit without the worst residual and the margin (one
-        step count: the median time) -- for a soft deadline that a slow moment may pass.
-        """
+    def _fit(self, batch: int, bound: bool) -> tuple[float, float, float] | None:
+        """(a, b, floor) with t(k) = max(floor, a + b*k) before the margin -- the residual folded into a -- or None
+        when no call at this batch or larger was seen."""
         seen = [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
         if not seen:
             return None
-        budget = seconds / self.SAFETY if bound else seconds
         if len({k for k, _ in seen}) == 1:
             times = sorted(t for _, t in seen)
             k0, t0 = seen[0][0], times[-1] if bound else times[len(times) // 2]
-            if t0 > budget:
-                return 0
-            return UNBOUNDED if t0 <= 0 else max(k0, math.floor(budget * k0 / t0))
+            return 0.0, t0 / k0, t0
         n = len(seen)
         mk, mt = sum(k for k, _ in seen) / n, sum(t for _, t in seen) / n
         b = sum((k - mk) * (t - mt) for k, t in seen) / sum((k - mk) ** 2 for k, _ in seen)
         b = min(max(b, 0.0), min(t / k for k, t in seen))
         a = max(0.0, mt - b * mk)
         e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
-        room = budget - a - e
-        if room < 0:
+        return a + e, b, 0.0
+
+    def seconds(self, batch: int, steps: int, bound: bool = False) -> float | None:
+        """U(``steps``) at ``batch`` (``bound=False``: the expected time); None when nothing measured it."""
+        fit = self._fit(batch, bound)
+        if fit is None:
+            return None
+        a, b, floor = fit
+        return (self.SAFETY if bound else 1.0) * max(floor, a + b * steps)
+
+    def max_steps(self, batch: int, seconds: float, bound: bool = True) -> int | None:
+        """The largest k with U(k) <= ``seconds`` (0: not even one step), or None when nothing bounds it.
+
+        ``bound=False`` plans by the expected time instead, for a soft deadline that a slow moment may pass.
+        """
+        fit = self._fit(batch, bound)
+        if fit is None:
+            return None
+        a, b, floor = fit
+        budget = seconds / self.SAFETY if bound else seconds
+        if floor > budget or a > budget:
             return 0
-        return UNBOUNDED if b <= 0 else math.floor(room / b)
+        return UNBOUNDED if b <= 0 else math.floor((budget - a) / b + 1e-9)  # 1e-9: k0 from t0 / (t0 / k0)
 
 
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -138,19 +181,21 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(
 
 
 def parse_duration(text: str, flag: str) -> float:
-    """Seconds in ``5h``, ``6m``, ``90s``, ``1h30m``, ``1.5h`` or a plain number of seconds; must be > 0."""
+    """Seconds in ``5h``, ``6m``, ``90s``, ``1h30m``, ``1.5h`` or a plain number of seconds; must be > 0 (``-3m``
+    is refused as not positive)."""
     t = str(text).strip().lower().replace(" ", "")
+    body = t[1:] if t.startswith(("-", "+")) else t
     seconds: float | None = None
     try:
-        seconds = float(t)
+        seconds = float(body)
     except ValueError:
-        m = _DURATION.fullmatch(t)
+        m = _DURATION.fullmatch(body)
         if m and any(m.groups()):
             seconds = sum(float(v) * u for v, u in zip(m.groups(), _UNIT.values()) if v)
     if seconds is None:
         raise MathRecipeError(f"{flag} {text!r}: expected a duration such as 5h, 6m, 90s or 1h30m")
-    if not seconds > 0 or math.isinf(seconds):
-        raise MathRecipeError(f"{flag} must be a positive duration, got {text!r}")
+    if t.startswith("-") or not seconds > 0 or math.isinf(seconds) or math.isnan(seconds):
+        raise MathRecipeError(f"{flag} must be a positive duration (such as 5h, 6m or 90s), got {text!r}")
     return seconds
 
 

@@ -4,10 +4,10 @@ A problem draws up to ``samples`` completions, in waves drawn in parallel. ``wav
 is scarce: without a clock, tokens -- each wave is the fewest samples that could settle the vote
 (:func:`policy.next_wave`: 8 of 15 first, then what a split vote still needs), so no sample is drawn that stopping
 would have spared; under a clock, time -- all samples at once, the rest cancelled when the vote is settled (the
-second-placed AIMO-2 team's way): parallel samples cost little time, sequential waves cost a sample's time each
-(bench/bench_solve.py measures both). ``wave=k`` draws k at a time. Samples are generated ``chunk_tokens`` tokens at a time by the evaluation's :class:`Generator`
-(the chunk's token ids are fed back as the next call's prompt, so the model sees one continuous sequence). Between
-chunks the solver:
+second-placed AIMO-2 team's way): parallel samples cost little time, sequential waves cost a sample's time each.
+``wave=k`` draws k at a time. Samples are generated ``chunk_tokens`` tokens at a time by the evaluation's
+:class:`Generator` (the chunk's token ids are fed back as the next call's prompt, so the model sees one continuous
+sequence). Between chunks the solver:
 
 - ends samples: end-of-sequence, ``</think>`` (``stop_at_think``), the first complete box (``stop_at_first_box``),
   or ``max_new_tokens`` in all; an ended sample votes with its answer (``answers``);
@@ -23,23 +23,28 @@ Why chunks: neither backend can cancel a request inside one ``generate`` call (v
 no cancellation; ``HFGenerator`` runs a batch until its longest sequence ends). Chunking is the cancellation: early
 stopping and the deadline act at chunk boundaries, and the long tail of samples is never generated. The cost is
 one call's overhead and a prefill of the sequence so far per chunk (cheap in vLLM with prefix caching; on the toy
-model with transformers a call costs about as much as 20 decode steps: bench/bench_solve.py), so a wave is one call
+model with transformers, one thread, a batch of 15: 0.14 s a call, 0.02 s a decode step), so a wave is one call
 when nothing can act mid-wave -- waves of the fewest samples that could settle the vote, without a clock or
 ``stop_at_first_box`` -- and stopping acts between waves. Caveat for vLLM: ``VLLMGenerator`` gives every
 prompt of a call the same seed, so continuation chunks of one wave share their random stream.
 
 Problems are answered in file order (the competition serves them one at a time). Time share: with a global budget
 each problem may use its share of the time left (:func:`policy.time_share`), so time saved by early stops flows to
-later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`).
+later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`). A wave is priced from
+the measured calls (:func:`policy.wave_seconds` of :func:`policy.typical_steps`, the steps recent problems took to a
+first answer); a problem whose share cannot buy that borrows from later ones and stops at its first answer
+(:meth:`Solver.deadline`), so a slow machine answers some problems rather than cutting every sample before it ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,16 +54,31 @@ from mathrecipe.evaluate.generation import THINK_END, Generator, SamplingSetting
 from mathrecipe.grading import boxed_spans, extract_answer
 from mathrecipe.prompts import SYSTEM_PROMPT
 from mathrecipe.solve.answers import INT_FORMAT, Tally, Vote, check_answer_format
-from mathrecipe.solve.policy import CallTimes, next_wave, planned_samples, time_share, vote_settled
+from mathrecipe.solve.policy import (
+    DECIDED,
+    LEAD,
+    CallTimes,
+    next_wave,
+    planned_samples,
+    time_share,
+    typical_steps,
+    vote_settled,
+    wave_seconds,
+)
 
 log = logging.getLogger(__name__)
 
 PROBE_STEPS = 8  # the first chunk under a deadline, before any call has measured the machine's speed
+WARM_UP_STEPS = 2  # the untimed first call: a backend's one-time costs, at the batch the first wave uses
+USEFUL_VOTES = 1  # valid answers a wave is planned to reach: the first one (a problem cut before it scores nothing;
+# on the toy, planning for 1 answered 30-31/40 on a loaded machine where planning for 3 answered 11-16)
 CHUNKS_PER_SAMPLE = 8  # default chunk_tokens = ceil(max_new_tokens / this)
 AUTO = "auto"  # wave: policy.next_wave
+SHARES = ("adaptive", "equal")  # how a global budget is shared among the problems
 
 # why a problem stopped
 ALL, TIME, NO_TIME = "all samples", "time", "no time"
+SETTLED = (DECIDED, LEAD, ALL)  # stops that show how many decode steps a problem needed
 # how a sample ended
 EOS, THINK, FIRST_BOX, MAX_TOKENS, CANCELLED, CUT = "finished", "think", "first box", "max tokens", "cancelled", "time"
 
@@ -80,6 +100,7 @@ class SolveOptions:
     answer_format: str = INT_FORMAT
     time_budget_s: float | None = None  # all problems, shared (the clock starts at ``started_at``)
     per_problem_s: float | None = None  # each problem alone
+    share: str = "adaptive"  # under time_budget_s: "adaptive" (time left / problems left, borrowing) or "equal"
 
     def __post_init__(self) -> None:
         check_answer_format(self.answer_format)
@@ -94,6 +115,8 @@ class SolveOptions:
         for flag, s in (("--time-budget", self.time_budget_s), ("--per-problem", self.per_problem_s)):
             if s is not None and not s > 0:
                 raise MathRecipeError(f"{flag} must be a positive duration, got {s}")
+        if self.share not in SHARES:
+            raise MathRecipeError(f"--share must be one of {', '.join(SHARES)}, got {self.share!r}")
         if self.time_budget_s is not None and self.per_problem_s is not None:
             raise MathRecipeError("--time-budget and --per-problem are exclusive: give one (a global budget shares "
                                   "its time among the problems; --per-problem gives each the same)")
@@ -159,40 +182,96 @@ class Solver:
     """Answers problems one at a time with a :class:`Generator` (see the module docstring for the rules).
 
     ``clock`` is injectable (tests drive a simulated one); ``started_at`` is when the global budget started (the
-    command's start, so loading the model counts, as in the competition); default: the first ``solve`` call.
+    command passes its process's start, so imports and loading count, as in the competition); default: the first
+    ``solve`` call. ``reserve_s`` is kept back at the budget's end (the command's last write and exit).
     """
 
     def __init__(self, generator: Generator, tokenizer: Any, settings: SamplingSettings, options: SolveOptions,
                  system_prompt: str | None = SYSTEM_PROMPT, clock: Callable[[], float] = time.monotonic,
-                 started_at: float | None = None, grader: Any = None) -> None:
+                 started_at: float | None = None, grader: Any = None, reserve_s: float = 0.0) -> None:
         self.gen, self.tok, self.settings, self.opts = generator, tokenizer, settings, options
         self.system_prompt, self.clock, self.grader = system_prompt, clock, grader
-        self.started_at = started_at
+        self.started_at, self.reserve_s = started_at, reserve_s
         self.times = CallTimes()
         self.chunk = default_chunk_tokens(settings.max_new_tokens)
         self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
+        self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took to a first answer
         self.last_cut = False  # the last problem ran out of time
         self.warm = False
+        self.equal_share: float | None = None  # share="equal": each problem's share, fixed at the first problem
+        self.share_end: float | None = None  # the planned problem's share ends (adaptive share)
 
     # ------------------------------------------------------------------------------------------ the budget
+
+    def end(self) -> float:
+        """When the global budget's time for generating ends (its end less ``reserve_s``); inf without one."""
+        if self.opts.time_budget_s is None:
+            return math.inf
+        assert self.started_at is not None
+        return self.started_at + self.opts.time_budget_s - self.reserve_s
+
+    def chunk_for(self, deadline: float) -> int:
+        """Decode steps per generate call (see :meth:`solve_one`)."""
+        opts, s = self.opts, self.settings
+        fewest = opts.wave == AUTO and deadline == math.inf
+        return opts.chunk_tokens or (s.max_new_tokens if fewest and not opts.stop_at_first_box else self.chunk)
 
     def deadline(self, problems_left: int) -> tuple[float, float, int]:
         """(soft deadline, hard deadline, samples to plan) for the next problem.
 
-        --per-problem: both are the problem's limit. --time-budget: the soft one ends the problem's share of the time
-        left (planned by the expected call time: a slow call borrows from later shares, which shrink to repay it);
-        the hard one is the budget's end (planned by the bound). No clock: both infinite.
+        Both clocks plan alike: ``steps`` = :func:`policy.typical_steps` of the decode steps recent problems took to
+        a first answer (``USEFUL_VOTES`` valid answers, or their stop when that came first), ``need(m)`` = what a wave
+        of m samples running that many steps takes at the calls' current speed (:func:`policy.wave_seconds`), and a
+        third fewer samples when the share is below ``need(N)`` or the last problem ran out of time
+        (:func:`policy.planned_samples`). A wave cut at its share after an answer answers by plurality; one cut
+        before any sample ended answers nothing.
+
+        --per-problem: the share is fixed; both deadlines are its end. --time-budget: the share is the time left /
+        problems left; the soft deadline ends the share -- or, when a wave needs more to reach an answer, ends
+        that wave (:meth:`soft_deadline`: borrowed from later shares, which shrink to repay it, so some problems are
+        answered rather than all cut before any sample writes its answer; the last ones get what is left, or
+        nothing). A borrowing problem stops at its first answer once its share is over (``share_end``). The
+        hard deadline is the budget's end (:meth:`end`), kept by the bound. No clock: both infinite.
         """
+        self.share_end = None
         now, n = self.clock(), self.settings.samples
         if self.opts.per_problem_s is not None:
-            return now + self.opts.per_problem_s, now + self.opts.per_problem_s, n
-        if self.opts.time_budget_s is None:
+            share, end = self.opts.per_problem_s, now + self.opts.per_problem_s
+        elif self.opts.time_budget_s is not None:
+            end = self.end()
+            if self.opts.share == "equal":  # a baseline: the same share for every problem, fixed when solving began
+                if self.equal_share is None:
+                    self.equal_share = time_share(end - now, problems_left)
+                share = self.equal_share
+            else:
+                share = time_share(end - now, problems_left)
+        else:
             return math.inf, math.inf, n
-        assert self.started_at is not None
-        end = self.started_at + self.opts.time_budget_s
-        share = time_share(end - now, problems_left)
         typical = self.spent_s / self.finished if self.finished else None
-        return now + share, end, planned_samples(n, share, typical, self.last_cut)
+        planned = planned_samples(n, share, typical, self.last_cut, self.need(n, end))
+        if self.opts.per_problem_s is not None:
+            return end, end, planned
+        if self.opts.share == "equal":
+            return min(end, now + share), end, planned
+        self.share_end = now + share
+        return self.soft_deadline(now, share, planned), end, planned
+
+    def need(self, samples: int, deadline: float, bound: bool = False) -> float | None:
+        """Expected seconds (``bound``: the bound on the seconds) a wave of ``samples`` needs now to reach a first
+        answer (None: no call measured yet)."""
+        steps = typical_steps(self.steps_needed, self.settings.max_new_tokens)
+        return wave_seconds(self.times, samples, steps, self.chunk_for(deadline), bound)
+
+    def soft_deadline(self, start: float, share: float, samples: int) -> float:
+        """Under a global budget: a problem that started at ``start`` may use its ``share``, or what a wave of
+        ``samples`` needs when that is more and its bound still ends before the budget does (borrowing time that
+        cannot buy an answer would only starve the problems after it)."""
+        end = self.end()
+        need = self.need(samples, end)
+        if need is None or need <= share:
+            return min(end, start + share)
+        bound = self.need(samples, end, bound=True)
+        return min(end, start + (need if bound is not None and start + bound <= end else share))
 
     def time_left(self) -> float | None:
         """Seconds left of the global budget (None without one)."""
@@ -200,46 +279,108 @@ class Solver:
             return None
         return self.started_at + self.opts.time_budget_s - self.clock()
 
+    def _generate(self, prompts: list[list[int]], settings: SamplingSettings, limit_s: float) -> Any:
+        """``generator.generate``; with a finite ``limit_s``, transformers' own ``max_time`` criterion on an HF model
+        ends the call there even when a slow moment makes it overrun its bound (it returns what it has)."""
+        config = getattr(getattr(self.gen, "model", None), "generation_config", None)
+        if config is None or limit_s == math.inf:
+            return self.gen.generate(prompts, settings)
+        before = getattr(config, "max_time", None)
+        config.max_time = max(0.0, limit_s)
+        try:
+            return self.gen.generate(prompts, settings)
+        finally:
+            config.max_time = before
+
+    def calibrate_cpu_threads(self, prompt: list[int]) -> dict[str, Any] | None:
+        """On CPU (an HF model), keep torch's intra-op threads only when they make generation faster: time a probe
+        call (``PROBE_STEPS`` steps at the wave's batch) on one thread and on torch's default, keep the faster per
+        step. Measured on a loaded 2-core machine with the toy model: 0.24 s on one thread, 0.8-6 s on two (each
+        thread's barrier waits on the other being scheduled). The probe at the kept count is the first call the
+        time bound knows (and the warm-up); returns what was measured, or None (no CPU model, or one thread).
+        """
+        import torch
+
+        model = getattr(self.gen, "model", None)
+        param = next(iter(model.parameters()), None) if model is not None else None
+        n = torch.get_num_threads()
+        if param is None or param.device.type != "cpu" or n <= 1:
+            return None
+        batch = self.settings.samples
+
+        def call(threads: int, steps: int, limit: float) -> tuple[float, int]:
+            torch.set_num_threads(threads)
+            t = self.clock()
+            out = self._generate([prompt], dataclasses.replace(self.settings, max_new_tokens=steps), limit)[0]
+            return self.clock() - t, max(1, max((len(o.token_ids) for o in out), default=1))
+
+        end = self.end()
+        call(1, WARM_UP_STEPS, end - self.clock())  # one-time costs: not timed
+        t1, k1 = call(1, PROBE_STEPS, end - self.clock())
+        call(n, WARM_UP_STEPS, min(t1, end - self.clock()))  # the thread pool's start: not timed, bounded
+        tn, kn = call(n, PROBE_STEPS, min(2 * t1, end - self.clock()))  # no slower than twice one thread's time
+        best = 1 if t1 / k1 <= tn / kn else n
+        torch.set_num_threads(best)
+        self.times.record(batch, *((k1, t1) if best == 1 else (kn, tn)))
+        self.warm = True
+        return {"threads": best, "default": n, "per_step_s": {"1": t1 / k1, str(n): tn / kn}}
+
     # ------------------------------------------------------------------------------------------ a problem
 
     def solve(self, problems: Sequence[Mapping[str, Any]],
               on_problem: Callable[[ProblemResult], None] | None = None,
-              on_call: Callable[[], None] | None = None) -> list[ProblemResult]:
-        """Answer ``problems`` (dicts with ``id`` and ``problem``) in order; ``on_problem`` after each one."""
+              on_call: Callable[[], None] | None = None,
+              prompts: Sequence[list[int]] | None = None) -> list[ProblemResult]:
+        """Answer ``problems`` (dicts with ``id`` and ``problem``) in order; ``on_problem`` after each one.
+        ``prompts``: their token ids when the caller has them already (default: :func:`prompt_ids`)."""
         if self.started_at is None:
             self.started_at = self.clock()
-        ids = prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt)
+        ids = (list(prompts) if prompts is not None
+               else prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt))
         if ids and (self.opts.time_budget_s is not None or self.opts.per_problem_s is not None) and not self.warm:
-            # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels): measured, it
-            # would make the time bound think every call that slow. One token, not timed (the budget still pays).
-            self.gen.generate(ids[:1], dataclasses.replace(self.settings, samples=1, max_new_tokens=1))
+            # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels, a cache at the
+            # wave's batch): measured, it would make the time bound think every call that slow. Not timed (the
+            # budget still pays); skipped when even that would pass the budget's end.
+            if self.end() - self.clock() > 0:
+                self._generate(ids[:1], dataclasses.replace(self.settings, max_new_tokens=WARM_UP_STEPS),
+                               self.end() - self.clock())
             self.warm = True
         results = []
         for i, (p, prompt) in enumerate(zip(problems, ids)):
+            start = self.clock()
+            blind = self.need(self.settings.samples, self.end()) is None
             soft, hard, planned = self.deadline(len(problems) - i)
-            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call)
+            replan = None
+            if blind and self.opts.time_budget_s is not None and self.opts.share != "equal":
+                # planned before any call was measured: re-planned once the probe has measured one
+                replan = functools.partial(self.soft_deadline, start, soft - start, planned)
+            r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call, replan, self.share_end)
             results.append(r)
             if on_problem:
                 on_problem(r)
         return results
 
     def solve_one(self, pid: str, prompt: list[int], planned: int, deadline: float = math.inf,
-                  hard_deadline: float | None = None, on_call: Callable[[], None] | None = None) -> ProblemResult:
+                  hard_deadline: float | None = None, on_call: Callable[[], None] | None = None,
+                  replan: Callable[[], float] | None = None, enough_at: float | None = None) -> ProblemResult:
         """One problem: at most ``planned`` samples; calls planned to end by ``deadline`` (expected time) and by
-        ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded)."""
+        ``hard_deadline`` (bounded time; default: ``deadline`` itself, bounded). ``replan``: the soft deadline
+        again after the first call (a plan made before any call was measured). ``enough_at``: from then on an
+        answer (``USEFUL_VOTES`` valid ones) ends the problem (its share is over; the rest was borrowed)."""
         s, opts = self.settings, self.opts
         soft = hard_deadline is not None and hard_deadline != deadline
         hard_deadline = deadline if hard_deadline is None else hard_deadline
         fewest = opts.wave == AUTO and deadline == math.inf  # under a clock, auto draws all at once
         # chunks exist so that something can act mid-wave: the clock, the first box, a settled vote (which cannot
         # happen inside a wave of the fewest samples that could settle it)
-        chunk = opts.chunk_tokens or (s.max_new_tokens if fewest and not opts.stop_at_first_box else self.chunk)
+        chunk = self.chunk_for(deadline)
         t0 = self.clock()
         tally = Tally(opts.answer_format, self.grader)
         samples: list[Sample] = []
         flight: list[Sample] = []
         wave = planned if opts.wave == AUTO else min(int(opts.wave), planned)
-        calls, stop = 0, None
+        calls, steps, stop = 0, 0, None
+        useful: int | None = None  # decode steps when USEFUL_VOTES valid answers were in
         while True:
             done = sum(1 for x in samples if x.end is not None)
             if done >= planned:
@@ -260,6 +401,8 @@ class Solver:
                 if soft and fits is not None:
                     fits = min(fits, self.times.max_steps(len(flight), deadline - now, bound=False) or 0)
                 k = min(k, PROBE_STEPS) if fits is None else min(k, fits)
+                if hard_deadline <= now:  # nothing measured bounds a probe, but the end has come
+                    k = 0
                 if k < 1:  # not even one step fits: a new wave is not started, one in flight is cut
                     stop = TIME if samples else NO_TIME
                     if fresh:
@@ -269,14 +412,16 @@ class Solver:
                 samples += flight
             seed = (s.seed + zlib.crc32(f"{pid}/{calls}".encode())) % 2**31
             call = dataclasses.replace(s, max_new_tokens=k, seed=seed)
+            limit = hard_deadline - self.clock()
             c0 = self.clock()
             if fresh:  # one prompt, n samples: every backend gives each its own random stream
-                outs = self.gen.generate([prompt], dataclasses.replace(call, samples=len(flight)))[0]
+                outs = self._generate([prompt], dataclasses.replace(call, samples=len(flight)), limit)[0]
             else:
-                outs = [o[0] for o in self.gen.generate([prompt + x.ids for x in flight],
-                                                        dataclasses.replace(call, samples=1))]
-            self.times.record(len(flight), max((len(o.token_ids) for o in outs), default=0), self.clock() - c0)
-            calls += 1
+                outs = [o[0] for o in self._generate([prompt + x.ids for x in flight],
+                                                     dataclasses.replace(call, samples=1), limit)]
+            ran = max((len(o.token_ids) for o in outs), default=0)
+            self.times.record(len(flight), ran, self.clock() - c0)
+            calls, steps = calls + 1, steps + ran
             for x, o in zip(flight, outs):
                 x.ids += o.token_ids
                 x.text = self.tok.decode(x.ids, skip_special_tokens=True)
@@ -284,8 +429,20 @@ class Solver:
                 if x.end is not None:
                     x.vote = tally.add(x.answer)
             flight = [x for x in flight if x.end is None]
+            if useful is None and tally.votes >= min(USEFUL_VOTES, planned):
+                useful = steps
+            if useful is not None and enough_at is not None and flight and self.clock() >= enough_at:
+                stop = TIME  # borrowed time buys an answer, not a settled vote
+                if on_call:
+                    on_call()
+                break
+            if replan is not None and soft:
+                deadline, replan = replan(), None
             if on_call:
                 on_call()
+            if ran < k and flight and self.clock() >= hard_deadline:
+                stop = TIME  # the call was ended by its time limit: the budget's end has come
+                break
         for x in flight:  # still in flight when the problem stopped
             if stop == TIME:  # out of time: a box already written is the best guess this sample has
                 x.end, x.answer = CUT, extract_answer(x.text)
@@ -298,4 +455,9 @@ class Solver:
         if not self.last_cut:
             self.spent_s += seconds
             self.finished += 1
+        if useful is not None or stop in SETTLED:
+            self.steps_needed.append(steps if useful is None else useful)
+        elif steps:  # cut before an answer: it needed more than it got -- left out, the problems that were lucky
+            # enough to vote early would make the estimate ever shorter and every problem cut the same way
+            self.steps_needed.append(min(s.max_new_tokens, 2 * steps))
         return ProblemResult(pid, tally.winner(), stop, planned, samples, tally, seconds, calls)
