@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Files beside the weights that do not change what the model generates: training state, bookkeeping, docs.
 _IGNORED = frozenset({"trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt",
-                      "mathrecipe_complete.json", "README.md"})
+                      "mathrecipe_complete.json", "mathrecipe_health.json", "README.md"})
 # What does: config, generation config, weights of every format, tokenizer files, the chat template, remote code.
 _SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".txt", ".jinja", ".tiktoken", ".py")
 

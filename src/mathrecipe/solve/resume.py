@@ -1,6 +1,7 @@
 """An output folder of ``mathrecipe solve`` is bound to what made its answers, so a rerun resumes it.
 
-``solve_config.json`` records the model (its path and :func:`model_fingerprint`), backend, system prompt, sampling,
+``solve_config.json`` records the model (its path and the files that decide what it generates:
+:func:`mathrecipe.evaluate.identity.model_fingerprint`, as ``eval`` binds its folder), backend, system prompt, sampling,
 voting rules and :func:`problems_hash`; it is written before the first answer. A rerun with the same binding keeps
 every problem ``solve.jsonl`` already answered and solves the rest; one with another model, settings or problem
 file is refused in one line. What the clock does (``--time-budget``, ``--per-problem``), how samples are grouped
@@ -18,27 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
+from mathrecipe.evaluate.identity import fingerprint_changes, model_fingerprint
 
 CONFIG_FILE, CONFIG_FORMAT = "solve_config.json", 1
 REDO = ("no time",)  # rows that got no attempt: solved again on a rerun
-
-
-def model_fingerprint(model: str) -> str:
-    """A local folder's identity without reading its weights: sha256 over (name, size, mtime in ns) of its
-    top-level files, in name order (config, weights, tokenizer); a copy of another model into the same path, or a
-    retrained one, changes it. A hub id is its own identity (its cache is the hub's concern).
-
-    Eval binds its folder to the model the same way (issue 22.2); the two can share one function.
-    """
-    path = Path(model)
-    if not path.is_dir():
-        return f"hub:{model}"
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.is_file() and not f.name.startswith("."):
-            st = f.stat()
-            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def problems_hash(problems: Sequence[Mapping[str, Any]]) -> str:
@@ -69,7 +53,11 @@ def conflicts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     diff = [k for k in ("model", "model_files", "backend", "system_prompt", "problems") if old.get(k) != new.get(k)]
     for group in ("sampling", "voting"):
         diff += [k for k in new[group] if (old.get(group) or {}).get(k) != new[group][k]]
-    return [{"model_files": "model files", "problems": "problem file"}.get(k, k) for k in diff]
+    names = [{"problems": "problem file"}.get(k, k) for k in diff if k != "model_files"]
+    if "model_files" in diff:
+        changed = fingerprint_changes(old.get("model_files"), new.get("model_files"))
+        names.append(f"model files: {', '.join(changed[:3])}" if changed else "model files")
+    return names
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
