@@ -38,13 +38,16 @@ real-model: $(STAMP)
 	$(BIN)/python -m mathrecipe.realmodel model --link models/SmolLM2-135M-Instruct
 
 # The paper recipe, shrunk, on the real model: data build -> run (SFT, GRPO, evaluation, report) -> solve.
+# OVERRIDES="key=value ..." go to data build and run (e.g. OVERRIDES="output_dir=runs/r2 sft.epochs=1").
+OVERRIDES ?=
+REHEARSAL_OUT = $(or $(patsubst output_dir=%,%,$(filter output_dir=%,$(OVERRIDES))),runs/rehearsal)
 rehearse: real-model
 	$(BIN)/python -m mathrecipe.realmodel sources runs/rehearsal-sources
-	$(BIN)/mathrecipe data build recipes/rehearsal.yaml
-	$(BIN)/mathrecipe run recipes/rehearsal.yaml --restart
-	$(BIN)/mathrecipe solve --model runs/rehearsal/grpo/final --problems runs/rehearsal-sources/gsm8k-solve.jsonl \
-	    --recipe recipes/rehearsal.yaml --samples 4 --max-new-tokens 256 --stop-at-think --answer-format any \
-	    --time-budget 2m --out runs/rehearsal/solve
+	$(BIN)/mathrecipe data build recipes/rehearsal.yaml $(OVERRIDES)
+	$(BIN)/mathrecipe run recipes/rehearsal.yaml $(OVERRIDES) --restart
+	$(BIN)/mathrecipe solve --model $(REHEARSAL_OUT)/grpo/final --problems runs/rehearsal-sources/gsm8k-solve.jsonl \
+	    --recipe recipes/rehearsal.yaml --samples 4 --stop-at-think --answer-format any --time-budget 2m \
+	    --out $(REHEARSAL_OUT)/solve
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_eval.py

@@ -202,12 +202,18 @@ def converted_gguf(gguf: str | Path, dtype: str = "bfloat16", expect_sha256: str
         raise ModelError(f"model {src}: sha256 {digest[:16]}... is not the expected {expect_sha256[:16]}... "
                          "(another version of the file?)")
     folder = cache_root() / "gguf" / f"{digest[:16]}-{dtype}"
-    why = converted_problem(folder, digest)
-    if why is None:
+    if converted_problem(folder, digest) is None:
         return folder
-    if why != "not converted yet":
-        log.warning("cached conversion %s: %s; converting again", folder, why)
-    return convert_gguf(src, folder, dtype)
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # processes of one launch (or two commands) convert it once
+        why = converted_problem(folder, digest)
+        if why is None:
+            return folder
+        if why != "not converted yet":
+            log.warning("cached conversion %s: %s; converting again", folder, why)
+        return convert_gguf(src, folder, dtype)
 
 
 def resolve_model(name: str, what: str = "model") -> str:
