@@ -235,7 +235,8 @@ def run_grpo(recipe: Any, model_path: str, data: Path, setting: str, steps: int,
     profile = {"generation": gen / n, "old/reference log-probs": logps / n, "rewards": rew / n,
                "other input preparation": (prep - gen - logps - rew) / n, "loss forward": loss / n,
                "backward + optimizer": (total - prep - loss) / n}
-    return {"s_per_step": statistics.median(timer.times[1:]), "profile_s": profile, "flags": flags}
+    return {"s_per_step": statistics.median(timer.times[1:]), "profile_s": profile, "flags": flags,
+            "completions_per_step": g.batch_size, "max_completion_length": g.max_completion_length}
 
 
 def snapshot_after_first(spent: dict[str, float], snap: dict[str, float]) -> Any:
@@ -364,7 +365,9 @@ def render(r: dict[str, Any]) -> str:
         x = t.get(f"sft/{s}")
         if x:
             lines.append(f"| {s} | `{x['flags']}` | {_fmt(x['tokens_per_s'])} | {_fmt(x['peak_rss_gib'], 2)} |")
-    lines += ["", f"## GRPO: seconds per step (rollouts of up to {r['grpo_completion']} tokens included)", "",
+    g0 = next((rs[0] for k, rs in r["runs"].items() if k.startswith("grpo/")), {})
+    lines += ["", f"## GRPO: seconds per step ({g0.get('completions_per_step', '?')} completions of up to "
+              f"{g0.get('max_completion_length', '?')} tokens a step, rollouts included)", "",
               "| setting | flags | s/step | peak RSS GiB |", "|---|---|---:|---:|"]
     for s in GRPO_SETTINGS:
         x = t.get(f"grpo/{s}")

@@ -159,6 +159,26 @@ def test_model_on_a_gguf_file_or_folder_resolves_to_the_converted_folder(real_mo
     assert Path(check_model_arg(str(folder))) == real_model.resolve()
 
 
+def test_a_gguf_model_path_serves_data_build_and_the_rollout_plan(real_model, tmp_path):
+    """model.name_or_path on the GGUF: data build counts tokens with its tokenizer, and GRPO's rollout-cache sizing
+    reads its shape (both used to read the path as an HF folder: a tokenizer error, a silent fallback)."""
+    from mathrecipe.data.build import build
+    from mathrecipe.grpo import grpo_args
+    from mathrecipe.recipe import load_recipe
+
+    rows = [{"problem": p, "answer": a, "generations": [r1_shaped_trace(s, a)], "correctness_math_verify": [True]}
+            for p, s, a in (("What is 2 + 3?", "2 + 3 = 5.", "5"), ("What is 4 times 6?", "4 x 6 = 24.", "24"))]
+    src = _write_jsonl(tmp_path / "openr1.jsonl", rows)
+    recipe = load_recipe(None, [
+        f"model.name_or_path={gguf_path()}", "data.source=files", f"data.eval_path={src}", "sft.enabled=false",
+        "grpo.enabled=false", f"data.build.output_dir={tmp_path / 'built'}", f"data.build.openr1={src}",
+        "data.build.openr1_hard=null", "data.build.light_r1=null", "data.build.decontaminate=[]",
+        "data.build.long_min_tokens=0", "data.build.n_long=null"])
+    report = build(recipe)
+    assert report["sft_rows"] == 2 and report["tokenizer"].endswith(".gguf")
+    assert grpo_args(recipe, tmp_path / "args").get("cache_implementation") == "static"  # its shape is known
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
