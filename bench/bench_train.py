@@ -14,8 +14,8 @@ Each (setting, repeat) runs in its own process, so its peak memory (max RSS: mod
 cache) is its own; settings alternate within each repeat so that machine load hits all alike; every timing is
 given as min / median / max over the repeats, with /proc/loadavg before and after each measurement.
 
-    python bench/bench_train.py [--model real|toy] [--sft-steps 8] [--grpo-steps 3] [--repeats 3] [--out DIR]
-    (make real-model first for --model real)
+    python bench/bench_train.py [--model real|toy] [--sft-steps 8] [--grpo-steps 3] [--defaults-steps 2]
+                                [--repeats 3] [--settings all|a,b,...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -263,9 +263,12 @@ def child(stage: str, setting: str, args: argparse.Namespace) -> dict[str, Any]:
         recipe, model_path, sft_rows, grpo_rows = workload(args.model, tmp, args.grpo_completion)
         before = loadavg()
         if stage == "sft":
-            res = run_sft(recipe, model_path, sft_rows, setting, args.sft_steps, tmp / "out")
+            steps = args.defaults_steps if setting == "trl_defaults" else args.sft_steps
+            res = run_sft(recipe, model_path, sft_rows, setting, steps, tmp / "out")
         else:
-            res = run_grpo(recipe, model_path, grpo_rows, setting, args.grpo_steps, tmp / "out")
+            steps = args.defaults_steps if setting == "trl_defaults" else args.grpo_steps
+            res = run_grpo(recipe, model_path, grpo_rows, setting, steps, tmp / "out")
+        res["timed_steps"] = steps
     res.update(peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, load_before=before,
                load_after=loadavg(), threads=torch.get_num_threads())
     return res
@@ -277,6 +280,10 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=8, help="timed SFT steps per measurement (after 2 warm-up)")
     ap.add_argument("--grpo-steps", type=int, default=3, help="timed GRPO steps per measurement (after 1 warm-up)")
     ap.add_argument("--grpo-completion", type=int, default=64, help="GRPO max_completion_length (real model)")
+    ap.add_argument("--defaults-steps", type=int, default=2,
+                    help="timed steps for trl_defaults, in both stages (bf16 autocast on a CPU without native bf16 "
+                    "and recomputation make each step many times slower; its ratio needs no more)")
+    ap.add_argument("--settings", default="all", help="comma list of settings to run (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--stages", default="sft,grpo")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -291,12 +298,14 @@ def main() -> None:
         raise SystemExit("bench_train.py measures the CPU settings; on a GPU use bench/gpu_check.sh")
     stages = [s for s in args.stages.split(",") if s]
     passthrough = ["--model", args.model, "--sft-steps", str(args.sft_steps), "--grpo-steps", str(args.grpo_steps),
-                   "--grpo-completion", str(args.grpo_completion)]
+                   "--grpo-completion", str(args.grpo_completion), "--defaults-steps", str(args.defaults_steps)]
+    chosen = None if args.settings == "all" else set(args.settings.split(","))
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     load_start = loadavg()
     for r in range(args.repeats):
         for stage in stages:
-            settings = SFT_SETTINGS if stage == "sft" else GRPO_SETTINGS
+            settings = tuple(x for x in (SFT_SETTINGS if stage == "sft" else GRPO_SETTINGS)
+                             if chosen is None or x in chosen)
             order = settings if r % 2 == 0 else tuple(reversed(settings))  # alternate: drift hits all alike
             for setting in order:
                 proc = subprocess.run([sys.executable, __file__, *passthrough, "--child", stage, setting],
@@ -323,7 +332,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     for name, rs in runs.items():
         key = "tokens_per_s" if name.startswith("sft/") else "s_per_step"
         table[name] = {key: spread([x[key] for x in rs]), "peak_rss_gib": spread([x["peak_rss_gib"] for x in rs]),
-                       "flags": rs[0]["flags"]}
+                       "flags": rs[0]["flags"], "timed_steps": rs[0]["timed_steps"]}
     ratios = {}
     for stage, key in (("sft", "tokens_per_s"), ("grpo", "s_per_step")):
         ours = table.get(f"{stage}/mathrecipe")
@@ -360,19 +369,21 @@ def render(r: dict[str, Any]) -> str:
              f"Medians over {r['repeats']} repeats, (min-max) beside them; each run is a fresh process (its peak "
              "RSS is its own: model, optimizer, activations, KV cache); settings alternate within a repeat.", "",
              "## SFT: real (non-pad) tokens per second", "",
-             "| setting | flags | tokens/s | peak RSS GiB |", "|---|---|---:|---:|"]
+             "| setting | flags | timed steps | tokens/s | peak RSS GiB |", "|---|---|---:|---:|---:|"]
     for s in SFT_SETTINGS:
         x = t.get(f"sft/{s}")
         if x:
-            lines.append(f"| {s} | `{x['flags']}` | {_fmt(x['tokens_per_s'])} | {_fmt(x['peak_rss_gib'], 2)} |")
+            lines.append(f"| {s} | `{x['flags']}` | {x['timed_steps']} | {_fmt(x['tokens_per_s'])} | "
+                         f"{_fmt(x['peak_rss_gib'], 2)} |")
     g0 = next((rs[0] for k, rs in r["runs"].items() if k.startswith("grpo/")), {})
     lines += ["", f"## GRPO: seconds per step ({g0.get('completions_per_step', '?')} completions of up to "
               f"{g0.get('max_completion_length', '?')} tokens a step, rollouts included)", "",
-              "| setting | flags | s/step | peak RSS GiB |", "|---|---|---:|---:|"]
+              "| setting | flags | timed steps | s/step | peak RSS GiB |", "|---|---|---:|---:|---:|"]
     for s in GRPO_SETTINGS:
         x = t.get(f"grpo/{s}")
         if x:
-            lines.append(f"| {s} | `{x['flags']}` | {_fmt(x['s_per_step'], 2)} | {_fmt(x['peak_rss_gib'], 2)} |")
+            lines.append(f"| {s} | `{x['flags']}` | {x['timed_steps']} | {_fmt(x['s_per_step'], 2)} | "
+                         f"{_fmt(x['peak_rss_gib'], 2)} |")
     lines += ["", "## Ratios of medians (SFT tokens/s: above 1x is faster; GRPO s/step: below 1x is faster)", "",
               "| comparison | ratio |", "|---|---:|"]
     for k, v in r["ratios"].items():
