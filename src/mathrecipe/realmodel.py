@@ -107,7 +107,7 @@ def openr1_and_light_r1_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str,
     return openr1, light
 
 
-def write_rehearsal_sources(shared_data: str | Path, out: str | Path, n_eval: int = 8,
+def write_rehearsal_sources(shared_data: str | Path, out: str | Path, n_eval: int = 6,
                             n_solve: int = 4) -> dict[str, str]:
     """The rehearsal's inputs under ``out``: ``openr1.jsonl`` and ``light_r1.jsonl`` from the AIME training sample
     (:func:`openr1_and_light_r1_rows`), and ``gsm8k-eval.jsonl`` / ``gsm8k-solve.jsonl``: the first ``n_eval`` and
