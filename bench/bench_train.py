@@ -163,6 +163,7 @@ def run_sft(recipe: Any, model_path: str, data: Path, setting: str, steps: int, 
     trainer.train()
     times, tokens = timer.times[WARMUP_STEPS:], seen[WARMUP_STEPS: WARMUP_STEPS + steps]
     return {"tokens_per_s": sum(tokens) / sum(times), "s_per_step": statistics.median(times),
+            "first_step_s": timer.times[0],
             "tokens_per_step": statistics.fmean(tokens), "flags": flags}
 
 
@@ -235,7 +236,8 @@ def run_grpo(recipe: Any, model_path: str, data: Path, setting: str, steps: int,
     profile = {"generation": gen / n, "old/reference log-probs": logps / n, "rewards": rew / n,
                "other input preparation": (prep - gen - logps - rew) / n, "loss forward": loss / n,
                "backward + optimizer": (total - prep - loss) / n}
-    return {"s_per_step": statistics.median(timer.times[1:]), "profile_s": profile, "flags": flags,
+    return {"s_per_step": statistics.median(timer.times[1:]), "first_step_s": timer.times[0], "profile_s": profile,
+            "flags": flags,
             "completions_per_step": g.batch_size, "max_completion_length": g.max_completion_length}
 
 
@@ -332,7 +334,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     for name, rs in runs.items():
         key = "tokens_per_s" if name.startswith("sft/") else "s_per_step"
         table[name] = {key: spread([x[key] for x in rs]), "peak_rss_gib": spread([x["peak_rss_gib"] for x in rs]),
-                       "flags": rs[0]["flags"], "timed_steps": rs[0]["timed_steps"]}
+                       "flags": rs[0]["flags"], "timed_steps": rs[0]["timed_steps"],
+                       "first_step_s": spread([x["first_step_s"] for x in rs])}
     ratios = {}
     for stage, key in (("sft", "tokens_per_s"), ("grpo", "s_per_step")):
         ours = table.get(f"{stage}/mathrecipe")
@@ -378,12 +381,13 @@ def render(r: dict[str, Any]) -> str:
     g0 = next((rs[0] for k, rs in r["runs"].items() if k.startswith("grpo/")), {})
     lines += ["", f"## GRPO: seconds per step ({g0.get('completions_per_step', '?')} completions of up to "
               f"{g0.get('max_completion_length', '?')} tokens a step, rollouts included)", "",
-              "| setting | flags | timed steps | s/step | peak RSS GiB |", "|---|---|---:|---:|---:|"]
+              "| setting | flags | timed steps | s/step | first (untimed) step s | peak RSS GiB |",
+              "|---|---|---:|---:|---:|---:|"]
     for s in GRPO_SETTINGS:
         x = t.get(f"grpo/{s}")
         if x:
             lines.append(f"| {s} | `{x['flags']}` | {x['timed_steps']} | {_fmt(x['s_per_step'], 2)} | "
-                         f"{_fmt(x['peak_rss_gib'], 2)} |")
+                         f"{_fmt(x['first_step_s'], 1)} | {_fmt(x['peak_rss_gib'], 2)} |")
     lines += ["", "## Ratios of medians (SFT tokens/s: above 1x is faster; GRPO s/step: below 1x is faster)", "",
               "| comparison | ratio |", "|---|---:|"]
     for k, v in r["ratios"].items():
