@@ -5,16 +5,26 @@ and TRL's ``bf16=True`` only adds autocast, so a bf16 checkpoint would otherwise
 smaller than half a bf16 step vanishes (0.02 - 1e-5 == 0.02 in bf16; the paper's learning rates are 1e-5 and 4e-6).
 With fp32 master weights the optimizer's updates accumulate and bf16 is used for compute only (autocast, or the
 DeepSpeed/FSDP mixed-precision settings when one of them owns precision).
+
+A GGUF file (llama.cpp's format), or a folder holding one and no ``config.json``, is converted once to a plain HF
+folder in the cache (:func:`converted_gguf`) and that folder is used everywhere a model path is: transformers can
+read a GGUF only dequantised and will not save or train such a model as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.recipe import ModelConfig
+
+log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -58,27 +68,177 @@ def check_model_folder(path: str | Path, what: str = "model") -> None:
         raise ModelError(f"{what} {p} is incomplete (a save that was interrupted?): missing {', '.join(missing)}")
 
 
+# ------------------------------------------------------------------------------------------------- GGUF
+
+GGUF_MANIFEST = "mathrecipe_gguf.json"  # written last into a converted folder: source and weights hashes
+_hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+
+
+def cache_root() -> Path:
+    """Where converted models are kept: ``$MATHRECIPE_CACHE``, else ``$XDG_CACHE_HOME/mathrecipe``, else
+    ``~/.cache/mathrecipe``."""
+    if os.environ.get("MATHRECIPE_CACHE"):
+        return Path(os.environ["MATHRECIPE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mathrecipe"
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's sha256 (hex), computed once per process for an unchanged file (same size and mtime)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _hashes[key] = h.hexdigest()
+    return _hashes[key]
+
+
+def find_gguf(path: str | Path) -> Path | None:
+    """The GGUF file a model path means: the path itself when it is a ``.gguf`` file, or the one ``.gguf`` in a
+    folder that has no ``config.json`` (a folder with several names them); None for anything else."""
+    p = Path(path)
+    if p.is_file():
+        return p if p.suffix.lower() == ".gguf" else None
+    if not p.is_dir() or (p / "config.json").is_file():
+        return None
+    found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() == ".gguf")
+    if len(found) > 1:
+        raise ModelError(f"model {p} holds {len(found)} GGUF files ({', '.join(f.name for f in found[:4])}): give "
+                         "the one to use as the model path")
+    return found[0] if found else None
+
+
+def _require_gguf_package(gguf: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"model {gguf} is a GGUF file; converting it to an HF folder needs the gguf package: "
+                         "pip install 'mathrecipe[gguf]' (or pip install gguf), then rerun")
+
+
+def converted_problem(folder: Path, source_sha256: str | None = None) -> str | None:
+    """Why a converted folder cannot be reused (None: it can): no manifest, another source file, missing files, or
+    weights whose sha256 differs from the one recorded at conversion (a cut or altered copy)."""
+    manifest = folder / GGUF_MANIFEST
+    if not manifest.is_file():
+        return "not converted yet"
+    try:
+        m = json.loads(manifest.read_text())
+        weights = folder / m["weights_file"]
+    except (json.JSONDecodeError, KeyError, OSError):
+        return f"unreadable {GGUF_MANIFEST}"
+    if source_sha256 is not None and m.get("source_sha256") != source_sha256:
+        return "converted from another GGUF file"
+    missing = missing_files(folder)
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if sha256_file(weights) != m.get("weights_sha256"):
+        return f"{weights.name} does not match the sha256 recorded at conversion"
+    return None
+
+
+def convert_gguf(gguf: str | Path, dest: str | Path, dtype: str = "bfloat16") -> Path:
+    """Convert a GGUF file into a plain HF folder ``dest`` (weights in ``dtype``, tokenizer and chat template from
+    the GGUF), written to a temporary folder and moved into place whole.
+
+    transformers dequantises a GGUF on load, but ``save_pretrained`` refuses the loaded model ("quantized with gguf
+    and is not serializable") and the trainers would see a quantized model. So a plain model of the same class is
+    built from the config without its ``quantization_config`` and takes the state dict (every key must match).
+    bf16 by default: what real checkpoints ship, half the disk of fp32, and the stages load fp32 masters anyway.
+    """
+    import copy
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathrecipe.files import atomic_write_json, replace_dir
+
+    src, out = Path(gguf), Path(dest)
+    _require_gguf_package(src)
+    log.info("converting GGUF %s to an HF folder %s (once; reused afterwards)", src, out)
+    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = ""
+    plain = type(loaded)(config)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    # tied output embeddings are one tensor under two names: a plain model ties them again itself
+    tied = set(getattr(plain, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ModelError(f"model {src}: the GGUF's tensors do not fit a plain {type(loaded).__name__} "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); convert it with llama.cpp's tools")
+    plain.generation_config = loaded.generation_config
+    plain.to(getattr(torch, dtype))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    weights = next(f for f in WEIGHT_FILES if (tmp / f).is_file())
+    atomic_write_json(tmp / GGUF_MANIFEST, {
+        "source": str(src.resolve()), "source_sha256": sha256_file(src), "dtype": dtype,
+        "weights_file": weights, "weights_sha256": sha256_file(tmp / weights),
+        "converted_by": f"transformers {transformers.__version__}",
+    })
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(tmp, out)
+    return out
+
+
+def converted_gguf(gguf: str | Path, dtype: str = "bfloat16", expect_sha256: str | None = None) -> Path:
+    """The cached HF folder of a GGUF file, converting it on first use: ``cache_root()/gguf/<sha256[:16]>-<dtype>``.
+    A cached folder is reused only when its manifest names this file's sha256 and its weights still hash to the
+    recorded value; otherwise it is converted again. ``expect_sha256`` pins the source file (a fixture)."""
+    src = Path(gguf)
+    digest = sha256_file(src)
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise ModelError(f"model {src}: sha256 {digest[:16]}... is not the expected {expect_sha256[:16]}... "
+                         "(another version of the file?)")
+    folder = cache_root() / "gguf" / f"{digest[:16]}-{dtype}"
+    if converted_problem(folder, digest) is None:
+        return folder
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # processes of one launch (or two commands) convert it once
+        why = converted_problem(folder, digest)
+        if why is None:
+            return folder
+        if why != "not converted yet":
+            log.warning("cached conversion %s: %s; converting again", folder, why)
+        return convert_gguf(src, folder, dtype)
+
+
 def resolve_model(name: str, what: str = "model") -> str:
     """A local model folder (checked complete) or a hub id (checked reachable); a missing local-looking path fails
-    at once and is never sent to the hub."""
+    at once and is never sent to the hub. A GGUF file (or a folder holding one and no config.json) resolves to its
+    converted HF folder in the cache (converted on first use)."""
     from mathrecipe.hub import resolve
 
-    found = resolve(name, what, "Give a local model folder (an HF checkpoint: config.json, weights, tokenizer) or a reachable hub id.")
+    found = resolve(name, what, "Give a local model folder (an HF checkpoint: config.json, weights, tokenizer), "
+                    "a GGUF file or a reachable hub id.")
     if isinstance(found, Path):
+        gguf = find_gguf(found)
+        if gguf is not None:
+            return str(converted_gguf(gguf))
         check_model_folder(found, what)
         return str(found)
     return found
 
 
 def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
-    """The tokenizer of a local folder or hub id; a local-looking path that is missing (deleted since it was
-    checked, say) fails in one line and is never sent to the hub."""
+    """The tokenizer of a model folder, hub id or GGUF file (see :func:`resolve_model`); a local-looking path that
+    is missing (deleted since it was checked, say) fails in one line and is never sent to the hub."""
     from transformers import AutoTokenizer
 
-    from mathrecipe.hub import resolve
-
-    found = resolve(path, "model", "Give a local model folder (an HF checkpoint) or a reachable hub id.")
-    return AutoTokenizer.from_pretrained(str(found), trust_remote_code=cfg.trust_remote_code)
+    return AutoTokenizer.from_pretrained(resolve_model(path), trust_remote_code=cfg.trust_remote_code)
 
 
 def load_model_and_tokenizer(path: str, cfg: ModelConfig, training: bool = False,

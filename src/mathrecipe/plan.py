@@ -188,7 +188,10 @@ def resolve_shape(recipe: Recipe) -> ModelShape:
         # the toy tokenizer adds <think>, </think> and \boxed{ to its trained vocabulary
         return ModelShape("toy", t.num_layers, t.hidden_size, t.num_heads, t.num_heads, t.hidden_size // t.num_heads,
                           t.intermediate_size, t.vocab_size + 3, True, max_positions=1024)
-    local = Path(name) / "config.json"
+    from mathrecipe.modeling import converted_gguf, find_gguf
+
+    gguf = find_gguf(name)  # a GGUF file: the config of its converted folder (converted once, cached)
+    local = (converted_gguf(gguf) if gguf else Path(name)) / "config.json"
     if local.is_file():
         return shape_from_config(json.loads(local.read_text()), name)
     lower = {k.lower(): v for k, v in BUILTIN_SHAPES.items()}

@@ -372,7 +372,10 @@ def build(recipe: Recipe) -> dict[str, Any]:
     from mathrecipe.data.benchmarks import load_benchmark
 
     benchmarks = dict(load_benchmark(b, cfg.benchmark_dir) for b in cfg.decontaminate)
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_name))
+    from mathrecipe.modeling import converted_gguf, find_gguf
+
+    gguf = find_gguf(tok_name) if isinstance(tok_name, Path) else None  # a GGUF model: its converted folder
+    tokenizer = AutoTokenizer.from_pretrained(str(converted_gguf(gguf) if gguf else tok_name))
     report = BuildReport()
     parts: list[tuple[str, Any]] = []
     grpo_part = None
