@@ -476,7 +476,16 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
     if resume is not None:
         log.info("GRPO: resuming from %s", resume)
         health.restore(resume)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    # a checkpoint at max_steps is the final policy: transformers' resume would fast-forward past its batches and
+    # take one more before it checks max_steps (a run killed after its last save would train a step too many)
+    finished = resume is not None and checkpoint_step(resume) >= g.max_steps
+    if finished:
+        from transformers import TrainerState
+
+        log.info("GRPO: %s is at grpo.max_steps=%d; it is the final policy", resume, g.max_steps)
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     health.finish()
 
     state = PartialState()
@@ -498,6 +507,9 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
                 _copy_model_files(good, tmp)
             else:
                 _save_start_model(model_path, tmp, recipe)
+    elif finished:
+        if state.is_main_process:
+            _copy_model_files(resume, tmp)
     else:
         trainer.save_model(str(tmp))  # every rank (DeepSpeed/FSDP gather their shards); saves the tokenizer too
     if state.is_main_process:

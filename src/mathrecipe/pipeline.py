@@ -36,7 +36,8 @@ from mathrecipe.report import verdicts, write_report
 log = logging.getLogger(__name__)
 DONE = "DONE.json"
 # recipe keys that may change between an interrupted run and its resumption without invalidating it
-RESUMABLE_CHANGES = ("report_to", "sft.logging_steps", "grpo.logging_steps", "health.", "verdicts")
+RESUMABLE_CHANGES = ("report_to", "sft.logging_steps", "grpo.logging_steps", "health.", "verdicts",
+                     "output_dir")  # the folder is the run: a copy or a move of it is the same run
 
 
 # --------------------------------------------------------------------------------------------- data, model
@@ -275,6 +276,46 @@ def check_output_dir(recipe: Recipe, out: Path, stages: tuple[str, ...] = ("sft"
     return settings
 
 
+def recorded_output_dir(out: Path) -> str | None:
+    """The ``output_dir`` a run folder was made under (its ``recipe.yaml``), or None for a new or unreadable one."""
+    try:
+        old = yaml.safe_load((out / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    value = old.get("output_dir") if isinstance(old, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def rebase_paths(value: Any, old: str, new: Path) -> Any:
+    """``value`` (a record: dicts, lists, strings) with every path at or under ``old`` moved under ``new``,
+    compared by path components (``runs/x`` holds ``runs/x/sft``, not ``runs/x2``)."""
+    if isinstance(value, dict):
+        return {k: rebase_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rebase_paths(v, old, new) for v in value]
+    if isinstance(value, str) and value:
+        parts, root = Path(value).parts, Path(old).parts
+        if root and parts[: len(root)] == root:
+            return str(new.joinpath(*parts[len(root):]))
+    return value
+
+
+def adopt_moved_run(out: Path, old: str) -> None:
+    """A run folder copied or moved from ``old`` to ``out`` continues where it stopped: the checkpoint paths its
+    stage records (``sft/DONE.json``, ``sft/epochs.jsonl``, ``grpo/DONE.json``) name the copy, never the original
+    (which may be gone, or hold another run by now). Rewritten atomically, before ``recipe.yaml`` forgets ``old``."""
+    from mathrecipe.sft import EPOCHS_FILE
+
+    for f in (out / "sft" / DONE, out / "grpo" / DONE):
+        if f.is_file():
+            atomic_write_json(f, rebase_paths(json.loads(f.read_text()), old, out))
+    epochs = out / "sft" / EPOCHS_FILE
+    if epochs.is_file():
+        from mathrecipe.files import read_jsonl_rows
+
+        write_jsonl(rebase_paths(list(read_jsonl_rows(epochs)), old, out), epochs)
+
+
 START_FILE = "mathrecipe_start.json"  # in OUT/grpo: the model the GRPO stage started from
 
 
@@ -284,13 +325,25 @@ def model_identity(name: str) -> str:
     return str(p.resolve()) if p.exists() else name
 
 
+def _start_record(start: str, out: Path) -> dict[str, Any]:
+    """How ``START_FILE`` names the start model: relative to the run folder when it lies inside it (so a copied or
+    moved run still names its own checkpoint), else its identity."""
+    p = Path(start).expanduser()
+    if p.exists() and p.resolve().is_relative_to(out.resolve()):
+        return {"model": str(p.resolve().relative_to(out.resolve())), "in_run": True}
+    return {"model": model_identity(start)}
+
+
 def bind_grpo_start(out: Path, start: str, state: Any) -> None:
     """One GRPO stage folder, one start model. The first time, record it and drop evaluations of an earlier GRPO
     stage that is gone (``eval/start.*``, ``eval/grpo.*`` would otherwise be reused); later, refuse another."""
     folder, ident = out / "grpo", model_identity(start)
     record = folder / START_FILE
     if record.is_file():
-        old = json.loads(record.read_text()).get("model")
+        saved = json.loads(record.read_text())
+        old = saved.get("model")
+        if saved.get("in_run"):
+            old = str((out / old).resolve())
         if old != ident:
             raise MathRecipeError(
                 f"{folder} holds GRPO started from {old}, not {ident}; use another output_dir for GRPO from another "
@@ -300,7 +353,7 @@ def bind_grpo_start(out: Path, start: str, state: Any) -> None:
         for name in ("start", "grpo"):
             for suffix in (".summary.json", ".samples.jsonl"):
                 (out / "eval" / f"{name}{suffix}").unlink(missing_ok=True)
-        atomic_write_json(record, {"model": ident})
+        atomic_write_json(record, _start_record(start, out))
     state.wait_for_everyone()
 
 
@@ -373,8 +426,11 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
         if state.is_main_process:
             shutil.rmtree(out)
     state.wait_for_everyone()
+    moved_from = recorded_output_dir(out)
     settings = check_output_dir(recipe, out, stages)
     if state.is_main_process:
+        if moved_from is not None and Path(moved_from) != out:
+            adopt_moved_run(out, moved_from)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(settings, sort_keys=False))
     t0 = time.time()
