@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-toy clean
+.PHONY: install demo test lint bench bench-toy bench-length clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 
 bench-toy: $(STAMP)
 	$(BIN)/python bench/toy_robustness.py
+
+# every length-control method (mathrecipe.methods) from one toy SFT model, seeds 0-2 -> bench/results/length_methods.*
+bench-length: $(STAMP)
+	$(BIN)/python bench/length_methods.py
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

@@ -231,3 +231,37 @@ def test_a_dler_run_measures_its_limit_on_dev_and_trains_with_batch_scaling(tmp_
     args = torch.load(out / "grpo" / "checkpoint-2" / "training_args.bin", weights_only=False)
     assert args.scale_rewards == "batch" and args.epsilon_high == 0.28 and args.reward_weights == [1.0, 0.0]
     assert {"reward_truncation", "reward_accuracy", "zero_std_groups"} <= set(report["grpo"]["health"]["steps"][-1])
+
+
+def _samples(path, correct_ids, tokens, problems=10, samples=2):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"toy-{i}", "sample": j, "completion": "...", "tokens": tokens, "finished": True,
+             "extracted": "1", "answer": "1", "correct": i in correct_ids, "boxes": [[tokens - 1, i in correct_ids]]}
+            for i in range(problems) for j in range(samples)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_compare_takes_several_grpo_runs_from_one_start_model_and_draws_the_pareto_plot(tmp_path):
+    """Two `mathrecipe grpo` runs from one SFT checkpoint (paper, dler): its evaluation appears once (the first
+    run's), each GRPO entry is paired against it, and pareto.png marks the front."""
+    import yaml
+
+    from mathrecipe.evaluate.compare import compare, pareto_front
+
+    ckpt = tmp_path / "sft" / "checkpoint-750"
+    ckpt.mkdir(parents=True)
+    for name, method, correct, tokens in (("paper", "paper", range(9), 40), ("dler", "dler", range(8), 30)):
+        d = tmp_path / name
+        _samples(d / "eval" / "start.samples.jsonl", range(9), 70)
+        _samples(d / "eval" / "grpo.samples.jsonl", correct, tokens)
+        (d / "report.json").write_text(json.dumps({"start": {"name": "start model", "checkpoint": str(ckpt)},
+                                                   "grpo": {"accuracy": 0.9}}))
+        (d / "recipe.yaml").write_text(yaml.safe_dump({"grpo": {"method": method}}))
+    result = compare([tmp_path / "paper", tmp_path / "dler"], tmp_path / "cmp")
+    table = result["benchmarks"]["held-out"]["table"]
+    assert [r["label"] for r in table] == ["paper: start model", "paper: GRPO", "dler: GRPO"]
+    assert table[2]["vs_first"]["accuracy"][0] == pytest.approx(-0.1)  # 8 of 10 against the start's 9
+    assert table[2]["vs_first"]["mean_tokens"][0] == pytest.approx(-40)
+    assert (tmp_path / "cmp" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # (70, .9) is beaten by (40, .9); (40, .9) and (30, .8) trade tokens for accuracy: both on the front
+    assert pareto_front([(70, 0.9), (40, 0.9), (30, 0.8)]) == [2, 1]
