@@ -1,7 +1,7 @@
 """Stage 2 as a bench for length control: every method of ``mathrecipe.methods`` from ONE toy SFT model.
 
     python bench/length_methods.py [--seeds 0,1,2] [--methods paper,dler,...] [--sft-run DIR] [--work DIR]
-                                   [--out bench/results] [--quick]                   (make bench-length)
+                                   [--jobs N] [--out bench/results] [--quick]         (make bench-length)
 
 1. Trains the toy SFT model once (``mathrecipe sft recipes/toy.yaml``), or reuses ``--sft-run`` (a toy run folder
    whose SFT stage finished: its data/ and selected checkpoint are used, nothing in it is written).
@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,17 @@ QUICK = [
 QUICK_COSINE = ["rewards.cosine.max_len=40"]  # only for methods with the cosine reward
 
 
-def mathrecipe(args: list[str], log: Path) -> float:
-    """Run ``mathrecipe ARGS`` (this interpreter's package), logging to ``log``; the wall seconds."""
+def mathrecipe(args: list[str], log: Path, one_thread: bool = False) -> float:
+    """Run ``mathrecipe ARGS`` (this interpreter's package), logging to ``log``; the wall seconds. ``one_thread``:
+    OMP_NUM_THREADS=1, for parallel jobs (the toy's numbers are the same with 1 or 2 threads on one machine)."""
     t = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if one_thread else None
     with log.open("a") as f:
         f.write(f"$ mathrecipe {' '.join(args)}\n")
         f.flush()
         subprocess.run([sys.executable, "-m", "mathrecipe.cli", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                       check=True)
+                       check=True, env=env)
     return time.time() - t
 
 
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sft-run", help="a finished toy run (or `mathrecipe sft` run) folder to start from")
     ap.add_argument("--work", default=str(ROOT / "runs" / "length_methods"), help="where the runs go")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--jobs", type=int, default=1, help="GRPO runs at a time (each on one thread when > 1)")
     ap.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of this script")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -190,17 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     files = ["data.source=files", f"data.sft_path={data / 'sft'}", f"data.grpo_path={data / 'grpo'}",
              f"data.eval_path={data / 'test.jsonl'}", f"data.dev_path={data / 'dev.jsonl'}", "sft.enabled=false",
              f"model.name_or_path={ckpt}"]
-    runs, dirs = [], []
-    for m in methods:
-        for s in seeds:
-            d = work / f"{m}-s{s}"
-            cos = quick_cos if "cosine" in METHODS[m].rewards else []
-            wall = mathrecipe(["-q", "grpo", str(RECIPE), f"grpo.method={m}", "rewards={}", f"seed={s}",
-                               f"output_dir={d}", *files, *quick, *cos], work / f"{m}-s{s}.log")
-            runs.append({"method": m, "seed": s, "wall_s": wall, **measure(d)})
-            dirs.append(d)
-            print(f"{m} seed {s}: tokens x{runs[-1]['tokens_ratio'][0]:.2f}, accuracy "
-                  f"{runs[-1]['accuracy_change'][0]:+.3f} ({wall:.0f} s)", flush=True)
+    jobs = [(m, s) for m in methods for s in seeds]
+    dirs = [work / f"{m}-s{s}" for m, s in jobs]
+
+    def one(job: tuple[str, int]) -> dict[str, Any]:
+        m, s = job
+        d = work / f"{m}-s{s}"
+        cos = quick_cos if "cosine" in METHODS[m].rewards else []
+        wall = mathrecipe(["-q", "grpo", str(RECIPE), f"grpo.method={m}", "rewards={}", f"seed={s}",
+                           f"output_dir={d}", *files, *quick, *cos], work / f"{m}-s{s}.log", args.jobs > 1)
+        r = {"method": m, "seed": s, "wall_s": wall, **measure(d)}
+        print(f"{m} seed {s}: tokens x{r['tokens_ratio'][0]:.2f}, accuracy {r['accuracy_change'][0]:+.3f} "
+              f"({wall:.0f} s)", flush=True)
+        return r
+
+    with ThreadPoolExecutor(args.jobs) as pool:  # each job is a subprocess; threads only wait
+        runs = list(pool.map(one, jobs))
     from mathrecipe.evaluate.compare import compare
 
     cmp = compare(dirs, work / "compare")

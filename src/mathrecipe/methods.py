@@ -51,7 +51,8 @@ METHODS: dict[str, Method] = {
         {"truncation": {"percentile": 90.0, "stages": [1.0, 0.75, 0.5]}},
         source="Hou et al., arXiv 2504.01296 (ThinkPrune): no reward past a length budget that tightens in rounds "
                "(their 4k -> 3k -> 2k tokens); here from the start model's 90th-percentile length on dev, x1, "
-               "x0.75, x0.5 over the three thirds of training"),
+               "x0.75, x0.5 over the three thirds of one run. They cut generation at the budget; here rollouts run "
+               "to grpo.max_completion_length and a correct answer past the budget earns 0"),
     "custom": Method({}, source="the rewards and options the recipe lists"),
 }
 

@@ -136,8 +136,8 @@ class GRPOConfig:
     num_generations: int = 8
     batch_size: int = 64  # completions per device per step (num_generations divides it)
     gradient_accumulation_steps: int = 1
-    max_steps: int = 40
-    learning_rate: float = 5e-5
+    max_steps: int = 80
+    learning_rate: float = 2.5e-5  # x 80 steps (toy.yaml says why)
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
     beta: float = 0.04
