@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RECIPE = ROOT / "recipes" / "toy.yaml"
@@ -131,15 +133,19 @@ def _ci(v: tuple[float, ...] | list[float], fmt: str) -> str:
 def render(result: dict[str, Any]) -> str:
     from mathrecipe.methods import METHODS
 
+    reused = ("; reused with --sft-run: a finished toy run, the model `make bench-length` trains itself"
+              if result.get("sft_reused") else "")
     lines = ["# Length-control methods on one toy SFT model", "",
              f"Command: `{result['command']}` ({result['machine']}; {result['wall_s'] / 60:.0f} min).", "",
-             f"One SFT model ({result['start_model']}); every method runs GRPO from it for seeds "
+             f"One SFT model ({result['start_model']}{reused}); every method runs GRPO from it for seeds "
              f"{', '.join(map(str, result['seeds']))} and is evaluated on the {result['test_problems']} held-out test "
              f"problems x {result['samples']} samples (temperature {result['temperature']}). Accuracy change and "
              "tokens ratio are GRPO against the start model evaluated in the same run (same seed), paired over "
              "problems; the method rows average each problem over the seeds first. CIs: percentile bootstrap 95 %, "
              "10,000 resamples of problems. Nothing was tuned on the test problems: each method's settings come from "
              "its source; the truncation limit is measured on the dev split.", "",
+             "All methods share recipes/toy.yaml's other GRPO settings: " + ", ".join(
+                 f"{k} {v}" for k, v in result["grpo"].items()) + ".", "",
              "| method | tokens ratio (95% CI) | accuracy change (95% CI) | by seed: ratio | by seed: accuracy change "
              "| source |", "|---|---:|---:|---|---|---|"]
     for m, row in result["methods"].items():
@@ -214,13 +220,16 @@ def main(argv: list[str] | None = None) -> int:
 
     cmp = compare(dirs, work / "compare")
     first = json.loads((dirs[0] / "report.json").read_text())
+    g = yaml.safe_load((dirs[0] / "recipe.yaml").read_text())["grpo"]
     given = sys.argv[1:] if argv is None else argv
     result = {
         "command": " ".join(["python bench/length_methods.py", *given]) + ("  (make bench-length)" if not given else ""),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "wall_s": time.time() - t0, "seeds": seeds, "start_model": str(ckpt),
+        "wall_s": time.time() - t0, "seeds": seeds, "start_model": str(ckpt), "sft_reused": bool(args.sft_run),
         "test_problems": first["eval"]["n_problems"], "samples": first["eval"]["samples"],
         "temperature": first["eval"]["temperature"],
+        "grpo": {k: g[k] for k in ("max_steps", "learning_rate", "batch_size", "num_generations", "beta", "temperature",
+                                   "max_completion_length", "loss_type")},
         "methods": {m: pooled([r for r in runs if r["method"] == m]) for m in methods},
         "runs": [{k: v for k, v in r.items() if not k.startswith(("acc_", "tok_")) and k != "ids"} for r in runs],
         "compare": cmp["files"],
