@@ -126,6 +126,12 @@ def test_a_null_limit_is_measured_on_dev_from_the_start_model_and_kept_for_resum
         measure_limits(_recipe("dler", "rewards.truncation.percentile=25"), "m", None, tmp_path / "other")
 
 
+def test_a_limit_to_measure_on_dev_needs_dev_problems_before_any_compute():
+    with pytest.raises(RecipeError, match=r"rewards.truncation.limit is null: .* set data.dev_path"):
+        load_recipe(None, ["grpo.method=dler", "data.toy.n_dev=0"])
+    load_recipe(None, ["grpo.method=dler", "data.toy.n_dev=0", "rewards.truncation.limit=60"])  # given: no dev needed
+
+
 def test_methods_are_refused_when_the_recipe_contradicts_them():
     with pytest.raises(RecipeError, match="grpo.scale_rewards=group contradicts grpo.method=dler"):
         load_recipe(None, ["grpo.method=dler", "rewards={}", "grpo.scale_rewards=group"])

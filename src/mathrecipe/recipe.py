@@ -485,6 +485,11 @@ def validate(r: Recipe) -> None:
         check = getattr(opts, "problems", None)
         for problem in check(f"rewards.{name}", g.max_completion_length) if check else []:
             raise RecipeError(problem)
+        # a null limit is measured on the dev problems before GRPO: refuse now, not after SFT
+        need(not (g.enabled and getattr(opts, "limit", 0) is None and hasattr(opts, "percentile")
+                  and not (r.data.dev_path if r.data.source == "files" else r.data.toy.n_dev >= 1)),
+             f"rewards.{name}.limit is null: it is set from the start model's lengths on the dev problems, and this "
+             "recipe has none; set data.dev_path (toy: data.toy.n_dev >= 1), or give the limit")
     need(g.epsilon_high is None or g.epsilon_high >= g.epsilon,
          f"grpo.epsilon_high={g.epsilon_high} is below grpo.epsilon={g.epsilon}: clip-higher widens the upper clip "
          "range; set it >= grpo.epsilon, or null")
