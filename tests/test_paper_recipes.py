@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mathrecipe.recipe import load_recipe
+from mathrecipe.recipe import GRPO_TO_TRL, GRPO_VLLM_TO_TRL, SFT_TO_TRL, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "recipes" / "paper"
@@ -178,27 +178,18 @@ def _trl_kwargs(monkeypatch, stage: str, recipe: Any, tmp_path: Path) -> dict[st
     return sft_args(recipe, tmp_path / "sft") if stage == "sft" else grpo_args(recipe, tmp_path / "grpo")
 
 
-# recipe key -> the TRL field the stage fills from it
-SFT_TO_TRL = {"sft.epochs": "num_train_epochs", "sft.batch_size": "per_device_train_batch_size",
-              "sft.gradient_accumulation_steps": "gradient_accumulation_steps", "sft.learning_rate": "learning_rate",
-              "sft.lr_scheduler": "lr_scheduler_type", "sft.warmup_steps": "warmup_steps",
-              "sft.weight_decay": "weight_decay", "sft.max_length": "max_length", "sft.packing": "packing",
-              "sft.optim": "optim", "sft.logging_steps": "logging_steps", "seed": "seed"}
-GRPO_TO_TRL = {"grpo.num_generations": "num_generations", "grpo.batch_size": "per_device_train_batch_size",
-               "grpo.gradient_accumulation_steps": "gradient_accumulation_steps", "grpo.max_steps": "max_steps",
-               "grpo.learning_rate": "learning_rate", "grpo.lr_scheduler": "lr_scheduler_type",
-               "grpo.warmup_steps": "warmup_steps", "grpo.beta": "beta", "grpo.epsilon": "epsilon",
-               "grpo.temperature": "temperature", "grpo.top_p": "top_p", "grpo.min_p": "min_p",
-               "grpo.max_completion_length": "max_completion_length", "grpo.logging_steps": "logging_steps",
-               "grpo.save_steps": "save_steps", "seed": "seed", "grpo.loss_type": "loss_type",
-               "grpo.scale_rewards": "scale_rewards", "grpo.mask_truncated_completions": "mask_truncated_completions"}
-GRPO_VLLM_TO_TRL = {"grpo.vllm_importance_sampling_correction": "vllm_importance_sampling_correction",
-                    "grpo.vllm_mode": "vllm_mode", "grpo.vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization"}
+def _as_trl(field: str, value: Any) -> Any:
+    """A recipe value as TRL's config holds it: transformers turns report_to "none" into [] and a name into a list."""
+    if field == "report_to" and isinstance(value, str):
+        return [] if value == "none" else [value]
+    return value
 
 
 def _check_reaches_trl(config: Any, recipe: Any, mapping: dict[str, str], prefix: str, name: str) -> None:
+    """Every ``recipe key -> TRL field`` of the stage's map (mathrecipe.recipe: the one the stage builds from) reaches
+    TRL's config, and so does every README pin of ``prefix`` (the *.extra pass-through)."""
     wrong = [f"{key} -> {field}: TRL {getattr(config, field)!r}, recipe {lookup(recipe, key)!r}"
-             for key, field in mapping.items() if not same(getattr(config, field), lookup(recipe, key))]
+             for key, field in mapping.items() if not same(getattr(config, field), _as_trl(field, lookup(recipe, key)))]
     wrong += [f"{key}: TRL {getattr(config, key.split('.')[-1])!r}, README {want!r}"
               for key, want in PINS[name].items()
               if key.startswith(prefix) and not same(getattr(config, key.split(".")[-1]), want)]
@@ -259,9 +250,9 @@ def test_grpo_stage_hands_the_pins_to_trl(name, monkeypatch, tmp_path):
     assert config.use_vllm is (recipe.grpo.backend == "vllm")
     if config.use_vllm:
         _check_reaches_trl(config, recipe, GRPO_VLLM_TO_TRL, "grpo.extra.", name)
-    # the three rewards, then the zero-weight accuracy monitor (logged, never trained on)
-    assert config.reward_weights == [recipe.rewards.format_weight, recipe.rewards.cosine_weight,
-                                     recipe.rewards.length_weight, 0.0]
+    # the rewards in the recipe's order, then the zero-weight accuracy monitor (logged, never trained on)
+    assert list(recipe.rewards) == ["format", "cosine", "length"]
+    assert config.reward_weights == [recipe.rewards[n].weight for n in recipe.rewards] + [0.0]
 
 
 

@@ -155,3 +155,77 @@ def test_paper_readme_lists_every_difference_from_the_authors_format_reward():
     for completion, (authors, ours) in table.items():
         assert float(bool(re.match(AUTHORS_FORMAT, completion, re.DOTALL))) == authors, completion
         assert format_reward([completion]) == [ours], completion
+
+
+# ------------------------------------------------------------------------------------- rewards by name (19.1)
+
+
+@pytest.mark.parametrize("old, new", [("format_weight", "format.weight"), ("cosine_weight", "cosine.weight"),
+                                      ("length_weight", "length.weight")])
+def test_old_reward_weight_keys_name_the_new_ones(old, new):
+    from mathrecipe.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=rf"rewards\.{old} was renamed: use rewards\.{new}"):
+        load_recipe(None, [f"rewards.{old}=2"])
+
+
+def test_a_mistyped_reward_or_option_is_named_with_the_fix():
+    from mathrecipe.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=r"unknown reward 'rewards.cosin'. did you mean 'rewards.cosine'"):
+        load_recipe(None, ["rewards.cosin.max_len=40"])
+    with pytest.raises(RecipeError, match=r"'rewards.cosine.maxlen'. did you mean 'rewards.cosine.max_len'"):
+        load_recipe(None, ["rewards.cosine.maxlen=40"])
+
+
+def test_the_builtin_rewards_are_the_papers_three_in_trl_call_order():
+    """Part A changes nothing the toy computes: format, cosine (160 tokens), length, weights 1, then the zero-weight
+    accuracy monitor -- the functions and weights TRL received before the registry."""
+    from mathrecipe.grpo import build_rewards
+    from mathrecipe.recipe import load_recipe
+
+    funcs, weights = build_rewards(load_recipe(None))
+    assert [f.__name__ for f in funcs] == ["format", "cosine", "length", "accuracy"]
+    assert weights == [1.0, 1.0, 1.0, 0.0]
+    assert (funcs[1].max_len, funcs[1].unit, funcs[1].values) == (160, "tokens", dict(
+        min_value_correct=0.1, max_value_correct=1.0, min_value_wrong=-0.1, max_value_wrong=-1.0))
+    assert (funcs[2].group_size, funcs[2].unit) == (8, "tokens")
+
+
+def test_every_registered_reward_is_built_by_name_and_logged_under_it():
+    """TRL logs a reward as rewards/<its __name__>/mean; the health monitor and the report read that name."""
+    from mathrecipe.rewards import REWARDS, RewardContext, build_reward
+
+    ctx = RewardContext(num_generations=2, measured={"truncation": 30})
+    for name, spec in REWARDS.items():
+        f = build_reward(name, spec.options(), ctx)
+        assert f.__name__ == name
+        out = f([GOOD, AFTER], answer=["2", "2"], completion_ids=[[0] * 20, [0] * 40], prompts=["p", "p"])
+        assert len(out) == 2 and all(math.isfinite(v) for v in out)
+
+
+def test_the_accuracy_reward_is_found_by_name_not_position():
+    """A recipe that trains on accuracy (listed first) gets no second monitor, and the health monitor reads the
+    listed one -- not rewards[-1], which is format here."""
+    from mathrecipe.grpo import accuracy_reward, build_rewards
+    from mathrecipe.recipe import load_recipe
+
+    r = load_recipe(None, ["grpo.method=custom", "rewards={accuracy: {weight: 1}, format: {weight: 0.5}}"])
+    funcs, weights = build_rewards(r)
+    assert [f.__name__ for f in funcs] == ["accuracy", "format"] and weights == [1.0, 0.5]
+    assert accuracy_reward(funcs) is funcs[0]
+
+
+def test_the_report_plots_every_reward_series_it_finds():
+    import matplotlib.pyplot as plt
+
+    from mathrecipe.report import report_figure
+
+    steps = [{"step": s, "mean_length": 50.0, "reward_truncation": 0.5, "reward_accuracy": 0.9, "reward_brand_new": 0.1}
+             for s in (1, 2)]
+    fig = report_figure({"eval": {}, "grpo": {"steps": 2, "health": {"steps": steps, "alarms": []}}})
+    try:
+        labels = {ln.get_label() for ax in fig.axes for ln in ax.get_lines()}
+        assert {"truncation", "accuracy", "brand_new"} <= labels
+    finally:
+        plt.close(fig)

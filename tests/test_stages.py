@@ -103,7 +103,7 @@ def test_cpu_defaults_are_fp32_without_checkpointing():
 
 
 def test_rewards_follow_the_recipe():
-    r = load_recipe(None, ["rewards.cosine_weight=2", "rewards.cosine.unit=chars", "rewards.cosine.max_len=3000",
+    r = load_recipe(None, ["rewards.cosine.weight=2", "rewards.cosine.unit=chars", "rewards.cosine.max_len=3000",
                            "grpo.num_generations=4"])
     funcs, weights = build_rewards(r)
     assert [f.__name__ for f in funcs] == ["format", "cosine", "length", "accuracy"]

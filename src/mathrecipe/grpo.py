@@ -1,7 +1,8 @@
 """Stage 2: GRPO with length-aware rewards, to cut solution length while keeping SFT's accuracy.
 
-recipe -> data -> model (the selected SFT checkpoint, fp32 master weights) -> GRPOTrainer(format, cosine, length) ->
-train (resumable; collapse guard; health per step) -> save -> report section.
+recipe -> data -> model (the selected SFT checkpoint, fp32 master weights) -> [length limits measured on dev] ->
+GRPOTrainer(the method's rewards by name + the accuracy monitor) -> train (resumable; collapse guard; health per
+step) -> save -> report section.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from transformers import TrainerCallback
 from mathrecipe.checkpoints import CompleteMarker, checkpoint_step, last_complete_checkpoint
 from mathrecipe.data.io import DataError, check_system_prompt, load_table, require_columns, require_nonempty
 from mathrecipe.files import atomic_write_json, replace_dir
-from mathrecipe.grading import Grader, default_grader
 from mathrecipe.hardware import has_cuda, precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer, load_tokenizer, resolve_model
 from mathrecipe.prompts import (
@@ -28,8 +28,8 @@ from mathrecipe.prompts import (
     model_context,
     overlong_prompts,
 )
-from mathrecipe.recipe import Recipe
-from mathrecipe.rewards import CosineReward, LengthPenalty, completion_text, format_reward
+from mathrecipe.recipe import GRPO_TO_TRL, GRPO_VLLM_TO_TRL, Recipe, trl_fields
+from mathrecipe.rewards import Accuracy, RewardContext, build_reward, length_percentile
 
 log = logging.getLogger(__name__)
 
@@ -48,37 +48,105 @@ def load_grpo_dataset(path: str | Path, system_prompt: str | None) -> Any:
 # ----------------------------------------------------------------------------------------------- rewards
 
 
-class Accuracy:
-    """A zero-weight reward: 1.0 for a correct final answer. It changes nothing in training; TRL logs its mean per
-    step (``rewards/accuracy/mean``), which the health checks compare with the format reward. It also keeps each
-    step's completion lengths for the 95th percentile (TRL logs mean/min/max only)."""
+class Monitor(Accuracy):
+    """The zero-weight accuracy monitor (:class:`mathrecipe.rewards.Accuracy`), which under ``scale_rewards: batch``
+    also logs the share of prompt groups whose weighted reward totals are all equal (``zero_std_groups_by_prompt``):
+    TRL's ``frac_reward_zero_std`` there is whether the whole batch's std is 0. It re-scores the step with the
+    training rewards (their answers are graded already: the grader caches verdicts)."""
 
-    __name__ = "accuracy"
-
-    def __init__(self, grader: Grader | None = None) -> None:
-        self.grader = grader
-        self.lengths: list[int] = []
+    def __init__(self, totals: list[tuple[Any, float]] | None = None, group_size: int = 1) -> None:
+        super().__init__()
+        self.totals, self.group_size = totals or [], group_size
 
     def __call__(self, completions: Any, answer: Any = None, completion_ids: Any = None, **kw: Any) -> list[float]:
-        g = self.grader or default_grader()
-        results = g.grade([completion_text(c) for c in completions], [str(a) for a in answer])
-        if completion_ids is not None:
-            self.lengths.extend(len(ids) for ids in completion_ids)
-        return [1.0 if r.correct else 0.0 for r in results]
+        out = super().__call__(completions, answer, completion_ids)
+        log_metric = kw.get("log_metric")
+        if self.totals and log_metric is not None:
+            scores = [f(completions=completions, answer=answer, completion_ids=completion_ids, **kw)
+                      for f, _ in self.totals]
+            total = [sum(w * s[i] for (_, w), s in zip(self.totals, scores)) for i in range(len(completions))]
+            log_metric("zero_std_groups_by_prompt", equal_groups(total, self.group_size))
+        return out
 
 
-def build_rewards(recipe: Recipe) -> tuple[list[Any], list[float]]:
-    """The three reward functions and their weights from the recipe, then the zero-weight accuracy monitor."""
-    r, c = recipe.rewards, recipe.rewards.cosine
-    funcs = [
-        format_reward,
-        CosineReward(max_len=c.max_len, unit=c.unit, min_value_correct=c.min_value_correct,
-                     max_value_correct=c.max_value_correct, min_value_wrong=c.min_value_wrong,
-                     max_value_wrong=c.max_value_wrong),
-        LengthPenalty(group_size=recipe.grpo.num_generations, unit=r.length.unit),
-        Accuracy(),
-    ]
-    return funcs, [r.format_weight, r.cosine_weight, r.length_weight, 0.0]
+def equal_groups(values: list[float], group_size: int) -> float:
+    """The share of consecutive groups of ``group_size`` values that are all equal (within 1e-9): groups with no
+    learning signal, as DAPO's dynamic sampling would drop them."""
+    groups = [values[s:s + group_size] for s in range(0, len(values), group_size)]
+    if not groups:
+        return 0.0
+    return sum(max(g) - min(g) <= 1e-9 for g in groups) / len(groups)
+
+
+def build_rewards(recipe: Recipe, measured: dict[str, int] | None = None) -> tuple[list[Any], list[float]]:
+    """The recipe's rewards by name (``recipe.rewards``, in its order) and their weights, then the zero-weight
+    accuracy monitor unless ``accuracy`` is listed. ``measured``: limits resolved before training
+    (:func:`measure_limits`)."""
+    ctx = RewardContext(num_generations=recipe.grpo.num_generations, measured=measured or {})
+    funcs = [build_reward(name, opts, ctx) for name, opts in recipe.rewards.items()]
+    weights = reward_weights(recipe)
+    if "accuracy" not in recipe.rewards:
+        batch = recipe.grpo.scale_rewards == "batch"
+        funcs.append(Monitor(list(zip(funcs, weights)) if batch else None, recipe.grpo.num_generations))
+    return funcs, weights
+
+
+def reward_weights(recipe: Recipe) -> list[float]:
+    """TRL's ``reward_weights``: each listed reward's weight, and 0 for the accuracy monitor when it is added."""
+    weights = [float(opts.weight) for opts in recipe.rewards.values()]
+    return weights + ([] if "accuracy" in recipe.rewards else [0.0])
+
+
+def accuracy_reward(funcs: list[Any]) -> Accuracy:
+    """The accuracy reward among ``funcs``, found by name (the health monitor reads its per-step lengths)."""
+    return next(f for f in funcs if getattr(f, "__name__", None) == "accuracy")
+
+
+LIMITS_FILE = "mathrecipe_limits.json"  # in OUT/grpo: the limits measured before training (reused on resume)
+
+
+def limits_to_measure(recipe: Recipe) -> dict[str, Any]:
+    """{reward name: options} of the rewards whose length limit is null: set from the start model's lengths."""
+    return {n: o for n, o in recipe.rewards.items() if hasattr(o, "percentile") and getattr(o, "limit", 0) is None}
+
+
+def measure_limits(recipe: Recipe, model_path: str, dev: list[dict[str, Any]] | None, out: Path) -> dict[str, Any]:
+    """Resolve each null ``limit`` to the ``percentile``-th percentile (:func:`length_percentile`) of the start
+    model's own completion lengths on the dev problems, sampled with the recipe's ``eval`` settings. The result is
+    saved in ``out/LIMITS_FILE`` (a resumed stage reuses it) and returned for the report: {name: {limit, unit,
+    percentile, completions, mean, measured_on}}."""
+    wanted = limits_to_measure(recipe)
+    if not wanted:
+        return {}
+    f = out / LIMITS_FILE
+    if f.is_file():
+        saved = json.loads(f.read_text())
+        if all(saved.get(n, {}).get("percentile") == o.percentile and saved[n].get("unit") == o.unit
+               for n, o in wanted.items()):
+            return saved
+    if not dev:
+        from mathrecipe.recipe import RecipeError
+
+        raise RecipeError(f"rewards.{next(iter(wanted))}.limit is null (set from the start model's lengths on the dev "
+                          "split), but this run has no dev problems: set data.dev_path (toy: data.toy.n_dev >= 1), "
+                          "or give the limit")
+    from mathrecipe.evaluate.inrun import evaluate_saved_model
+
+    rows, _ = evaluate_saved_model(recipe, model_path, load_tokenizer(model_path, recipe.model), dev,
+                                   desc="dev lengths")
+    result = {}
+    for name, o in wanted.items():
+        lengths = [r["tokens"] if o.unit == "tokens" else len(r["completion"]) for r in rows]
+        result[name] = {"limit": length_percentile(lengths, o.percentile), "unit": o.unit,
+                        "percentile": o.percentile, "completions": len(lengths),
+                        "mean": statistics.fmean(lengths), "measured_on": "dev", "model": model_path}
+        log.info("GRPO: rewards.%s.limit = %d %s (the %gth percentile of the start model's %d dev completions)",
+                 name, result[name]["limit"], o.unit, o.percentile, len(lengths))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        atomic_write_json(f, result)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -88,7 +156,6 @@ def build_rewards(recipe: Recipe) -> tuple[list[Any], list[float]]:
 def grpo_args(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Keyword arguments for ``trl.GRPOConfig`` (``grpo.extra`` cannot override the recipe: see recipe.GRPO_OWNED)."""
     g = recipe.grpo
-    _, weights = build_rewards(recipe)
     gc = g.gradient_checkpointing
     if gc is None and has_cuda():
         from mathrecipe.plan import checkpointing_needed
@@ -97,19 +164,11 @@ def grpo_args(recipe: Recipe, out: Path) -> dict[str, Any]:
     prec = precision_kwargs(g.precision, gc)
     check_backend_precision(recipe)
     kwargs: dict[str, Any] = dict(
-        output_dir=str(out), per_device_train_batch_size=g.batch_size,
-        gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
-        max_completion_length=g.max_completion_length, max_steps=g.max_steps, learning_rate=g.learning_rate,
-        lr_scheduler_type=g.lr_scheduler, warmup_steps=g.warmup_steps, beta=g.beta, epsilon=g.epsilon,
-        temperature=g.temperature, top_p=g.top_p, min_p=g.min_p, loss_type=g.loss_type,
-        scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
-        reward_weights=weights, logging_steps=g.logging_steps,
-        save_strategy="steps" if g.save_steps else "no", save_steps=g.save_steps or 500,
-        report_to=recipe.report_to, seed=recipe.seed, deepspeed=g.deepspeed, **prec,
+        **trl_fields(recipe, GRPO_TO_TRL), output_dir=str(out), reward_weights=reward_weights(recipe),
+        save_strategy="steps" if g.save_steps else "no", save_steps=g.save_steps or 500, **prec,
     )
     if g.backend == "vllm":
-        kwargs.update(use_vllm=True, vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
-                      vllm_importance_sampling_correction=g.vllm_importance_sampling_correction)
+        kwargs.update(use_vllm=True, **trl_fields(recipe, GRPO_VLLM_TO_TRL))
     elif g.backend == "paged":
         kwargs["use_transformers_continuous_batching"] = True
     elif not has_cuda() and _static_cache_fits(recipe):
@@ -200,6 +259,7 @@ def last_safe_step(window_start: int) -> int:
 HEALTH_KEYS = {  # TRL 1.16 metric -> our name
     "completions/mean_length": "mean_length", "completions/clipped_ratio": "truncation",
     "frac_reward_zero_std": "zero_std_groups", "kl": "kl", "entropy": "entropy", "reward": "reward",
+    "zero_std_groups_by_prompt": "zero_std_groups",  # Monitor's, under scale_rewards=batch (TRL's is batch-wide)
 }
 
 
@@ -219,6 +279,8 @@ class HealthMonitor(TrainerCallback):
 
     def __init__(self, recipe: Recipe, accuracy: Accuracy, guard: CollapseGuard | None = None) -> None:
         self.h, self.max_kl, self.accuracy, self.guard = recipe.health, recipe.grpo.max_kl, accuracy, guard
+        # under batch-wise scaling TRL's frac_reward_zero_std says whether the whole batch's std is 0
+        self.skip = {"frac_reward_zero_std"} if recipe.grpo.scale_rewards == "batch" else set()
         self.trainer: Any = None
         self.steps: list[dict[str, float]] = []
         self.alarms: dict[str, dict[str, Any]] = {}
@@ -263,7 +325,7 @@ class HealthMonitor(TrainerCallback):
             self._seen[key] = len(values)
             if not new:
                 continue
-            name = HEALTH_KEYS.get(key)
+            name = HEALTH_KEYS.get(key) if key not in self.skip else None
             if name is None and key.startswith("rewards/") and key.endswith("/mean"):
                 name = "reward_" + key.split("/")[1]
             if name:
@@ -452,10 +514,12 @@ def _save_start_model(model_path: str, dest: Path, recipe: Recipe) -> None:
     tokenizer.save_pretrained(dest)
 
 
-def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: str | Path,
+             dev: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train stage 2 from ``model_path`` (resuming from the last complete checkpoint in ``out_dir``, health
     included) and save the final policy to ``out_dir/final`` (atomically): after a collapse-guard trip, the newest
-    policy outside the tripping KL window (a checkpoint, or the start model)."""
+    policy outside the tripping KL window (a checkpoint, or the start model). ``dev``: the dev problems, on which
+    a reward's null length limit is measured from the start model (:func:`measure_limits`)."""
     from accelerate import PartialState
     from trl import GRPOConfig, GRPOTrainer
 
@@ -463,11 +527,12 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = check_grpo_data(recipe, data_path, model_path)
-    rewards, _ = build_rewards(recipe)
     config = GRPOConfig(**grpo_args(recipe, out))
+    limits = measure_limits(recipe, model_path, dev, out)
+    rewards, _ = build_rewards(recipe, {name: m["limit"] for name, m in limits.items()})
     model, tokenizer = load_model_and_tokenizer(model_path, recipe.model, training=True)
     guard = CollapseGuard(g.max_kl if g.beta > 0 else None)
-    health = HealthMonitor(recipe, rewards[-1], guard)
+    health = HealthMonitor(recipe, accuracy_reward(rewards), guard)
     # health before CompleteMarker: a checkpoint is marked complete only once its health file is written
     trainer = GRPOTrainer(model=model, args=config, reward_funcs=rewards, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[guard, health, CompleteMarker()])
@@ -525,6 +590,7 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
         "log": [h for h in trainer.state.log_history if "step" in h],
         "health": {"steps": health.steps, "alarms": list(health.alarms.values()), "judged": health.judged(steps)},
         "train_rows": len(dataset),
+        **({"limits": limits} if limits else {}),
         "resumed_from": str(resume) if resume else None,
         "on_gpu": has_cuda(),
     }

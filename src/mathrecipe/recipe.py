@@ -17,7 +17,9 @@ from typing import Any, Literal
 import yaml
 
 from mathrecipe.errors import MathRecipeError
+from mathrecipe.methods import METHODS, resolve_method
 from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.rewards import REWARDS
 
 
 class RecipeError(MathRecipeError):
@@ -126,41 +128,21 @@ class SFTConfig:
 
 
 @dataclass
-class CosineConfig:
-    max_len: int = 160
-    unit: Literal["tokens", "chars"] = "tokens"
-    min_value_correct: float = 0.1
-    max_value_correct: float = 1.0
-    min_value_wrong: float = -0.1
-    max_value_wrong: float = -1.0
-
-
-@dataclass
-class LengthConfig:
-    unit: Literal["tokens", "chars"] = "tokens"
-
-
-@dataclass
-class RewardsConfig:
-    format_weight: float = 1.0
-    cosine_weight: float = 1.0
-    length_weight: float = 1.0
-    cosine: CosineConfig = field(default_factory=CosineConfig)
-    length: LengthConfig = field(default_factory=LengthConfig)
-
-
-@dataclass
 class GRPOConfig:
     enabled: bool = True
+    # the length-control method: its rewards and the TRL options it sets (mathrecipe.methods.METHODS: paper,
+    # no-format, no-cosine, no-length, dler, thinkprune, custom)
+    method: str = "paper"
     num_generations: int = 8
     batch_size: int = 64  # completions per device per step (num_generations divides it)
     gradient_accumulation_steps: int = 1
-    max_steps: int = 40
-    learning_rate: float = 5e-5
+    max_steps: int = 80
+    learning_rate: float = 2.5e-5  # x 80 steps (toy.yaml says why)
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
     beta: float = 0.04
     epsilon: float = 0.2
+    epsilon_high: float | None = None  # clip-higher (DAPO, DLER): upper clip 1 + epsilon_high; None: = epsilon
     temperature: float = 1.0
     top_p: float = 1.0
     min_p: float | None = None
@@ -223,7 +205,8 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    # reward name -> its options (mathrecipe.rewards.REWARDS), in the order TRL calls them; grpo.method's by default
+    rewards: dict[str, Any] = field(default_factory=lambda: reward_options(METHODS["paper"].rewards))
     eval: EvalConfig = field(default_factory=EvalConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
 
@@ -297,6 +280,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def did_you_mean(name: str, names: Any, prefix: str = "") -> str:
+    """'did you mean '<prefix><closest>'? ' for a mistyped name, or ''."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f"did you mean '{prefix}{close[0]}'? " if close else ""
+
+
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
@@ -308,11 +297,8 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            close = difflib.get_close_matches(str(k), names, n=1)
-            hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
-            raise RecipeError(
-                f"unknown recipe key '{key}'. {hint} Valid keys here: {', '.join(names)}".replace(".  ", ". ")
-            )
+            hint = did_you_mean(str(k), names, f"{prefix}." if prefix else "")
+            raise RecipeError(f"unknown recipe key '{key}'. {hint}Valid keys here: {', '.join(names)}")
         kwargs[k] = _coerce(v, hints[k], key)
     return cls(**kwargs)
 
@@ -365,42 +351,73 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     for o in overrides or []:
         k, v = parse_override(o)
         _set_path(tree, k, v)
-    recipe = _build(Recipe, tree)
+    recipe = _build(Recipe, resolve_method(tree))
+    recipe.rewards = reward_options(recipe.rewards)
     validate(recipe)
     return recipe
 
 
-# TRL arguments each stage sets from the recipe, and the recipe key to use instead of passing them through *.extra
-# (passing one there used to raise a bare TypeError inside TRL).
-SFT_OWNED = {
-    "output_dir": "output_dir", "num_train_epochs": "sft.epochs", "per_device_train_batch_size": "sft.batch_size",
-    "gradient_accumulation_steps": "sft.gradient_accumulation_steps", "learning_rate": "sft.learning_rate",
-    "lr_scheduler_type": "sft.lr_scheduler", "warmup_steps": "sft.warmup_steps", "weight_decay": "sft.weight_decay",
-    "max_length": "sft.max_length", "packing": "sft.packing", "optim": "sft.optim", "save_strategy": "sft.save_steps",
-    "save_steps": "sft.save_steps", "save_only_model": "sft.save_only_model", "logging_steps": "sft.logging_steps",
-    "report_to": "report_to", "seed": "seed", "deepspeed": "sft.deepspeed", "fsdp": "sft.fsdp",
-    "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision", "use_cpu": "sft.precision",
-    "gradient_checkpointing": "sft.gradient_checkpointing", "completion_only_loss": "(always on: the trace is trained)",
-    "use_liger_kernel": "sft.use_liger_kernel",
-}
+def reward_options(rewards: dict[str, Any]) -> dict[str, Any]:
+    """{reward name: raw options} -> {name: its options dataclass (mathrecipe.rewards.REWARDS)}, each key checked
+    as any recipe key is (``rewards.<name>.<option>``)."""
+    return {name: _build(REWARDS[name].options, opts, f"rewards.{name}") for name, opts in rewards.items()}
 
-GRPO_OWNED = {
-    "output_dir": "output_dir", "per_device_train_batch_size": "grpo.batch_size",
-    "gradient_accumulation_steps": "grpo.gradient_accumulation_steps", "num_generations": "grpo.num_generations",
-    "max_completion_length": "grpo.max_completion_length", "max_steps": "grpo.max_steps",
-    "learning_rate": "grpo.learning_rate", "lr_scheduler_type": "grpo.lr_scheduler",
-    "warmup_steps": "grpo.warmup_steps", "beta": "grpo.beta", "epsilon": "grpo.epsilon",
-    "temperature": "grpo.temperature", "top_p": "grpo.top_p", "min_p": "grpo.min_p", "loss_type": "grpo.loss_type",
-    "scale_rewards": "grpo.scale_rewards", "mask_truncated_completions": "grpo.mask_truncated_completions",
-    "reward_weights": "rewards.*_weight", "use_vllm": "grpo.backend", "vllm_mode": "grpo.vllm_mode",
-    "vllm_gpu_memory_utilization": "grpo.vllm_gpu_memory_utilization",
-    "vllm_importance_sampling_correction": "grpo.vllm_importance_sampling_correction",
+
+# The one map from recipe keys to TRL config fields: the stage argument builders (sft.sft_args, grpo.grpo_args) copy
+# these values, the ownership tables below refuse them in *.extra, and the tests check they reach TRL.
+SFT_TO_TRL = {
+    "sft.epochs": "num_train_epochs", "sft.batch_size": "per_device_train_batch_size",
+    "sft.gradient_accumulation_steps": "gradient_accumulation_steps", "sft.learning_rate": "learning_rate",
+    "sft.lr_scheduler": "lr_scheduler_type", "sft.warmup_steps": "warmup_steps", "sft.weight_decay": "weight_decay",
+    "sft.max_length": "max_length", "sft.packing": "packing", "sft.optim": "optim",
+    "sft.save_only_model": "save_only_model", "sft.logging_steps": "logging_steps", "report_to": "report_to",
+    "seed": "seed", "sft.deepspeed": "deepspeed",
+}
+GRPO_TO_TRL = {
+    "grpo.batch_size": "per_device_train_batch_size", "grpo.gradient_accumulation_steps": "gradient_accumulation_steps",
+    "grpo.num_generations": "num_generations", "grpo.max_completion_length": "max_completion_length",
+    "grpo.max_steps": "max_steps", "grpo.learning_rate": "learning_rate", "grpo.lr_scheduler": "lr_scheduler_type",
+    "grpo.warmup_steps": "warmup_steps", "grpo.beta": "beta", "grpo.epsilon": "epsilon",
+    "grpo.epsilon_high": "epsilon_high", "grpo.temperature": "temperature", "grpo.top_p": "top_p",
+    "grpo.min_p": "min_p", "grpo.loss_type": "loss_type", "grpo.scale_rewards": "scale_rewards",
+    "grpo.mask_truncated_completions": "mask_truncated_completions", "grpo.logging_steps": "logging_steps",
+    "report_to": "report_to", "seed": "seed", "grpo.deepspeed": "deepspeed",
+}
+GRPO_VLLM_TO_TRL = {  # copied only with grpo.backend=vllm
+    "grpo.vllm_mode": "vllm_mode", "grpo.vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization",
+    "grpo.vllm_importance_sampling_correction": "vllm_importance_sampling_correction",
+}
+# TRL fields a stage sets by a rule from a recipe key (not a plain copy): field -> the key to change instead
+SFT_BY_RULE = {
+    "output_dir": "output_dir", "save_strategy": "sft.save_steps", "save_steps": "sft.save_steps",
+    "fsdp": "sft.fsdp", "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision",
+    "use_cpu": "sft.precision", "gradient_checkpointing": "sft.gradient_checkpointing",
+    "completion_only_loss": "(always on: the trace is trained)", "use_liger_kernel": "sft.use_liger_kernel",
+}
+GRPO_BY_RULE = {
+    "output_dir": "output_dir", "reward_weights": "rewards.<name>.weight", "use_vllm": "grpo.backend",
     "use_transformers_paged": "grpo.backend", "use_transformers_continuous_batching": "grpo.backend",
-    "logging_steps": "grpo.logging_steps", "save_strategy": "grpo.save_steps", "save_steps": "grpo.save_steps",
-    "report_to": "report_to", "seed": "seed", "deepspeed": "grpo.deepspeed", "fsdp": "grpo.fsdp",
+    "save_strategy": "grpo.save_steps", "save_steps": "grpo.save_steps", "fsdp": "grpo.fsdp",
     "fsdp_config": "grpo.fsdp", "bf16": "grpo.precision", "fp16": "grpo.precision", "use_cpu": "grpo.precision",
     "gradient_checkpointing": "grpo.gradient_checkpointing",
 }
+# TRL arguments each stage sets from the recipe, and the recipe key to use instead of passing them through *.extra
+# (passing one there used to raise a bare TypeError inside TRL).
+SFT_OWNED = {**{f: k for k, f in SFT_TO_TRL.items()}, **SFT_BY_RULE}
+GRPO_OWNED = {**{f: k for k, f in {**GRPO_TO_TRL, **GRPO_VLLM_TO_TRL}.items()}, **GRPO_BY_RULE}
+
+
+def lookup(recipe: Recipe, key: str) -> Any:
+    """The value of a dotted recipe key (``grpo.beta``, ``rewards.cosine.max_len``)."""
+    node: Any = recipe
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def trl_fields(recipe: Recipe, table: dict[str, str]) -> dict[str, Any]:
+    """{TRL field: recipe value} for a ``recipe key -> TRL field`` table."""
+    return {f: lookup(recipe, k) for k, f in table.items()}
 
 
 def check_extra(extra: dict[str, Any], owned: dict[str, str], section: str) -> None:
@@ -467,15 +484,18 @@ def validate(r: Recipe) -> None:
     need(h.window >= 2, f"health.window must be >= 2 steps, got {h.window}")
     need(0 <= h.max_truncation <= 1 and 0 <= h.max_zero_std_groups <= 1,
          "health.max_truncation and health.max_zero_std_groups are shares in [0, 1]")
-    c = r.rewards.cosine
-    need(c.max_len >= 1, f"rewards.cosine.max_len must be >= 1, got {c.max_len}")
-    if c.unit == "tokens":
-        need(
-            c.max_len <= g.max_completion_length,
-            f"rewards.cosine.max_len={c.max_len} tokens exceeds grpo.max_completion_length={g.max_completion_length}: "
-            "no completion can reach it, so the cosine reward's end value is never used. "
-            f"Set rewards.cosine.max_len <= {g.max_completion_length} (or rewards.cosine.unit=chars)",
-        )
+    for name, opts in r.rewards.items():
+        check = getattr(opts, "problems", None)
+        for problem in check(f"rewards.{name}", g.max_completion_length) if check else []:
+            raise RecipeError(problem)
+        # a null limit is measured on the dev problems before GRPO: refuse now, not after SFT
+        need(not (g.enabled and getattr(opts, "limit", 0) is None and hasattr(opts, "percentile")
+                  and not (r.data.dev_path if r.data.source == "files" else r.data.toy.n_dev >= 1)),
+             f"rewards.{name}.limit is null: it is set from the start model's lengths on the dev problems, and this "
+             "recipe has none; set data.dev_path (toy: data.toy.n_dev >= 1), or give the limit")
+    need(g.epsilon_high is None or g.epsilon_high >= g.epsilon,
+         f"grpo.epsilon_high={g.epsilon_high} is below grpo.epsilon={g.epsilon}: clip-higher widens the upper clip "
+         "range; set it >= grpo.epsilon, or null")
     e = r.eval
     need(e.samples >= 1, f"eval.samples must be >= 1, got {e.samples}")
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {e.max_new_tokens}")

@@ -86,6 +86,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             ratio = grpo["mean_tokens"] / base["mean_tokens"]
             delta = grpo["accuracy"] - base["accuracy"]
             lines += ["", f"Tokens after / before GRPO: **{ratio:.2f}x**; accuracy change: **{delta:+.3f}**."]
+        for name, m in (grpo.get("limits") or {}).items():
+            lines += ["", f"rewards.{name}.limit: {m['limit']} {m['unit']}, the {m['percentile']:g}th percentile of "
+                          f"the start model's lengths on {m['completions']} {m['measured_on']} completions (mean "
+                          f"{m['mean']:.1f})."]
         lines += _stop_lines(grpo)
         lines += ["", "### Health alarms", ""] + _health_lines(grpo.get("health") or {}, grpo.get("steps", 0))
     resumed, reused = report.get("resumed"), report.get("reused")
@@ -212,6 +216,15 @@ def report_figure(report: dict[str, Any]) -> Any:
     return fig
 
 
+KNOWN_REWARD_COLORS = {"format": "tab:green", "accuracy": "tab:blue", "cosine": "tab:purple", "length": "tab:brown"}
+REWARD_COLORS = ("tab:green", "tab:blue", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold")
+
+
+def reward_series(steps: list[dict[str, Any]]) -> list[str]:
+    """Every ``reward_<name>`` series the health rows hold (one per reward TRL logged), in first-seen order."""
+    return list(dict.fromkeys(k for r in steps for k in r if k.startswith("reward_") and r[k] is not None))
+
+
 def _health_panels(steps: list[dict[str, Any]], ax_len: Any, ax_rew: Any) -> None:
     """GRPO per step: completion length (mean, p95) and truncation; reward means, accuracy, KL and entropy."""
     from matplotlib.ticker import MaxNLocator
@@ -240,11 +253,11 @@ def _health_panels(steps: list[dict[str, Any]], ax_len: Any, ax_rew: Any) -> Non
     if handles:
         ax_len.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
     ax_len.set_title("GRPO health: length, truncation, signal")
-    for key, color in (("reward_format", "tab:green"), ("reward_accuracy", "tab:blue"),
-                       ("reward_cosine", "tab:purple"), ("reward_length", "tab:brown")):
+    spare = iter(c for c in REWARD_COLORS if c not in KNOWN_REWARD_COLORS.values())
+    for key in reward_series(steps):
         x, y = series(key)
-        if x:
-            ax_rew.plot(x, y, "-", color=color, label=key.removeprefix("reward_"))
+        name = key.removeprefix("reward_")
+        ax_rew.plot(x, y, "-", color=KNOWN_REWARD_COLORS.get(name) or next(spare, None), label=name)
     ax_rew.set_xlabel("GRPO step")
     ax_rew.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_rew.set_ylabel("reward mean")

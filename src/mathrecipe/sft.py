@@ -24,7 +24,7 @@ from mathrecipe.files import read_jsonl_rows
 from mathrecipe.hardware import has_cuda, liger_supported, precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer
 from mathrecipe.prompts import sft_tokens, turn_format
-from mathrecipe.recipe import Recipe
+from mathrecipe.recipe import SFT_TO_TRL, Recipe, trl_fields
 
 log = logging.getLogger(__name__)
 EPOCHS_FILE = "epochs.jsonl"  # one row per evaluated epoch, appended as training goes (survives a kill)
@@ -108,13 +108,8 @@ def sft_args(recipe: Recipe, out: Path) -> dict[str, Any]:
 
         gc = checkpointing_needed(recipe, "sft")
     kwargs: dict[str, Any] = dict(
-        output_dir=str(out), num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
-        lr_scheduler_type=s.lr_scheduler, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay,
-        max_length=s.max_length, packing=s.packing, completion_only_loss=True, optim=s.optim,
-        save_strategy="steps" if s.save_steps else "epoch", save_only_model=s.save_only_model,
-        logging_steps=s.logging_steps, report_to=recipe.report_to, seed=recipe.seed, deepspeed=s.deepspeed,
-        disable_tqdm=False, **precision_kwargs(s.precision, gc),
+        **trl_fields(recipe, SFT_TO_TRL), output_dir=str(out), completion_only_loss=True,
+        save_strategy="steps" if s.save_steps else "epoch", disable_tqdm=False, **precision_kwargs(s.precision, gc),
     )
     liger = s.use_liger_kernel
     if liger is None:  # reads the model's config only on a GPU (never a hub lookup on CPU)

@@ -3,8 +3,11 @@
 An entry is one samples file: a ``mathrecipe eval`` folder gives one per benchmark it holds; a ``mathrecipe run``
 folder gives its selected SFT epoch (``sft/eval-epoch{N}.samples.jsonl``), its start model when GRPO started
 without SFT (``eval/start.samples.jsonl``) and its GRPO policy (``eval/grpo.samples.jsonl``); their rows carry no
-benchmark, so they are the benchmark "held-out". Each entry is compared with the FIRST entry of its benchmark on
-the problems both hold: the mean of the per-problem differences, with a seeded bootstrap 95 % CI over problems.
+benchmark, so they are the benchmark "held-out". Several runs whose GRPO started from one checkpoint (e.g. one
+SFT model, several length-control methods or seeds) contribute that start model once, from the first of them. Each
+entry is compared with the FIRST entry of its benchmark on the problems both hold: the mean of the per-problem
+differences, with a seeded bootstrap 95 % CI over problems. ``pareto.png`` puts every entry at (mean tokens,
+accuracy), coloured by its run's ``grpo.method``, with the entries no other beats on both (the Pareto front) joined.
 """
 
 from __future__ import annotations
@@ -30,6 +33,24 @@ class Entry:
     label: str
     source: str  # the samples file
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # benchmark -> rows of complete problems
+    model: str | None = None  # a run's start model (its absolute path): one entry per start model
+    group: str = ""  # what the Pareto plot colours by: a GRPO entry's grpo.method, "start" for a start model
+
+
+def _identity(path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else path
+
+
+def _method(run: Path) -> str:
+    """The run's grpo.method from its recipe.yaml ("GRPO" when it has none)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
+        return str((recipe.get("grpo") or {}).get("method") or "GRPO")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "GRPO"
 
 
 def _complete(rows: list[dict[str, Any]], name: str, samples: int | None, source: Path) -> list[dict[str, Any]]:
@@ -71,23 +92,28 @@ def _eval_dir(d: Path) -> list[Entry]:
 
 def _run_dir(d: Path) -> list[Entry]:
     report = json.loads((d / "report.json").read_text())
-    wanted: list[tuple[str, Path]] = []
+    wanted: list[tuple[str, Path, str | None, str]] = []  # label, samples, start model, group
     sft = report.get("sft") or {}
     if sft.get("selected_epoch") is not None:
         n = sft["selected_epoch"]
-        wanted.append((f"SFT epoch {n}", d / "sft" / f"eval-epoch{n}.samples.jsonl"))
+        ckpt = sft.get("selected_checkpoint")
+        wanted.append((f"SFT epoch {n}", d / "sft" / f"eval-epoch{n}.samples.jsonl",
+                       _identity(ckpt) if ckpt else None, "start"))
     elif report.get("start") is not None:
-        wanted.append((str(report["start"].get("name", "start")), d / "eval" / "start.samples.jsonl"))
+        ckpt = report["start"].get("checkpoint")
+        wanted.append((str(report["start"].get("name", "start")), d / "eval" / "start.samples.jsonl",
+                       _identity(ckpt) if ckpt else None, "start"))
     if report.get("grpo") is not None:
-        wanted.append(("GRPO", d / "eval" / "grpo.samples.jsonl"))
+        wanted.append(("GRPO", d / "eval" / "grpo.samples.jsonl", None, _method(d)))
     if not wanted:
         raise MathRecipeError(f"{d / 'report.json'}: no evaluated stage in it (sft.selected_epoch, start, grpo)")
     entries = []
-    for label, path in wanted:
+    for label, path, model, group in wanted:
         if not path.is_file():
             raise MathRecipeError(f"{path}: missing, though {d / 'report.json'} lists that stage "
                                   "(was the run's evaluation turned off, e.g. sft.eval_each_epoch=false?)")
-        entries.append(Entry(label, str(path), {HELD_OUT: _complete(read_samples(path).rows, HELD_OUT, None, path)}))
+        entries.append(Entry(label, str(path), {HELD_OUT: _complete(read_samples(path).rows, HELD_OUT, None, path)},
+                             model, group))
     return entries
 
 
@@ -101,7 +127,8 @@ def load_entries(dirs: Sequence[str | Path]) -> list[Entry]:
         if not d.is_dir():
             raise MathRecipeError(f"{d}: a file, not a folder; give the folder that holds it")
         if (d / "report.json").is_file():
-            found = _run_dir(d)
+            seen = {e.model for e in entries if e.model}
+            found = [e for e in _run_dir(d) if e.model is None or e.model not in seen]  # one entry per start model
         elif (d / "samples.jsonl").is_file():
             found = _eval_dir(d)
         else:
@@ -183,10 +210,16 @@ def compare(dirs: Sequence[str | Path], out_dir: str | Path | None = None, seed:
                 f"{'–' if s['mean_tokens_correct'] is None else format(s['mean_tokens_correct'], '.0f')} | "
                 f"{pct(s['truncation_rate'])} | {delta[0]} | {delta[1]} |")
     out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": str(out / "compare.md"), "json": str(out / "compare.json"), "png": str(out / "compare.png")}
+    files = {"markdown": str(out / "compare.md"), "json": str(out / "compare.json"), "png": str(out / "compare.png"),
+             "pareto": str(out / "pareto.png")}
     plot_budget_curves(panels, files["png"])
+    groups = {e.label: e.group for e in entries}
+    plot_pareto({name: [(row["label"], row["summary"]["mean_tokens"], row["summary"]["accuracy"],
+                         groups[row["label"]]) for row in b["table"]] for name, b in result["benchmarks"].items()},
+                files["pareto"])
     atomic_write_text(files["json"], json.dumps(result, indent=2) + "\n")
-    atomic_write_text(files["markdown"], "\n".join(lines) + "\n\nAccuracy vs token budget: `compare.png`.\n")
+    atomic_write_text(files["markdown"], "\n".join(lines) + "\n\nAccuracy vs token budget: `compare.png`; accuracy vs "
+                      "mean tokens, one point per entry: `pareto.png`.\n")
     return {**result, "files": files}
 
 
@@ -203,3 +236,43 @@ def _paired(base: list[dict[str, Any]], rows: list[dict[str, Any]], seed: int,
                                               resamples, seed)),
             "mean_tokens": list(paired_bootstrap([a_tok[k] for k in common], [b_tok[k] for k in common],
                                                  resamples, seed))}
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (tokens, accuracy) that no other point beats on both: fewer or equal tokens with
+    higher accuracy, or fewer tokens with equal or higher accuracy. Sorted by tokens."""
+    front = [i for i, (t, a) in enumerate(points)
+             if not any((t2 <= t and a2 > a) or (t2 < t and a2 >= a) for t2, a2 in points)]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_pareto(panels: dict[str, list[tuple[str, float, float, str]]], path: str | Path) -> None:
+    """Accuracy vs mean tokens, one panel per benchmark: a point per (label, tokens, accuracy, group), one colour
+    and legend entry per group, the Pareto front joined; a PNG, atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (name, pts) in zip(axes[0], panels.items()):
+        order = list(dict.fromkeys(g for *_, g in pts))
+        cmap = plt.get_cmap("tab10")
+        for k, g in enumerate(order):
+            mine = [p for p in pts if p[3] == g]
+            ax.scatter([p[1] for p in mine], [p[2] for p in mine], color=cmap(k % 10), label=g,
+                       marker="*" if g == "start" else "o", s=90 if g == "start" else 36, zorder=3)
+        front = pareto_front([(p[1], p[2]) for p in pts])
+        ax.plot([pts[i][1] for i in front], [pts[i][2] for i in front], "--", color="gray", lw=1,
+                label="Pareto front", zorder=2)
+        ax.set_xlabel("mean tokens")
+        ax.set_ylabel("accuracy (pass@1)")
+        ax.set_title(f"{name}: accuracy vs tokens")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_text(path, buf.getvalue())
