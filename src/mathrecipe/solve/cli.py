@@ -35,77 +35,15 @@ ANSWERS_FILE, LOG_FILE = "answers.csv", "solve.jsonl"
 # ------------------------------------------------------------------------------------------------ input
 
 
-def decode_utf8(data: bytes, name: str) -> str:
-    """``data`` as UTF-8 text (a leading byte-order mark dropped, as spreadsheet programs write one); bytes that
-    are not UTF-8 are one line naming ``name``, the line and the column."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise MathRecipeError(f"{name}, line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
-                              "save the file as UTF-8") from None
-
-
-def _stdin_lines(stdin: Iterable[str] | None) -> Iterable[str]:
-    if stdin is not None:
-        return stdin
-    buffer = getattr(sys.stdin, "buffer", None)  # bytes, so that a bad byte is named rather than a traceback
-    if buffer is None:
-        return sys.stdin
-    return io.StringIO(decode_utf8(buffer.read(), "--problems - (stdin)"))
-
-
 def read_problems(source: str, problem_column: str = "problem", answer_column: str = "answer",
                   stdin: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Problems as dicts with ``id``, ``problem`` and (when the file has one) ``answer``, all strings.
+    """solve's input through the one problem loader (``mathrecipe.data.problems``): a .jsonl or .csv file, ``-``
+    for JSONL on ``stdin``, or a .json/.parquet file, a saved dataset or a hub id. Every row needs an ``id`` (made
+    text) and a problem; the gold ``answer`` is optional (kept when the row has one)."""
+    from mathrecipe.data.problems import load_problems
 
-    ``source``: a .jsonl or .csv file (with a header), ``-`` for JSONL on ``stdin``, or a .json/.parquet file, a saved
-    dataset or a hub id (``mathrecipe.data.io.load_table``). A missing column, an empty id or problem, a repeated id
-    or bytes that are not UTF-8 are a one-line error naming the source and the row or line (counted from 1).
-    """
-    from mathrecipe.data.io import DataError, iter_jsonl_lines, load_table
-
-    suffix = Path(source).suffix.lower()
-    if source == "-":
-        name = "--problems - (stdin)"
-        rows = [obj for _, obj in iter_jsonl_lines(_stdin_lines(stdin), name)]
-    elif suffix in (".csv", ".jsonl"):  # read directly: exact values (ids stay as written), errors name the line
-        name, path = f"--problems {source}", Path(source)
-        if not path.is_file():
-            raise DataError(f"{name}: no such file")
-        text = decode_utf8(path.read_bytes(), name)
-        if suffix == ".jsonl":
-            rows = [row for _, row in iter_jsonl_lines(io.StringIO(text), name)]
-        else:
-            rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    else:
-        name = f"--problems {source}"
-        rows = load_table(source, what="--problems").to_list()
-    if not rows:
-        raise DataError(f"{name}: no problems in it")
-    columns = list(rows[0])
-    for col in ("id", problem_column):
-        if all(col not in r for r in rows):
-            raise DataError(f"{name}: missing column {col!r}; it has {', '.join(repr(c) for c in columns)}")
-    out: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for i, r in enumerate(rows, 1):
-        pid, problem = r.get("id"), r.get(problem_column)
-        if pid is None or not str(pid).strip():
-            raise DataError(f"{name}, row {i}: column 'id' is empty")
-        if problem is None or not str(problem).strip():
-            raise DataError(f"{name}, row {i}: column {problem_column!r} is empty")
-        pid = str(pid).strip()
-        if pid in seen:
-            raise DataError(f"{name}, row {i}: id {pid!r} repeats row {seen[pid]}; ids must be unique")
-        seen[pid] = i
-        row = {"id": pid, "problem": str(problem)}
-        gold = r.get(answer_column)
-        if gold is not None and str(gold).strip():
-            row["answer"] = str(gold).strip()
-        out.append(row)
-    return out
+    return load_problems(source, "--problems", stdin, problem_column=problem_column, answer_column=answer_column,
+                         id_required=True, text_ids=True, answer_required=False)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
