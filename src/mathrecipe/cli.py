@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mathrecipe.solve import add_solve_parser
 
     add_solve_parser(sub)
+    for command in sub.choices.values():  # -q also after the command (`mathrecipe solve -q ...`)
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="only warnings and errors in the log (no progress bar)")
     return parser
 
 

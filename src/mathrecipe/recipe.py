@@ -186,15 +186,31 @@ class GRPOConfig:
 
 @dataclass
 class EvalConfig:
-    samples: int = 4  # per problem; accuracy = mean pass@1 over them
-    temperature: float = 0.6  # the R1 convention (the paper recipes and --preset r1 use it too)
-    top_p: float = 1.0
-    min_p: float | None = None
-    max_new_tokens: int = 160
-    batch_size: int | Literal["auto"] = 400  # sequences per generate() call; auto: the most the KV budget holds
-    kv_cache_gib: float | None = None  # KV-cache budget per device for batch_size=auto (None: measured free memory)
-    backend: Literal["hf", "vllm"] = "hf"
-    stop_at_think: bool = False
+    """The in-run evaluation (after every SFT epoch, before and after GRPO), and the sampling defaults of
+    ``mathrecipe eval`` and ``solve``: each key is also their flag (``top_p`` -> ``--top-p``)."""
+
+    samples: int = field(default=4, metadata={"help": (
+        "samples per problem; accuracy = mean pass@1 over them. Paper recipes: 8 in-run (a guess; final numbers: "
+        "mathrecipe eval --samples 64)")})
+    temperature: float = field(default=0.6, metadata={"help": (
+        "sampling temperature; 0 = greedy. 0.6 is the R1 convention (the paper recipes and --preset r1 use it)")})
+    top_p: float = field(default=1.0, metadata={"help": (
+        "nucleus sampling: sample from the smallest set of tokens whose probabilities sum to P (0 < P <= 1; 1 = "
+        "off). Paper recipes: 0.95 (the R1 convention, a guess)")})
+    min_p: float | None = field(default=None, metadata={"help": (
+        "drop tokens less likely than P x the most likely one (0 <= P < 1; null = off)")})
+    max_new_tokens: int = field(default=160, metadata={"help": (
+        "most new tokens per sample. Paper recipes: 32768 (the paper's largest token budget)")})
+    batch_size: int | Literal["auto"] = field(default=400, metadata={"help": (
+        "sequences per generate() call (hf backend), or auto: the most the KV-cache budget holds. Paper recipes: "
+        "auto")})
+    kv_cache_gib: float | None = field(default=None, metadata={"help": (
+        "KV-cache budget per device in GiB for batch_size auto (null: a share of the measured free GPU memory; 4 "
+        "on CPU)")})
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": (
+        "hf (transformers, any device) or vllm (GPU). Paper recipes: vllm")})
+    stop_at_think: bool = field(default=False, metadata={"help": (
+        "stop each sample at </think> and take the boxed answer from the reasoning (the paper's AIMO inference)")})
 
 
 @dataclass

@@ -300,42 +300,14 @@ def _wave(text: str) -> int | str:
         return text  # "auto", or a word SolveOptions refuses in one line
 
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
 def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) -> dict[str, Any]:
-    """Keyword arguments of :func:`run_solve` from the command line: the recipe's eval section, then ``--preset``,
-    then flags (as ``mathrecipe eval``). Checks every value and reads the problems; loads no model."""
-    from mathrecipe.evaluate.cli import EVAL_FIELDS
-    from mathrecipe.evaluate.generation import SamplingSettings, SettingError, check_batch_size
-    from mathrecipe.evaluate.presets import PRESETS
-    from mathrecipe.evaluate.run import _require_backend, check_model_arg
-    from mathrecipe.recipe import load_recipe
+    """Keyword arguments of :func:`run_solve` from the command line: sampling from the one resolver (the recipe's
+    eval section, then ``--preset``, then flags, as ``mathrecipe eval``), then solve's own flags. Checks every value
+    and reads the problems; loads no model."""
+    from mathrecipe.evaluate.run import check_model_arg
+    from mathrecipe.evaluate.sampling import resolve_sampling
 
-    recipe = load_recipe(args.recipe)
-    src = f"recipe {args.recipe}" if args.recipe else "the built-in recipe"
-    values = {k: getattr(recipe.eval, k) for k in EVAL_FIELDS}
-    origin = {k: f"{src}'s eval.{k}" for k in EVAL_FIELDS}
-    if args.preset:
-        values.update(PRESETS[args.preset].values)
-        origin.update({k: f"preset {args.preset}'s {k}" for k in PRESETS[args.preset].values})
-    for k in EVAL_FIELDS:
-        if getattr(args, k, None) is not None:
-            values[k], origin[k] = getattr(args, k), _flag(k)
-    seed = args.seed if args.seed is not None else recipe.seed
-    system_prompt = args.system_prompt if args.system_prompt is not None else recipe.data.system_prompt
-    try:
-        settings = SamplingSettings(samples=values["samples"], temperature=values["temperature"],
-                                    top_p=values["top_p"], min_p=values["min_p"],
-                                    max_new_tokens=values["max_new_tokens"], seed=seed,
-                                    stop_at_think=bool(values["stop_at_think"]))
-        batch_size = check_batch_size(values["batch_size"])
-        if values["kv_cache_gib"] is not None and not values["kv_cache_gib"] > 0:
-            raise SettingError("kv_cache_gib", f"must be > 0, got {values['kv_cache_gib']}")
-        _require_backend(values["backend"])
-    except SettingError as e:
-        raise MathRecipeError(f"{origin.get(e.key, _flag(e.key))} {e.detail}") from None
+    s = resolve_sampling(args)
     check_answer_format(args.answer_format)
     options = SolveOptions(
         wave=args.wave, chunk_tokens=args.chunk_tokens, early_stop=args.early_stop, min_lead=args.min_lead,
@@ -349,9 +321,9 @@ def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) 
         raise MathRecipeError(f"--out {out}: is a file; give a folder")
     model = check_model_arg(args.model)
     problems = read_problems(args.problems, args.problem_column, args.answer_column, stdin)
-    return dict(model=model, problems=problems[: args.limit], all_problems=problems, out_dir=out, settings=settings,
-                options=options, backend=values["backend"], batch_size=batch_size,
-                kv_cache_gib=values["kv_cache_gib"], system_prompt=system_prompt or None)
+    return dict(model=model, problems=problems[: args.limit], all_problems=problems, out_dir=out,
+                settings=s.settings, options=options, backend=s.values["backend"], batch_size=s.batch_size,
+                kv_cache_gib=s.values["kv_cache_gib"], system_prompt=s.system_prompt)
 
 
 def _own_process() -> bool:
@@ -390,7 +362,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 def add_solve_parser(sub: Any) -> None:
     """Register ``solve`` (with its ``func``) on the top-level ``mathrecipe`` subparsers."""
-    from mathrecipe.evaluate.cli import add_sampling_args
+    from mathrecipe.evaluate.sampling import add_sampling_args
     from mathrecipe.recipe import EvalConfig
 
     d = EvalConfig()
@@ -426,8 +398,9 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--answer-format", dest="answer_format", default=INT_FORMAT,
                    help=f"{' or '.join(ANSWER_FORMATS)}: integers 0-999 (n >= 1000 taken mod 1000; other answers "
                    f"are invalid votes), or any answer, pooled by the grader's equivalence (default {INT_FORMAT})")
-    add_sampling_args(p, samples_help="most samples per problem (N of maj@N)",
-                      stop_help="stop each sample at </think> and take its boxed answer from the reasoning")
+    add_sampling_args(p, helps={"samples": "most samples per problem (N of maj@N)",
+                                "stop_at_think": "stop each sample at </think> and take its boxed answer from the "
+                                "reasoning"})
     p.add_argument("--stop-at-first-box", dest="stop_at_first_box", action="store_true",
                    help="stop each sample at its first complete \\boxed{} and vote with it (checked between chunks)")
     p.add_argument("--early-stop", dest="early_stop", action=argparse.BooleanOptionalAction, default=True,
@@ -452,27 +425,3 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--answer-column", default="answer",
                    help="gold answer column, if any: yields an accuracy line (default 'answer')")
     p.set_defaults(func=cmd_solve)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mathrecipe solve ARGS`` as a function: ``main(["--model", ..., "--problems", ...])``."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="mathrecipe")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar; only warnings in the log")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_solve_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    quiet = [a for a in argv if a in ("-q", "--quiet")]
-    args = parser.parse_args([*quiet, "solve", *[a for a in argv if a not in ("-q", "--quiet")]])
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return int(args.func(args) or 0)
-    except MathRecipeError as e:
-        print(f"mathrecipe: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
