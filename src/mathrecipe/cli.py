@@ -96,11 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     b = dsub.add_parser(
         "build", help="build the SFT and GRPO sets, decontaminated, with a data report",
-        description="Build the stage-1 SFT set (OpenR1-Math-220k long/mid-accuracy samples + openr1_hard + "
-        "Light-R1 stage 2; merged, deduplicated, shortest correct trace per problem) and the stage-2 GRPO set "
-        "(Light-R1 stage-2 problems), drop every problem sharing a word n-gram with an evaluation benchmark, and "
-        "write sft/, grpo/ (datasets folders) and data_report.{json,md,png} to data.build.output_dir. Sources are "
-        "hub ids or local files, set under data.build in the recipe.",
+        description="Build the stage-1 SFT set and the stage-2 GRPO set from the recipe's table of sources, "
+        "data.build.sources (default: the paper's OpenR1-Math-220k long/mid-accuracy sample + openr1_hard + "
+        "Light-R1 stage 2, whose problems are the GRPO set; each a hub id or a local file): merged, deduplicated, "
+        "shortest correct trace per problem; drop every problem sharing a word n-gram with an evaluation benchmark, "
+        "and write sft/, grpo/ (datasets folders) and data_report.{json,md,png} to data.build.output_dir.",
     )
     _recipe_args(b)
     b.set_defaults(func=cmd_data_build)

@@ -17,112 +17,23 @@ from typing import Any, Literal
 import yaml
 
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.schema import (  # noqa: F401  (re-exported: the recipe's sections are imported from here)
+    MOVED,
+    BuildConfig,
+    DataConfig,
+    EvalConfig,
+    HealthConfig,
+    ModelConfig,
+    SampleConfig,
+    SFTConfig,
+    SourceConfig,
+    ToyDataConfig,
+    ToyModelConfig,
+)
 
 
 class RecipeError(MathRecipeError):
     """A recipe that cannot run; the message names the key and the fix."""
-
-
-@dataclass
-class ToyModelConfig:
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    vocab_size: int = 384
-
-
-@dataclass
-class ModelConfig:
-    # "toy" builds the tiny Llama model and its tokenizer from the toy data; otherwise an HF folder or hub id.
-    name_or_path: str = "toy"
-    toy: ToyModelConfig = field(default_factory=ToyModelConfig)
-    attn_implementation: str | None = None  # e.g. "flash_attention_2" on GPU
-    trust_remote_code: bool = False
-
-
-@dataclass
-class ToyDataConfig:
-    n_sft: int = 1200
-    n_test: int = 200
-    n_rl: int = 3000
-    verbose_fraction: float = 0.7  # share of teacher traces with redundant "Wait, let me verify" re-checking
-    max_verify_blocks: int = 2
-    n_dev: int = 100  # development problems for sft.select=best, disjoint from the reported held-out set
-
-
-@dataclass
-class BuildConfig:
-    """``mathrecipe data build``: the paper's SFT and GRPO sets (defaults = the paper's recipe, see paper-notes)."""
-
-    output_dir: str = "data/built"
-    tokenizer: str | None = None  # counts trace tokens; default: model.name_or_path
-    # OpenR1-Math-220k: n_long problems whose kept trace is long (> long_min_tokens) with accuracy (share of
-    # generations verified correct) > long_min_accuracy, plus n_mid with accuracy in [mid_min, mid_max]. null n: all.
-    openr1: str | None = "open-r1/OpenR1-Math-220k"
-    openr1_split: str = "train"
-    long_min_tokens: int = 12800
-    long_min_accuracy: float = 0.5
-    n_long: int | None = 3000
-    mid_min_accuracy: float = 0.5
-    mid_max_accuracy: float = 0.75
-    n_mid: int | None = 3000
-    openr1_hard: str | None = "hoanganhpham/openr1_hard"  # same schema as OpenR1-Math; all rows are kept
-    openr1_hard_split: str = "train"
-    light_r1: str | None = "qihoo360/Light-R1-SFTData"  # stage 2: SFT traces, and the GRPO problems
-    light_r1_file: str = "stage2-3k.json"
-    max_tokens: int | None = None  # drop kept traces longer than this (null: keep all)
-    decontaminate: list[str] = field(default_factory=lambda: ["math500", "aime24", "aime25", "amc23"])
-    benchmark_dir: str | None = None  # local benchmark files (the evaluation registry's names); default: the hub
-    ngram: int = 8
-    # 0: any shared n-gram drops a problem; 0.5: the problem holds half of a benchmark item's n-grams, or half its
-    # own are that item's (ignores boilerplate)
-    min_overlap: float = 0.0
-    num_proc: int = 1
-    batch_size: int = 1000
-
-
-@dataclass
-class DataConfig:
-    # "toy" generates the synthetic task; "files" reads the paths below (JSONL / parquet / a saved dataset folder).
-    source: Literal["toy", "files"] = "toy"
-    toy: ToyDataConfig = field(default_factory=ToyDataConfig)
-    sft_path: str | None = None  # rows with `prompt`/`completion` or `messages` (TRL conversational)
-    grpo_path: str | None = None  # rows with `prompt` (messages or text) and `answer`
-    eval_path: str | None = None  # rows with `problem` and `answer`: the reported held-out problems
-    dev_path: str | None = None  # rows with `problem` and `answer`: sft.select=best picks on these, not eval_path
-    problem_column: str = "problem"
-    answer_column: str = "answer"
-    system_prompt: str | None = SYSTEM_PROMPT  # null or "": no system turn
-    build: BuildConfig = field(default_factory=BuildConfig)
-
-
-@dataclass
-class SFTConfig:
-    enabled: bool = True
-    epochs: int = 10
-    batch_size: int = 16  # per device
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1.5e-3
-    lr_scheduler: str = "cosine"
-    warmup_steps: int = 40
-    weight_decay: float = 0.01
-    max_length: int | None = 512
-    packing: bool = False
-    select: Literal["last", "best"] = "last"  # which epoch GRPO starts from: the last, or best dev-set accuracy
-    eval_each_epoch: bool = True
-    save_steps: int | None = None  # extra resume points within an epoch (a checkpoint is always saved per epoch)
-    save_only_model: bool = False  # true: weights only; a resume restarts the optimizer (not the LR schedule)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
-    # None: off on CPU (2.4x slower there); on a GPU, on only when `mathrecipe plan` says the stage needs it
-    gradient_checkpointing: bool | None = None
-    use_liger_kernel: bool | None = None  # None: on where supported (CUDA, liger-kernel installed, known model type)
-    optim: str = "adamw_torch"
-    logging_steps: int = 25
-    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. recipes/accelerate/deepspeed_zero3.json
-    fsdp: str | None = None  # an FSDP config JSON (full_shard, auto_wrap), e.g. recipes/accelerate/fsdp2.json
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig as is
 
 
 @dataclass
@@ -185,56 +96,23 @@ class GRPOConfig:
 
 
 @dataclass
-class EvalConfig:
-    """The in-run evaluation (after every SFT epoch, before and after GRPO), and the sampling defaults of
-    ``mathrecipe eval`` and ``solve``: each key is also their flag (``top_p`` -> ``--top-p``)."""
-
-    samples: int = field(default=4, metadata={"help": (
-        "samples per problem; accuracy = mean pass@1 over them. Paper recipes: 8 in-run (a guess; final numbers: "
-        "mathrecipe eval --samples 64)")})
-    temperature: float = field(default=0.6, metadata={"help": (
-        "sampling temperature; 0 = greedy. 0.6 is the R1 convention (the paper recipes and --preset r1 use it)")})
-    top_p: float = field(default=1.0, metadata={"help": (
-        "nucleus sampling: sample from the smallest set of tokens whose probabilities sum to P (0 < P <= 1; 1 = "
-        "off). Paper recipes: 0.95 (the R1 convention, a guess)")})
-    min_p: float | None = field(default=None, metadata={"help": (
-        "drop tokens less likely than P x the most likely one (0 <= P < 1; null = off)")})
-    max_new_tokens: int = field(default=160, metadata={"help": (
-        "most new tokens per sample. Paper recipes: 32768 (the paper's largest token budget)")})
-    batch_size: int | Literal["auto"] = field(default=400, metadata={"help": (
-        "sequences per generate() call (hf backend), or auto: the most the KV-cache budget holds. Paper recipes: "
-        "auto")})
-    kv_cache_gib: float | None = field(default=None, metadata={"help": (
-        "KV-cache budget per device in GiB for batch_size auto (null: a share of the measured free GPU memory; 4 "
-        "on CPU)")})
-    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": (
-        "hf (transformers, any device) or vllm (GPU). Paper recipes: vllm")})
-    stop_at_think: bool = field(default=False, metadata={"help": (
-        "stop each sample at </think> and take the boxed answer from the reasoning (the paper's AIMO inference)")})
-
-
-@dataclass
-class HealthConfig:
-    """GRPO alarms, listed in report.md; with ``stop: true`` an alarm stops training like the collapse guard."""
-
-    max_truncation: float = 0.2  # share of completions cut at grpo.max_completion_length
-    max_zero_std_groups: float = 0.5  # share of prompt groups whose rewards are all equal (no learning signal)
-    window: int = 10  # steps over which the alarms are judged (rolling means)
-    trend: float = 0.05  # "format up while accuracy down": both halves of the window differ by more than this
-    max_entropy_growth: float = 3.0  # entropy over the window / entropy at the first step
-    stop: bool = False
-
-
-@dataclass
 class Recipe:
-    output_dir: str = "runs/toy"
-    seed: int = 0
-    report_to: str | list[str] = "none"  # both stages: none, tensorboard, wandb, ... (or a list)
-    # the `accelerate launch --config_file` this recipe is meant for (process count checked against batch sizes)
-    accelerate_config: str | None = None
-    # judge the paper's two effects in report.md (thresholds in mathrecipe.report, set for the toy task): true, false,
-    # or null = only with data.source=toy (on other data those thresholds mean nothing)
-    verdicts: bool | None = None
+    """A whole run: data -> SFT -> GRPO -> evaluation -> report. Sections: model, data, sft, grpo, rewards, eval,
+    health (``mathrecipe inspect --keys`` lists every key)."""
+
+    output_dir: str = field(default="runs/toy", metadata={"help": (
+        "the run's folder: data, checkpoints, evaluations, report (a rerun resumes it)")})
+    seed: int = field(default=0, metadata={"help": (
+        "seed of the toy task, the data build's sampling, training and sampling. Paper recipes: 42 (the trainer's "
+        "default; the scripts' set_seed(2025) was overridden)")})
+    report_to: str | list[str] = field(default="none", metadata={"help": (
+        "where both stages log: none, tensorboard, wandb, ... (or a list)")})
+    accelerate_config: str | None = field(default=None, metadata={"help": (
+        "the `accelerate launch --config_file` this recipe is meant for (its process count is checked against "
+        "the batch sizes). Paper recipes: recipes/accelerate/multi_gpu.yaml (8 processes)")})
+    verdicts: bool | None = field(default=None, metadata={"help": (
+        "judge the paper's two effects in report.md (thresholds set for the toy task): true, false, or null = "
+        "only with data.source=toy")})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -313,6 +191,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys that were renamed or moved: the old spelling is one line naming the new one.
+RENAMED: dict[str, str] = {**MOVED}
+
+
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
@@ -323,6 +205,8 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names and key in RENAMED:
+            raise RecipeError(RENAMED[key])
         if k not in names:
             close = difflib.get_close_matches(str(k), names, n=1)
             hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
@@ -512,16 +396,38 @@ def validate(r: Recipe) -> None:
         need(d.eval_path is not None, "data.source=files needs data.eval_path (the held-out problems)")
     b = d.build
     need(b.ngram >= 1, f"data.build.ngram must be >= 1, got {b.ngram}")
-    need(0 <= b.mid_min_accuracy <= b.mid_max_accuracy <= 1,
-         "data.build.mid_min_accuracy <= data.build.mid_max_accuracy, both in [0, 1]")
     need(0 <= b.min_overlap <= 1, f"data.build.min_overlap must be in [0, 1], got {b.min_overlap}")
     need(b.num_proc >= 1, f"data.build.num_proc must be >= 1, got {b.num_proc}")
+    validate_sources(b.sources)
     if d.source == "toy":
         stray = [k for k in ("sft_path", "grpo_path", "eval_path", "dev_path") if getattr(d, k)]
         need(not stray, f"data.{stray[0] if stray else ''} is read only with data.source=files (the toy generates its "
                         "data): set data.source=files, or drop the path")
     if r.model.name_or_path == "toy":
         need(d.source == "toy", "model.name_or_path=toy builds its tokenizer from the toy task: set data.source=toy")
+
+
+def validate_sources(sources: list[SourceConfig]) -> None:
+    """``data.build.sources``: each names a kind and a path and feeds a set, names are unique, a sample's
+    accuracy range is ordered within [0, 1]. (Whether the kind is known is checked by the build, which holds the
+    registry.)"""
+    seen: dict[str, int] = {}
+    for i, src in enumerate(sources):
+        key = f"data.build.sources[{i}]"
+        for name in ("kind", "path"):
+            if not getattr(src, name):
+                raise RecipeError(f"{key}.{name} is not set: each source needs a kind (its row schema) and a path "
+                                  "(hub id or local file)")
+        if not (src.sft or src.grpo):
+            raise RecipeError(f"{key} feeds no set: set sft: true and/or grpo: true (or leave the source out)")
+        name = src.name or src.kind
+        if name in seen:
+            raise RecipeError(f"{key}: the name {name!r} is also sources[{seen[name]}]'s; give one a name (the data "
+                              "report counts rows per source name)")
+        seen[name] = i
+        s = src.sample
+        if s is not None and not 0 <= s.mid_min_accuracy <= s.mid_max_accuracy <= 1:
+            raise RecipeError(f"{key}.sample: mid_min_accuracy <= mid_max_accuracy, both in [0, 1]")
 
 
 def dump_recipe(r: Recipe, path: str | Path) -> None:

@@ -268,8 +268,9 @@ def prepare_toy_data(recipe: Any, out: Path, tokenizer_path: str) -> dict[str, P
     def build(tmp: Path) -> dict[str, Any]:
         import datasets
 
-        from mathrecipe.data.build import BuildReport, build_sets, register, write_outputs
+        from mathrecipe.data.build import build_sets, register, write_outputs
         from mathrecipe.data.io import write_jsonl
+        from mathrecipe.data.report import BuildReport
         from mathrecipe.data.sources import normalise_openr1, normalise_problems
         from mathrecipe.modeling import load_tokenizer
 
@@ -284,7 +285,7 @@ def prepare_toy_data(recipe: Any, out: Path, tokenizer_path: str) -> dict[str, P
         report = BuildReport()
         sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
         rl = normalise_problems(datasets.Dataset.from_list(splits.rl), "toy-rl")
-        sft, grpo = build_sets([("toy", sft_src)], ("toy-rl", rl), {"toy-test": test, "toy-dev": dev},
+        sft, grpo = build_sets([("toy", sft_src)], [("toy-rl", rl)], {"toy-test": test, "toy-dev": dev},
                                load_tokenizer(tokenizer_path, recipe.model), d.build, d.system_prompt, report)
         write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram},
                       sft_max_length=recipe.sft.max_length)
