@@ -48,7 +48,11 @@ def cmd_run(args: argparse.Namespace, stages: tuple[str, ...] = ("sft", "grpo"))
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mathrecipe.inspection import cmd_inspect as inspect
+    from mathrecipe.inspection import cmd_keys
 
+    if args.keys is not None:  # the recipe's keys: nothing is loaded or built
+        print(cmd_keys(args.keys, args.json))
+        return 0
     print(inspect(_load(args), args.row, args.json))
     return 0
 
@@ -109,11 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="show what SFT, GRPO and evaluation see for one data row, before any training",
         description="Print the SFT text of one row with its trained span marked (the tokens that carry loss), the "
         "GRPO prompt, the evaluation prompt, whether the three prompts are token-identical, and the dtypes training "
-        "will use. Loads only the tokenizer, so it works on CPU with any local model folder.",
+        "will use. Loads only the tokenizer, so it works on CPU with any local model folder. With --keys: every "
+        "recipe key (or those under a prefix such as rewards.cosine) with its type, default and meaning.",
     )
     _recipe_args(p)
     p.add_argument("--row", type=int, default=0, help="SFT row to show (default 0)")
-    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument("--keys", nargs="?", const="", metavar="PREFIX",
+                   help="list the recipe's keys (section, key, type, default, meaning), all or those under PREFIX "
+                   "(e.g. data.build.sources); loads nothing")
+    p.add_argument("--json", action="store_true", help="print the record (or the keys) as JSON")
     p.set_defaults(func=cmd_inspect)
 
     from mathrecipe.plan import add_plan_parser

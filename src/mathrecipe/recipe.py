@@ -113,13 +113,14 @@ class Recipe:
     verdicts: bool | None = field(default=None, metadata={"help": (
         "judge the paper's two effects in report.md (thresholds set for the toy task): true, false, or null = "
         "only with data.source=toy")})
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    rewards: RewardsConfig = field(default_factory=RewardsConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the starting model"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the data, and how it is built"})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "stage 1: SFT"})
+    grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "stage 2: GRPO"})
+    rewards: RewardsConfig = field(default_factory=RewardsConfig, metadata={"help": "GRPO's rewards"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": (
+        "the in-run evaluation; also eval's and solve's sampling defaults")})
+    health: HealthConfig = field(default_factory=HealthConfig, metadata={"help": "GRPO's health alarms"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
