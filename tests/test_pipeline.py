@@ -201,3 +201,26 @@ def test_held_out_prompts_too_long_are_refused_before_any_training(tmp_path, cap
     err = _error_line(capsys.readouterr().err)
     assert f"{key} {paths[key]}" in err and "row 2 (id big)" in err and "context of 1024 tokens" in err, err
     assert not (out / "sft").exists()  # nothing trained
+
+
+def test_a_run_folder_from_before_the_table_of_sources_resumes(tmp_path):
+    """Issue 19.2: data build's flat source keys became data.build.sources. `mathrecipe run` reads neither (the toy
+    builds from its own task), so a run folder whose recipe.yaml holds the old keys resumes instead of being
+    refused as a run 'made with other settings'; any other difference still is."""
+    import yaml
+
+    from mathrecipe.errors import MathRecipeError
+    from mathrecipe.preflight import check_output_dir
+
+    recipe = load_recipe(None, [f"output_dir={tmp_path}"])
+    old = recipe.to_dict()
+    build = old["data"]["build"]
+    del build["sources"]
+    build.update({"openr1": "open-r1/OpenR1-Math-220k", "openr1_split": "train", "long_min_tokens": 12800,
+                  "long_min_accuracy": 0.5, "n_long": 3000, "mid_min_accuracy": 0.5, "mid_max_accuracy": 0.75,
+                  "n_mid": 3000, "openr1_hard": "hoanganhpham/openr1_hard", "openr1_hard_split": "train",
+                  "light_r1": "qihoo360/Light-R1-SFTData", "light_r1_file": "stage2-3k.json"})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert check_output_dir(recipe, tmp_path) == recipe.to_dict()
+    with pytest.raises(MathRecipeError, match=r"other settings \(data.build.ngram differ\)"):
+        check_output_dir(load_recipe(None, [f"output_dir={tmp_path}", "data.build.ngram=5"]), tmp_path)

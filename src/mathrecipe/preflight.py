@@ -14,12 +14,14 @@ import yaml
 from mathrecipe.data.io import load_table, require_columns, require_nonempty, write_jsonl
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.files import atomic_write_json
-from mathrecipe.recipe import Recipe, RecipeError
+from mathrecipe.recipe import MOVED, Recipe, RecipeError
 from mathrecipe.toy import DONE
 
-# recipe keys that may change between an interrupted run and its resumption without invalidating it
-RESUMABLE_CHANGES = ("report_to", "sft.logging_steps", "grpo.logging_steps", "health.", "verdicts",
-                     "output_dir")  # the folder is the run: a copy or a move of it is the same run
+# recipe keys that may change between an interrupted run and its resumption without invalidating it: the folder is
+# the run (a copy or a move of it is the same run), and `mathrecipe run` never reads data build's table of sources
+# (the toy builds from its own task), so a run folder written before the table replaced the flat keys (MOVED) resumes
+RESUMABLE_CHANGES = ("report_to", "sft.logging_steps", "grpo.logging_steps", "health.", "verdicts", "output_dir",
+                     "data.build.sources", *MOVED)
 
 
 def _check_sft_rows(path: str) -> None:
