@@ -122,8 +122,9 @@ def main() -> int:
         tok = build_toy_model_folder(d / "tok", make_toy_data(500, 10, 10))
         recipe = load_recipe(None, [
             f"data.build.output_dir={d / 'out'}", f"data.build.tokenizer={tok}",
-            f"data.build.openr1={d / 'openr1.parquet'}", "data.build.openr1_hard=null", "data.build.light_r1=null",
-            f"data.build.benchmark_dir={SHARED / 'benchmarks'}", "data.build.long_min_tokens=1200",
+            "data.build.sources=" + json.dumps([{"kind": "openr1", "path": str(d / "openr1.parquet"),
+                                                 "sample": {"long_min_tokens": 1200}}]),
+            f"data.build.benchmark_dir={SHARED / 'benchmarks'}",
             f"data.build.num_proc={num_proc}",
         ])
         from mathrecipe.data.sources import load_source

@@ -59,7 +59,7 @@ def build_model(epochs: int = SFT_EPOCHS) -> tuple[str, Path]:
     model_path = prepare_model(recipe, out / "model-init")
     paths = prepare_data(recipe, out / "data", model_path)
     if not done.is_file():
-        from mathrecipe.pipeline import load_problems
+        from mathrecipe.data.problems import load_problems
         from mathrecipe.sft import run_sft
 
         t = time.time()

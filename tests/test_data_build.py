@@ -66,14 +66,26 @@ def sources(tmp_path, shared_data):
     return {"openr1": openr1, "hard": hard, "light": light, "math500": math500, "aime25": aime25}
 
 
+def sources_arg(*entries):
+    """The ``data.build.sources`` override: a list of sources (JSON is YAML)."""
+    return "data.build.sources=" + json.dumps([{k: str(v) if k == "path" else v for k, v in e.items()}
+                                               for e in entries])
+
+
+def openr1_source(path, **sample):
+    """An OpenR1-Math source with the paper's sample filter (``sample``: its settings that differ)."""
+    return {"kind": "openr1", "path": path, "sample": sample}
+
+
 def _build(tmp_path, shared_data, tiny_model_dir, sources, *extra):
     out = tmp_path / "built"
     args = [
         "-q", "data", "build", f"output_dir={tmp_path / 'run'}", f"data.build.output_dir={out}",
-        f"data.build.tokenizer={tiny_model_dir}", f"data.build.openr1={sources['openr1']}",
-        f"data.build.openr1_hard={sources['hard']}", f"data.build.light_r1={sources['light']}",
-        f"data.build.benchmark_dir={shared_data / 'benchmarks'}", "data.build.long_min_tokens=60",
-        "data.build.n_long=4", "data.build.n_mid=100", *extra,
+        f"data.build.tokenizer={tiny_model_dir}",
+        sources_arg(openr1_source(sources["openr1"], long_min_tokens=60, n_long=4, n_mid=100),
+                    {"kind": "openr1", "name": "openr1_hard", "path": sources["hard"]},
+                    {"kind": "light_r1", "path": sources["light"], "grpo": True}),
+        f"data.build.benchmark_dir={shared_data / 'benchmarks'}", *extra,
     ]
     assert main(args) == 0
     return out, json.loads((out / "data_report.json").read_text())
@@ -203,8 +215,7 @@ def test_source_missing_a_column_names_source_and_column(tmp_path, shared_data, 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "p", "answer": "1", "generations": ["x"]}\n')
     rc = main(["data", "build", f"data.build.output_dir={tmp_path / 'o'}", f"data.build.tokenizer={tiny_model_dir}",
-               f"data.build.openr1={bad}", "data.build.openr1_hard=null", "data.build.light_r1=null",
-               "data.build.decontaminate=[]"])
+               sources_arg(openr1_source(bad)), "data.build.decontaminate=[]"])
     assert rc == 2
     assert "source 'openr1': missing column(s) 'correctness_math_verify'" in capsys.readouterr().err
 
@@ -230,8 +241,7 @@ def test_real_training_rows_against_the_real_benchmarks(tmp_path, shared_data, t
                                        "correctness_math_verify": [True]}) + "\n" for r in rows))
     out = tmp_path / "built"
     assert main(["-q", "data", "build", f"data.build.output_dir={out}", f"data.build.tokenizer={tiny_model_dir}",
-                 f"data.build.openr1={src}", "data.build.openr1_hard=null", "data.build.light_r1=null",
-                 "data.build.long_min_tokens=0", "data.build.long_min_accuracy=0", "data.build.n_long=null",
+                 sources_arg(openr1_source(src, long_min_tokens=0, long_min_accuracy=0, n_long=None)),
                  "data.build.min_overlap=0.5", f"data.build.benchmark_dir={shared_data / 'benchmarks'}"]) == 0
     report = json.loads((out / "data_report.json").read_text())
     assert sorted(c["matched"] for c in report["contaminated"]) == sorted(leaked.values())
@@ -274,8 +284,7 @@ def test_a_source_that_is_not_utf8_or_empty_is_one_line(tmp_path, shared_data, t
     # 22.5: a UnicodeDecodeError traceback, and datasets' bare StopIteration on an empty JSONL
     def build(openr1):
         return main(["-q", "data", "build", f"output_dir={tmp_path / 'run'}", f"data.build.output_dir={tmp_path / 'b'}",
-                     f"data.build.tokenizer={tiny_model_dir}", f"data.build.openr1={openr1}",
-                     "data.build.openr1_hard=null", "data.build.light_r1=null",
+                     f"data.build.tokenizer={tiny_model_dir}", sources_arg(openr1_source(openr1)),
                      f"data.build.benchmark_dir={shared_data / 'benchmarks'}"])
 
     def one_line():
@@ -292,5 +301,65 @@ def test_a_source_that_is_not_utf8_or_empty_is_one_line(tmp_path, shared_data, t
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert build(empty) == 2
-    assert f"data.build.openr1: {empty} is empty (no rows)" in one_line()
+    assert f"data.build.sources[0].path: {empty} is empty (no rows)" in one_line()
     assert not (tmp_path / "b").exists()
+
+
+def test_a_new_kind_of_source_is_one_registered_normaliser(tmp_path, shared_data, tiny_model_dir, sources,
+                                                            monkeypatch):
+    """Issue 19.2: a training-data source of a new schema takes one normaliser in the registry, nothing else: the
+    recipe names it in its table of sources, for the SFT set and (with Light-R1's problems) the GRPO set."""
+    import datasets
+
+    from mathrecipe.data import sources as sources_mod
+
+    def normalise_qa(ds, source, num_proc=1, batch_size=1000):  # rows: question, solution (boxed), no generations
+        def fn(batch):
+            rows = [sources_mod._row(source, q, "", [sol], 1.0, "") for q, sol in zip(batch["question"],
+                                                                                       batch["solution"])]
+            return sources_mod._columns(rows)
+
+        return ds.map(fn, batched=True, remove_columns=ds.column_names)
+
+    monkeypatch.setitem(sources_mod.SOURCES, "qa", normalise_qa)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"QA problem {k}: what is {k} plus {k} in this question here?",
+                                      "solution": trace(str(2 * k), 4)}) + "\n" for k in range(1, 4)))
+    out = tmp_path / "built"
+    assert main(["-q", "data", "build", f"data.build.output_dir={out}", f"data.build.tokenizer={tiny_model_dir}",
+                 sources_arg({"kind": "qa", "path": qa, "grpo": True},
+                             {"kind": "light_r1", "path": sources["light"], "grpo": True}),
+                 "data.build.decontaminate=[]"]) == 0
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["sources"]["qa"]["rows_out"] == 3 and report["sources"]["qa (GRPO problems)"]["rows_out"] == 3
+    sft, grpo = datasets.load_from_disk(str(out / "sft")), datasets.load_from_disk(str(out / "grpo"))
+    assert sorted(set(sft["source"])) == ["light_r1", "qa"] and len(sft) == 3 + 4
+    assert sorted(grpo["answer"]) == ["0", "2", "3", "4", "6", "6", "9"]  # both sources' problems, one set
+    assert sorted(set(grpo["source"])) == ["light_r1 (GRPO problems)", "qa (GRPO problems)"]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.build.openr1=open-r1/OpenR1-Math-220k", ["data.build.openr1 is now", "data.build.sources: a list of"]),
+    ("data.build.n_long=10", ["data.build.n_long is now data.build.sources[N].sample.n_long"]),
+    ("data.build.light_r1_file=x.json", ["data.build.light_r1_file is now", "data_files"]),
+    ('data.build.sources=[{kind: tsv, path: x.tsv}]', ["data.build.sources[0].kind: unknown source kind 'tsv'",
+                                                       "openr1, light_r1"]),
+    ('data.build.sources=[{kind: openr1}]', ["data.build.sources[0].path is not set"]),
+    ('data.build.sources=[{kind: openr1, path: a}, {kind: openr1, path: b}]',
+     ["data.build.sources[1]: the name 'openr1' is also sources[0]'s"]),
+    ('data.build.sources=[{kind: openr1, path: a, sft: false}]', ["data.build.sources[0] feeds no set"]),
+    ('data.build.sources=[{kind: openr1, path: a, sample: {mid_min_accuracy: 0.9}}]',
+     ["data.build.sources[0].sample: mid_min_accuracy <= mid_max_accuracy"]),
+    ('data.build.sources=[{kind: openr1, path: a, smaple: {}}]', ["unknown recipe key 'data.build.sources[0].smaple'",
+                                                                 "did you mean"]),
+])
+def test_the_sources_table_and_old_keys_are_one_line(override, words, tiny_model_dir, tmp_path, capsys):
+    """Issue 19.2: the keys that moved into data.build.sources name the new shape; a source table's mistakes name
+    the entry and the key."""
+    assert main(["data", "build", f"data.build.output_dir={tmp_path / 'o'}", f"data.build.tokenizer={tiny_model_dir}",
+                 override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mathrecipe: error: "), err
+    for w in words:
+        assert w in err[0], err[0]
+    assert not (tmp_path / "o").exists()

@@ -117,7 +117,8 @@ def test_real_aime_rows_flag_exactly_the_two_math500_leaks(shared_data, index):
 def test_spacing_variants_are_duplicates():
     import datasets
 
-    from mathrecipe.data.build import BuildReport, dedup
+    from mathrecipe.data.build import dedup
+    from mathrecipe.data.report import BuildReport
 
     report = BuildReport()
     report.source("s", 3)

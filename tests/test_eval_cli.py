@@ -641,3 +641,26 @@ def test_sampling_flags_have_help(capsys):
         main(["compare", "--help"])
     text = capsys.readouterr().out
     assert "%%" not in text and "95 % CI" in " ".join(text.split())
+
+
+def test_a_sampling_key_is_declared_once(capsys):
+    """Issue 19.3: eval, solve and the in-run evaluation resolve sampling in one place. Every EvalConfig field is a
+    flag of both commands, its field doc the help; every SamplingSettings field (seed aside) is filled from the
+    EvalConfig field of its name. A new key (say repetition_penalty) is one field in each, nothing else."""
+    import dataclasses
+
+    from mathrecipe.evaluate.generation import SamplingSettings
+    from mathrecipe.evaluate.sampling import flag, recipe_settings
+    from mathrecipe.recipe import EvalConfig, load_recipe
+
+    fields = dataclasses.fields(EvalConfig)
+    assert {f.name for f in dataclasses.fields(SamplingSettings)} - {"seed"} <= {f.name for f in fields}
+    for cmd in ("eval", "solve"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for f in fields:
+            if f.name not in ("samples", "stop_at_think") or cmd == "eval":  # solve words these two its own way
+                assert f"{flag(f.name)} " in text and " ".join(f.metadata["help"].split())[:40] in text, (cmd, f.name)
+    s = recipe_settings(load_recipe(None, ["eval.top_p=0.5", "eval.min_p=0.1", "eval.stop_at_think=true", "seed=3"]))
+    assert (s.top_p, s.min_p, s.stop_at_think, s.seed) == (0.5, 0.1, True, 3)

@@ -1,5 +1,6 @@
 """No hub waits: a missing local path or an unreachable hub fails in seconds with one line."""
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -69,10 +70,11 @@ def test_missing_local_paths_fail_at_once_everywhere(name, tmp_path, capsys):
         assert "(d does not exist)" in msg
     # through the CLI: exit 2, one line, no traceback, before any model loads
     t = time.perf_counter()
-    assert main(["data", "build", f"data.build.openr1={name}", "data.build.tokenizer=also/missing/tok"]) == 2
+    source = json.dumps([{"kind": "openr1", "path": name}])
+    assert main(["data", "build", f"data.build.sources={source}", "data.build.tokenizer=also/missing/tok"]) == 2
     assert time.perf_counter() - t < 5
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"mathrecipe: error: data.build.openr1: {name}: no such file or folder")
+    assert err.startswith(f"mathrecipe: error: data.build.sources[0].path: {name}: no such file or folder")
     assert len(err.splitlines()) == 1
 
 
@@ -96,7 +98,8 @@ def test_unreachable_endpoint_fails_within_seconds(monkeypatch, capsys):
     assert "--data-dir" in one_line_error(load_benchmark, "math500")
     assert "Qwen/Qwen2.5-Math-7B" in one_line_error(resolve, "Qwen/Qwen2.5-Math-7B", "model.name_or_path", "x")
     t = time.perf_counter()
-    assert main(["data", "build", f"data.build.openr1={HUB_ID}", "data.build.tokenizer=gpt2"]) == 2
+    source = json.dumps([{"kind": "openr1", "path": HUB_ID}])
+    assert main(["data", "build", f"data.build.sources={source}", "data.build.tokenizer=gpt2"]) == 2
     assert time.perf_counter() - t < 5
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and HUB_ID in err

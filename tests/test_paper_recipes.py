@@ -71,13 +71,16 @@ PINS = parse_pins((PAPER / "README.md").read_text())
 
 
 def lookup(recipe: Any, dotted: str) -> Any:
-    """``grpo.extra.optim`` -> recipe.grpo.extra["optim"]; KeyError naming the key when it is not set."""
+    """``grpo.extra.optim`` -> recipe.grpo.extra["optim"], ``data.build.sources.0.path`` -> the first source's path;
+    KeyError naming the key when it is not set."""
     node = recipe
     for part in dotted.split("."):
         if dataclasses.is_dataclass(node) and part in {f.name for f in dataclasses.fields(node)}:
             node = getattr(node, part)
         elif isinstance(node, dict) and part in node:
             node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
         else:
             raise KeyError(f"{dotted}: not set in the recipe")
     return node

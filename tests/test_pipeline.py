@@ -166,7 +166,7 @@ def test_cli_errors_name_the_culprit(tmp_path, capsys, tiny_model_dir):
                "sft.enabled=false", f"data.grpo_path={grpo}", f"data.eval_path={bad}"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "missing column(s) 'answer'" in err and str(bad) in err
+    assert "missing column 'answer'" in err and str(bad) in err
 
 
 def test_help_texts():
@@ -174,3 +174,53 @@ def test_help_texts():
         with pytest.raises(SystemExit) as e:
             main([*cmd, "--help"])
         assert e.value.code == 0
+
+
+@pytest.mark.parametrize("key", ["data.eval_path", "data.dev_path"])
+def test_held_out_prompts_too_long_are_refused_before_any_training(tmp_path, capsys, tiny_model_dir, key):
+    """Issue 22.3 follow-up: a held-out or dev problem whose prompt plus eval.max_new_tokens exceeds the model's
+    context (the tiny model's 1024 positions) is refused by the preflight, naming the key and the row; it used to be
+    found only by the first in-run evaluation, after an epoch of training."""
+    from mathrecipe.prompts import SYSTEM_PROMPT
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"Compute {a} + 10."},
+        {"role": "assistant", "content": f"<think>\n{a} + 10 = {a + 10}\n</think>\n\\boxed{{{a + 10}}}"}]}) + "\n"
+        for a in range(10, 18)))
+    fine = [{"id": "a", "problem": "Compute 10 + 10.", "answer": "20"}]
+    long = fine + [{"id": "big", "problem": "Compute " + "1 + " * 600 + "1.", "answer": "601"}]
+    for name, rows in (("fine.jsonl", fine), ("long.jsonl", long)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = {"data.eval_path": tmp_path / "fine.jsonl", "data.dev_path": tmp_path / "fine.jsonl", key: tmp_path / "long.jsonl"}
+    out = tmp_path / "o"
+    rc = main(["run", f"output_dir={out}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
+               f"data.sft_path={sft}", *(f"{k}={v}" for k, v in paths.items()), "grpo.enabled=false",
+               "sft.select=best", "sft.epochs=1", "sft.batch_size=8", "eval.max_new_tokens=16"])
+    assert rc == 2
+    err = _error_line(capsys.readouterr().err)
+    assert f"{key} {paths[key]}" in err and "row 2 (id big)" in err and "context of 1024 tokens" in err, err
+    assert not (out / "sft").exists()  # nothing trained
+
+
+def test_a_run_folder_from_before_the_table_of_sources_resumes(tmp_path):
+    """Issue 19.2: data build's flat source keys became data.build.sources. `mathrecipe run` reads neither (the toy
+    builds from its own task), so a run folder whose recipe.yaml holds the old keys resumes instead of being
+    refused as a run 'made with other settings'; any other difference still is."""
+    import yaml
+
+    from mathrecipe.errors import MathRecipeError
+    from mathrecipe.preflight import check_output_dir
+
+    recipe = load_recipe(None, [f"output_dir={tmp_path}"])
+    old = recipe.to_dict()
+    build = old["data"]["build"]
+    del build["sources"]
+    build.update({"openr1": "open-r1/OpenR1-Math-220k", "openr1_split": "train", "long_min_tokens": 12800,
+                  "long_min_accuracy": 0.5, "n_long": 3000, "mid_min_accuracy": 0.5, "mid_max_accuracy": 0.75,
+                  "n_mid": 3000, "openr1_hard": "hoanganhpham/openr1_hard", "openr1_hard_split": "train",
+                  "light_r1": "qihoo360/Light-R1-SFTData", "light_r1_file": "stage2-3k.json"})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert check_output_dir(recipe, tmp_path) == recipe.to_dict()
+    with pytest.raises(MathRecipeError, match=r"other settings \(data.build.ngram differ\)"):
+        check_output_dir(load_recipe(None, [f"output_dir={tmp_path}", "data.build.ngram=5"]), tmp_path)

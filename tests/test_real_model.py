@@ -106,8 +106,11 @@ def test_r1_shaped_trace_frames_a_human_solution_and_boxes_the_gold_answer():
 REHEARSAL_CHANGES = {
     "output_dir", "accelerate_config", "model.name_or_path", "model.attn_implementation",
     "data.sft_path", "data.grpo_path", "data.eval_path", "data.build.output_dir", "data.build.tokenizer",
-    "data.build.openr1", "data.build.openr1_hard", "data.build.light_r1", "data.build.long_min_tokens",
-    "data.build.n_long", "data.build.max_tokens", "data.build.decontaminate", "data.build.benchmark_dir",
+    "data.build.sources.openr1.path", "data.build.sources.openr1.sample.long_min_tokens",
+    "data.build.sources.openr1.sample.n_long", "data.build.sources.light_r1.path",
+    "data.build.sources.light_r1.data_files", *(f"data.build.sources.openr1_hard.{k}" for k in (
+        "kind", "path", "name", "split", "data_files", "sample", "sft", "grpo")),  # no local rows in its schema
+    "data.build.max_tokens", "data.build.decontaminate", "data.build.benchmark_dir",
     "data.build.num_proc", "sft.epochs", "sft.gradient_accumulation_steps", "sft.learning_rate", "sft.max_length",
     "sft.precision", "sft.gradient_checkpointing", "sft.optim", "sft.deepspeed", "sft.extra.dataset_num_proc",
     "grpo.num_generations", "grpo.gradient_accumulation_steps", "grpo.max_steps", "grpo.max_completion_length",
@@ -124,7 +127,9 @@ def test_the_rehearsal_is_the_paper_recipe_but_for_sizes_model_data_and_cpu():
     root = Path(__file__).resolve().parents[1] / "recipes"
 
     def flat(tree, prefix=""):
-        if isinstance(tree, dict) and tree and prefix.count(".") < 3:
+        if prefix == "data.build.sources.":  # the table of sources, entry by entry (by name)
+            tree = {x["name"] or x["kind"]: x for x in tree}
+        if isinstance(tree, dict) and tree and (prefix.count(".") < 3 or prefix.startswith("data.build.sources.")):
             return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
         return {prefix[:-1]: tree}
 
@@ -171,9 +176,10 @@ def test_a_gguf_model_path_serves_data_build_and_the_rollout_plan(real_model, tm
     src = _write_jsonl(tmp_path / "openr1.jsonl", rows)
     recipe = load_recipe(None, [
         f"model.name_or_path={gguf_path()}", "data.source=files", f"data.eval_path={src}", "sft.enabled=false",
-        "grpo.enabled=false", f"data.build.output_dir={tmp_path / 'built'}", f"data.build.openr1={src}",
-        "data.build.openr1_hard=null", "data.build.light_r1=null", "data.build.decontaminate=[]",
-        "data.build.long_min_tokens=0", "data.build.n_long=null"])
+        "grpo.enabled=false", f"data.build.output_dir={tmp_path / 'built'}",
+        "data.build.sources=" + json.dumps([{"kind": "openr1", "path": str(src),
+                                             "sample": {"long_min_tokens": 0, "n_long": None}}]),
+        "data.build.decontaminate=[]"])
     report = build(recipe)
     assert report["sft_rows"] == 2 and report["tokenizer"].endswith(".gguf")
     assert grpo_args(recipe, tmp_path / "args").get("cache_implementation") == "static"  # its shape is known

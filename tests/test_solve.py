@@ -4,10 +4,11 @@ import math
 
 import pytest
 
+from mathrecipe.cli import main as _mathrecipe_main
 from mathrecipe.evaluate.generation import Completion, SamplingSettings
 from mathrecipe.solve import cli as solve_cli
 from mathrecipe.solve.answers import Tally, int_answer
-from mathrecipe.solve.cli import main, read_problems
+from mathrecipe.solve.cli import read_problems
 from mathrecipe.solve.policy import (
     CallTimes,
     next_wave,
@@ -17,6 +18,11 @@ from mathrecipe.solve.policy import (
     vote_settled,
 )
 from mathrecipe.solve.solver import SolveOptions, Solver
+
+
+def main(argv):
+    """``mathrecipe solve ARGV``: solve is a subcommand of the one ``mathrecipe`` main."""
+    return _mathrecipe_main(["solve", *argv])
 
 # ------------------------------------------------------------------------------------------ the stopping rule
 
@@ -446,6 +452,32 @@ def toy_problems(tmp_path, toy_splits):
     f = tmp_path / "toy.jsonl"
     f.write_text("".join(json.dumps({"id": f"t{i}", **r}) + "\n" for i, r in enumerate(toy_splits.test[:4])))
     return f
+
+
+def test_python_m_solve_is_the_one_main_with_its_error_handling(tiny_model_dir, toy_problems, tmp_path,
+                                                                monkeypatch, capsys):
+    """Issue 19.3: ``python -m mathrecipe.solve`` calls the one ``mathrecipe`` main, so solve gets the CLI's whole
+    error handling: a full disk is one line naming the file (solve's second main printed only MathRecipeErrors, so
+    it was a traceback), and -q may follow the command."""
+    import errno
+    import os
+    import runpy
+    import sys
+
+    import mathrecipe.files as files_mod
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files_mod.os, "fsync", full)
+    out = tmp_path / "o"
+    monkeypatch.setattr(sys, "argv", ["solve", "-q", "--model", str(tiny_model_dir), "--problems", str(toy_problems),
+                                      "--samples", "1", "--max-new-tokens", "8", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("mathrecipe.solve", run_name="__main__")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mathrecipe: error: {out}") and "no space left on device" in err[0], err
 
 
 def test_solve_command_on_a_tiny_model(tiny_model_dir, toy_problems, tmp_path, capsys):

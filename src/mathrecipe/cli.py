@@ -48,7 +48,11 @@ def cmd_run(args: argparse.Namespace, stages: tuple[str, ...] = ("sft", "grpo"))
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mathrecipe.inspection import cmd_inspect as inspect
+    from mathrecipe.inspection import cmd_keys
 
+    if args.keys is not None:  # the recipe's keys: nothing is loaded or built
+        print(cmd_keys(args.keys, args.json))
+        return 0
     print(inspect(_load(args), args.row, args.json))
     return 0
 
@@ -96,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     b = dsub.add_parser(
         "build", help="build the SFT and GRPO sets, decontaminated, with a data report",
-        description="Build the stage-1 SFT set (OpenR1-Math-220k long/mid-accuracy samples + openr1_hard + "
-        "Light-R1 stage 2; merged, deduplicated, shortest correct trace per problem) and the stage-2 GRPO set "
-        "(Light-R1 stage-2 problems), drop every problem sharing a word n-gram with an evaluation benchmark, and "
-        "write sft/, grpo/ (datasets folders) and data_report.{json,md,png} to data.build.output_dir. Sources are "
-        "hub ids or local files, set under data.build in the recipe.",
+        description="Build the stage-1 SFT set and the stage-2 GRPO set from the recipe's table of sources, "
+        "data.build.sources (default: the paper's OpenR1-Math-220k long/mid-accuracy sample + openr1_hard + "
+        "Light-R1 stage 2, whose problems are the GRPO set; each a hub id or a local file): merged, deduplicated, "
+        "shortest correct trace per problem; drop every problem sharing a word n-gram with an evaluation benchmark, "
+        "and write sft/, grpo/ (datasets folders) and data_report.{json,md,png} to data.build.output_dir.",
     )
     _recipe_args(b)
     b.set_defaults(func=cmd_data_build)
@@ -109,11 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="show what SFT, GRPO and evaluation see for one data row, before any training",
         description="Print the SFT text of one row with its trained span marked (the tokens that carry loss), the "
         "GRPO prompt, the evaluation prompt, whether the three prompts are token-identical, and the dtypes training "
-        "will use. Loads only the tokenizer, so it works on CPU with any local model folder.",
+        "will use. Loads only the tokenizer, so it works on CPU with any local model folder. With --keys: every "
+        "recipe key (or those under a prefix such as rewards.cosine) with its type, default and meaning.",
     )
     _recipe_args(p)
     p.add_argument("--row", type=int, default=0, help="SFT row to show (default 0)")
-    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument("--keys", nargs="?", const="", metavar="PREFIX",
+                   help="list the recipe's keys (section, key, type, default, meaning), all or those under PREFIX "
+                   "(e.g. data.build.sources); loads nothing")
+    p.add_argument("--json", action="store_true", help="print the record (or the keys) as JSON")
     p.set_defaults(func=cmd_inspect)
 
     from mathrecipe.plan import add_plan_parser
@@ -127,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mathrecipe.solve import add_solve_parser
 
     add_solve_parser(sub)
+    for command in sub.choices.values():  # -q also after the command (`mathrecipe solve -q ...`)
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="only warnings and errors in the log (no progress bar)")
     return parser
 
 

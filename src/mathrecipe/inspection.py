@@ -1,15 +1,21 @@
-"""``mathrecipe inspect``: what every stage sees for one row, before any training.
+"""``mathrecipe inspect``: what every stage sees for one row, before any training; and (``--keys``) what every
+recipe key means.
 
 The SFT text with the trained span (tokens whose label is not -100), the GRPO prompt as TRL tokenises it, the
 evaluation prompt, whether the three prompts are token-identical, and the dtypes training will use. It needs only
-the tokenizer (no model weights are loaded), so it runs on CPU for any model folder.
+the tokenizer (no model weights are loaded), so it runs on CPU for any model folder. ``--keys`` reads each recipe
+field's doc where it is declared (``field(metadata={"help": ...})``, ``mathrecipe.schema``) and loads nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import textwrap
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.prompts import prompt_ids, sft_tokens, turn_format
@@ -91,3 +97,103 @@ def cmd_inspect(recipe: Recipe, row: int, as_json: bool) -> str:
         return json.dumps({k: rec[k] for k in ("sft", "grpo", "eval", "prompts_identical", "train_dtype")},
                           indent=2, ensure_ascii=False)
     return render_text(rec)
+
+
+# ------------------------------------------------------------------------------------------ recipe keys
+
+
+def _section_class(tp: Any) -> type | None:
+    """The dataclass a field's annotation holds (``X``, ``X | None``, ``list[X]``), or None for a plain value."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return next((c for a in typing.get_args(tp) if (c := _section_class(a)) is not None), None)
+
+
+def type_name(tp: Any) -> str:
+    """An annotation as a recipe writer reads it: ``int | null``, ``last | best``, ``list[str]``, ``mapping``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"list[{type_name(args[0])}]" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "section"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    """A field's default as YAML-ish text (a section's default is its own keys; a list of sections by name)."""
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return ""
+    if dataclasses.is_dataclass(value):
+        return ""  # its keys follow, each with its default
+    if value == "":
+        return "(required)"
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        return "[" + ", ".join(getattr(v, "name", None) or getattr(v, "kind", "?") for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, list, dict)) else (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+
+
+def recipe_keys(cls: type | None = None, prefix: str = "") -> list[dict[str, str]]:
+    """Every recipe key: {section, key, type, default, meaning}, a section's own keys in declaration order, then its
+    sub-sections' (a field holding ``X``, ``X | None`` or ``list[X]`` of a dataclass X: ``data.build.sources[]``)."""
+    from mathrecipe.recipe import Recipe
+
+    cls = cls or Recipe
+    hints = typing.get_type_hints(cls)
+    rows, subsections = [], []
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        rows.append({"section": prefix[:-1] or "(top level)", "key": key, "type": type_name(tp),
+                     "default": _default_text(f), "meaning": f.metadata.get("help", "")})
+        sub = _section_class(tp)
+        if sub is not None:
+            subsections.append((sub, f"{key}[]." if typing.get_origin(tp) is list else f"{key}."))
+        elif key == "rewards":  # a mapping of reward names: each registered reward's options are its keys
+            from mathrecipe.rewards import REWARDS
+
+            subsections += [(spec.options, f"rewards.{name}.") for name, spec in REWARDS.items()]
+    for sub, sub_prefix in subsections:
+        rows += recipe_keys(sub, sub_prefix)
+    return rows
+
+
+def render_keys(rows: list[dict[str, str]], width: int = 110) -> str:
+    """The keys as text: one block per section, each key with its type and default, its meaning indented."""
+    out: list[str] = []
+    section = None
+    for r in rows:
+        if r["section"] != section:
+            section = r["section"]
+            out += ["", f"[{section}]"]
+        default = f" = {r['default']}" if r["default"] else ""
+        out.append(f"  {r['key']}  ({r['type']}){default}")
+        meaning = r["meaning"] or "(not documented yet)"
+        out += textwrap.wrap(meaning, width, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(out).lstrip("\n")
+
+
+def _under(key: str, prefix: str) -> bool:
+    """Whether ``key`` is ``prefix`` or one of its keys (``data.build`` holds ``data.build.sources[].kind``)."""
+    p = prefix.rstrip(".")
+    return not p or key == p or key.startswith((p + ".", p + "["))
+
+
+def cmd_keys(prefix: str, as_json: bool) -> str:
+    """``mathrecipe inspect --keys [PREFIX]``: the keys at or under ``PREFIX`` (all when empty)."""
+    rows = [r for r in recipe_keys() if _under(r["key"], prefix)]
+    if not rows:
+        raise MathRecipeError(f"--keys {prefix}: no recipe key is or starts with it; `mathrecipe inspect --keys` "
+                              "lists them all")
+    return json.dumps(rows, indent=2, ensure_ascii=False) if as_json else render_keys(rows)

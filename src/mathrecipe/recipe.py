@@ -18,8 +18,20 @@ import yaml
 
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.methods import METHODS, resolve_method
-from mathrecipe.prompts import SYSTEM_PROMPT
 from mathrecipe.rewards import REWARDS
+from mathrecipe.schema import (  # noqa: F401  (re-exported: the recipe's sections are imported from here)
+    MOVED,
+    BuildConfig,
+    DataConfig,
+    EvalConfig,
+    HealthConfig,
+    ModelConfig,
+    SampleConfig,
+    SFTConfig,
+    SourceConfig,
+    ToyDataConfig,
+    ToyModelConfig,
+)
 
 
 class RecipeError(MathRecipeError):
@@ -27,188 +39,102 @@ class RecipeError(MathRecipeError):
 
 
 @dataclass
-class ToyModelConfig:
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    vocab_size: int = 384
-
-
-@dataclass
-class ModelConfig:
-    # "toy" builds the tiny Llama model and its tokenizer from the toy data; otherwise an HF folder or hub id.
-    name_or_path: str = "toy"
-    toy: ToyModelConfig = field(default_factory=ToyModelConfig)
-    attn_implementation: str | None = None  # e.g. "flash_attention_2" on GPU
-    trust_remote_code: bool = False
-
-
-@dataclass
-class ToyDataConfig:
-    n_sft: int = 1200
-    n_test: int = 200
-    n_rl: int = 3000
-    verbose_fraction: float = 0.7  # share of teacher traces with redundant "Wait, let me verify" re-checking
-    max_verify_blocks: int = 2
-    n_dev: int = 100  # development problems for sft.select=best, disjoint from the reported held-out set
-
-
-@dataclass
-class BuildConfig:
-    """``mathrecipe data build``: the paper's SFT and GRPO sets (defaults = the paper's recipe, see paper-notes)."""
-
-    output_dir: str = "data/built"
-    tokenizer: str | None = None  # counts trace tokens; default: model.name_or_path
-    # OpenR1-Math-220k: n_long problems whose kept trace is long (> long_min_tokens) with accuracy (share of
-    # generations verified correct) > long_min_accuracy, plus n_mid with accuracy in [mid_min, mid_max]. null n: all.
-    openr1: str | None = "open-r1/OpenR1-Math-220k"
-    openr1_split: str = "train"
-    long_min_tokens: int = 12800
-    long_min_accuracy: float = 0.5
-    n_long: int | None = 3000
-    mid_min_accuracy: float = 0.5
-    mid_max_accuracy: float = 0.75
-    n_mid: int | None = 3000
-    openr1_hard: str | None = "hoanganhpham/openr1_hard"  # same schema as OpenR1-Math; all rows are kept
-    openr1_hard_split: str = "train"
-    light_r1: str | None = "qihoo360/Light-R1-SFTData"  # stage 2: SFT traces, and the GRPO problems
-    light_r1_file: str = "stage2-3k.json"
-    max_tokens: int | None = None  # drop kept traces longer than this (null: keep all)
-    decontaminate: list[str] = field(default_factory=lambda: ["math500", "aime24", "aime25", "amc23"])
-    benchmark_dir: str | None = None  # local benchmark files (the evaluation registry's names); default: the hub
-    ngram: int = 8
-    # 0: any shared n-gram drops a problem; 0.5: the problem holds half of a benchmark item's n-grams, or half its
-    # own are that item's (ignores boilerplate)
-    min_overlap: float = 0.0
-    num_proc: int = 1
-    batch_size: int = 1000
-
-
-@dataclass
-class DataConfig:
-    # "toy" generates the synthetic task; "files" reads the paths below (JSONL / parquet / a saved dataset folder).
-    source: Literal["toy", "files"] = "toy"
-    toy: ToyDataConfig = field(default_factory=ToyDataConfig)
-    sft_path: str | None = None  # rows with `prompt`/`completion` or `messages` (TRL conversational)
-    grpo_path: str | None = None  # rows with `prompt` (messages or text) and `answer`
-    eval_path: str | None = None  # rows with `problem` and `answer`: the reported held-out problems
-    dev_path: str | None = None  # rows with `problem` and `answer`: sft.select=best picks on these, not eval_path
-    problem_column: str = "problem"
-    answer_column: str = "answer"
-    system_prompt: str | None = SYSTEM_PROMPT  # null or "": no system turn
-    build: BuildConfig = field(default_factory=BuildConfig)
-
-
-@dataclass
-class SFTConfig:
-    enabled: bool = True
-    epochs: int = 10
-    batch_size: int = 16  # per device
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1.5e-3
-    lr_scheduler: str = "cosine"
-    warmup_steps: int = 40
-    weight_decay: float = 0.01
-    max_length: int | None = 512
-    packing: bool = False
-    select: Literal["last", "best"] = "last"  # which epoch GRPO starts from: the last, or best dev-set accuracy
-    eval_each_epoch: bool = True
-    save_steps: int | None = None  # extra resume points within an epoch (a checkpoint is always saved per epoch)
-    save_only_model: bool = False  # true: weights only; a resume restarts the optimizer (not the LR schedule)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
-    # None: off on CPU (2.4x slower there); on a GPU, on only when `mathrecipe plan` says the stage needs it
-    gradient_checkpointing: bool | None = None
-    use_liger_kernel: bool | None = None  # None: on where supported (CUDA, liger-kernel installed, known model type)
-    optim: str = "adamw_torch"
-    logging_steps: int = 25
-    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. recipes/accelerate/deepspeed_zero3.json
-    fsdp: str | None = None  # an FSDP config JSON (full_shard, auto_wrap), e.g. recipes/accelerate/fsdp2.json
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig as is
-
-
-@dataclass
 class GRPOConfig:
-    enabled: bool = True
-    # the length-control method: its rewards and the TRL options it sets (mathrecipe.methods.METHODS: paper,
-    # no-format, no-cosine, no-length, dler, thinkprune, custom)
-    method: str = "paper"
-    num_generations: int = 8
-    batch_size: int = 64  # completions per device per step (num_generations divides it)
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 80
-    learning_rate: float = 2.5e-5  # x 80 steps (toy.yaml says why)
-    lr_scheduler: str = "constant"
-    warmup_steps: int = 0
-    beta: float = 0.04
-    epsilon: float = 0.2
-    epsilon_high: float | None = None  # clip-higher (DAPO, DLER): upper clip 1 + epsilon_high; None: = epsilon
-    temperature: float = 1.0
-    top_p: float = 1.0
-    min_p: float | None = None
-    max_completion_length: int = 160
-    max_kl: float | None = 0.5  # collapse guard: stop when the logged KL passes this (None: off; needs beta > 0)
-    # TRL 1.16 defaults to "dapo" (tokens normalised over the batch); the paper's TRL normalised per sequence ("grpo")
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    mask_truncated_completions: bool = False
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    gradient_checkpointing: bool | None = None
-    # rollouts: hf = transformers generate; paged = TRL's continuous batching; vllm = vLLM (GPU)
-    backend: Literal["hf", "paged", "vllm"] = "hf"
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_importance_sampling_correction: bool = True  # TRL 1.16 default; the paper's TRL had no such correction
-    logging_steps: int = 10
-    save_steps: int | None = None
-    deepspeed: str | None = None  # a DeepSpeed JSON, e.g. recipes/accelerate/deepspeed_zero2.json
-    fsdp: str | None = None  # an FSDP config JSON
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to trl.GRPOConfig as is
+    """Stage 2: GRPO with TRL's GRPOTrainer, from the SFT model (or ``model.name_or_path`` when SFT is off).
+    Paper values are the 14B recipe's (recipes/paper/fast-math-r1-14b.yaml)."""
 
-
-@dataclass
-class EvalConfig:
-    samples: int = 4  # per problem; accuracy = mean pass@1 over them
-    temperature: float = 0.6  # the R1 convention (the paper recipes and --preset r1 use it too)
-    top_p: float = 1.0
-    min_p: float | None = None
-    max_new_tokens: int = 160
-    batch_size: int | Literal["auto"] = 400  # sequences per generate() call; auto: the most the KV budget holds
-    kv_cache_gib: float | None = None  # KV-cache budget per device for batch_size=auto (None: measured free memory)
-    backend: Literal["hf", "vllm"] = "hf"
-    stop_at_think: bool = False
-
-
-@dataclass
-class HealthConfig:
-    """GRPO alarms, listed in report.md; with ``stop: true`` an alarm stops training like the collapse guard."""
-
-    max_truncation: float = 0.2  # share of completions cut at grpo.max_completion_length
-    max_zero_std_groups: float = 0.5  # share of prompt groups whose rewards are all equal (no learning signal)
-    window: int = 10  # steps over which the alarms are judged (rolling means)
-    trend: float = 0.05  # "format up while accuracy down": both halves of the window differ by more than this
-    max_entropy_growth: float = 3.0  # entropy over the window / entropy at the first step
-    stop: bool = False
+    enabled: bool = field(default=True, metadata={"help": "run stage 2"})
+    method: str = field(default="paper", metadata={"help": (
+        "the length-control method: its rewards and the TRL options it sets (mathrecipe.methods.METHODS: paper, "
+        "no-format, no-cosine, no-length, dler, thinkprune, custom); the run's recipe.yaml shows what it set")})
+    num_generations: int = field(default=8, metadata={"help": "completions sampled per prompt (the group). Paper: 8"})
+    batch_size: int = field(default=64, metadata={"help": (
+        "completions per device per optimizer micro-step; num_generations divides it. Paper: 2 (x 8 accumulation)")})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step. Paper: 8"})
+    max_steps: int = field(default=80, metadata={"help": "optimizer steps of stage 2. Paper: 50"})
+    learning_rate: float = field(default=2.5e-5, metadata={"help": (
+        "peak learning rate (toy: 2.5e-5 x 80 steps, chosen on the dev split; recipes/toy.yaml says why). "
+        "Paper: 4e-6")})
+    lr_scheduler: str = field(default="constant", metadata={"help": (
+        "transformers' scheduler name (constant, cosine, constant_with_warmup, ...). Paper: cosine")})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps. Paper: 0"})
+    beta: float = field(default=0.04, metadata={"help": (
+        "KL coefficient against the start model (0: no reference model). Paper: 0.04 (TRL 1.16's default: 0)")})
+    epsilon: float = field(default=0.2, metadata={"help": "PPO clip range: ratios clipped to [1 - eps, 1 + eps]. "
+                                                          "Paper: 0.2"})
+    epsilon_high: float | None = field(default=None, metadata={"help": (
+        "clip-higher (DAPO, DLER): the upper clip is 1 + epsilon_high; null: = epsilon")})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature. Paper: 1.0"})
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling. Paper: 0.9"})
+    min_p: float | None = field(default=None, metadata={"help": "rollout min-p sampling; null: off. Paper: 0.05"})
+    max_completion_length: int = field(default=160, metadata={"help": (
+        "tokens a rollout may generate; longer ones are cut (the health alarm max_truncation watches). "
+        "Paper: 16384")})
+    max_kl: float | None = field(default=0.5, metadata={"help": (
+        "collapse guard: stop when the logged KL passes this and keep the last checkpoint measured before it "
+        "(null: off; needs beta > 0). Paper recipes: 0.5")})
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = field(default="dapo", metadata={"help": (
+        "how the token losses are averaged: grpo per sequence, bnpo per micro-batch, dapo over the batch's tokens "
+        "(TRL 1.16's default), dr_grpo by a constant. Paper: bnpo (its TRL's token mean per micro-batch)")})
+    scale_rewards: Literal["group", "batch", "none"] = field(default="group", metadata={"help": (
+        "advantages divided by the reward std of the group, the batch, or not at all. Paper: group")})
+    mask_truncated_completions: bool = field(default=False, metadata={"help": (
+        "leave completions cut at max_completion_length out of the loss. Paper: false")})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={"help": (
+        "auto: bf16 on a GPU that has it, fp32 on CPU (master weights stay fp32 either way). Paper: bf16")})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": (
+        "recompute activations in the backward pass; null: off on CPU, on a GPU only when `mathrecipe plan` says "
+        "the stage needs it. Paper: true")})
+    backend: Literal["hf", "paged", "vllm"] = field(default="hf", metadata={"help": (
+        "rollouts: hf = transformers generate; paged = TRL's continuous batching (refused with bf16/fp16: TRL "
+        "casts the master weights); vllm = vLLM (GPU). Paper: vllm")})
+    vllm_mode: Literal["colocate", "server"] = field(default="colocate", metadata={"help": (
+        "vLLM in the training processes (colocate) or a separate `trl vllm-serve` (server). Paper: colocate")})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": (
+        "share of GPU memory vLLM may take when colocated. Paper: 0.3")})
+    vllm_importance_sampling_correction: bool = field(default=True, metadata={"help": (
+        "TRL's truncated importance-sampling correction for vLLM's sampler mismatch (TRL 1.16's default). Paper: "
+        "false (its trainer had none)")})
+    logging_steps: int = field(default=10, metadata={"help": "log every this many steps (the health alarms read "
+                                                               "the logged steps). Paper: 1"})
+    save_steps: int | None = field(default=None, metadata={"help": (
+        "a checkpoint every this many steps (resume points; the collapse guard restores one); null: only the "
+        "final model. Paper: 5")})
+    deepspeed: str | None = field(default=None, metadata={"help": (
+        "a DeepSpeed JSON, e.g. recipes/accelerate/deepspeed_zero2.json. Paper: ZeRO-2")})
+    fsdp: str | None = field(default=None, metadata={"help": "an FSDP config JSON (full_shard, auto_wrap)"})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "passed to trl.GRPOConfig as is (fields the schema does not model; fields it does are refused here)")})
 
 
 @dataclass
 class Recipe:
-    output_dir: str = "runs/toy"
-    seed: int = 0
-    report_to: str | list[str] = "none"  # both stages: none, tensorboard, wandb, ... (or a list)
-    # the `accelerate launch --config_file` this recipe is meant for (process count checked against batch sizes)
-    accelerate_config: str | None = None
-    # judge the paper's two effects in report.md (thresholds in mathrecipe.report, set for the toy task): true, false,
-    # or null = only with data.source=toy (on other data those thresholds mean nothing)
-    verdicts: bool | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    # reward name -> its options (mathrecipe.rewards.REWARDS), in the order TRL calls them; grpo.method's by default
-    rewards: dict[str, Any] = field(default_factory=lambda: reward_options(METHODS["paper"].rewards))
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
+    """A whole run: data -> SFT -> GRPO -> evaluation -> report. Sections: model, data, sft, grpo, rewards, eval,
+    health (``mathrecipe inspect --keys`` lists every key)."""
+
+    output_dir: str = field(default="runs/toy", metadata={"help": (
+        "the run's folder: data, checkpoints, evaluations, report (a rerun resumes it)")})
+    seed: int = field(default=0, metadata={"help": (
+        "seed of the toy task, the data build's sampling, training and sampling. Paper recipes: 42 (the trainer's "
+        "default; the scripts' set_seed(2025) was overridden)")})
+    report_to: str | list[str] = field(default="none", metadata={"help": (
+        "where both stages log: none, tensorboard, wandb, ... (or a list)")})
+    accelerate_config: str | None = field(default=None, metadata={"help": (
+        "the `accelerate launch --config_file` this recipe is meant for (its process count is checked against "
+        "the batch sizes). Paper recipes: recipes/accelerate/multi_gpu.yaml (8 processes)")})
+    verdicts: bool | None = field(default=None, metadata={"help": (
+        "judge the paper's two effects in report.md (thresholds set for the toy task): true, false, or null = "
+        "only with data.source=toy")})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the starting model"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the data, and how it is built"})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "stage 1: SFT"})
+    grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "stage 2: GRPO"})
+    rewards: dict[str, Any] = field(default_factory=lambda: reward_options(METHODS["paper"].rewards), metadata={
+        "help": ("GRPO's rewards: reward name -> its options (mathrecipe.rewards.REWARDS: weight, ...), in the order "
+                 "TRL calls them; grpo.method's by default")})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": (
+        "the in-run evaluation; also eval's and solve's sampling defaults")})
+    health: HealthConfig = field(default_factory=HealthConfig, metadata={"help": "GRPO's health alarms"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,6 +212,10 @@ def did_you_mean(name: str, names: Any, prefix: str = "") -> str:
     return f"did you mean '{prefix}{close[0]}'? " if close else ""
 
 
+# Keys that were renamed or moved: the old spelling is one line naming the new one.
+RENAMED: dict[str, str] = {**MOVED}
+
+
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
@@ -296,6 +226,8 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names and key in RENAMED:
+            raise RecipeError(RENAMED[key])
         if k not in names:
             hint = did_you_mean(str(k), names, f"{prefix}." if prefix else "")
             raise RecipeError(f"unknown recipe key '{key}'. {hint}Valid keys here: {', '.join(names)}")
@@ -516,16 +448,38 @@ def validate(r: Recipe) -> None:
         need(d.eval_path is not None, "data.source=files needs data.eval_path (the held-out problems)")
     b = d.build
     need(b.ngram >= 1, f"data.build.ngram must be >= 1, got {b.ngram}")
-    need(0 <= b.mid_min_accuracy <= b.mid_max_accuracy <= 1,
-         "data.build.mid_min_accuracy <= data.build.mid_max_accuracy, both in [0, 1]")
     need(0 <= b.min_overlap <= 1, f"data.build.min_overlap must be in [0, 1], got {b.min_overlap}")
     need(b.num_proc >= 1, f"data.build.num_proc must be >= 1, got {b.num_proc}")
+    validate_sources(b.sources)
     if d.source == "toy":
         stray = [k for k in ("sft_path", "grpo_path", "eval_path", "dev_path") if getattr(d, k)]
         need(not stray, f"data.{stray[0] if stray else ''} is read only with data.source=files (the toy generates its "
                         "data): set data.source=files, or drop the path")
     if r.model.name_or_path == "toy":
         need(d.source == "toy", "model.name_or_path=toy builds its tokenizer from the toy task: set data.source=toy")
+
+
+def validate_sources(sources: list[SourceConfig]) -> None:
+    """``data.build.sources``: each names a kind and a path and feeds a set, names are unique, a sample's
+    accuracy range is ordered within [0, 1]. (Whether the kind is known is checked by the build, which holds the
+    registry.)"""
+    seen: dict[str, int] = {}
+    for i, src in enumerate(sources):
+        key = f"data.build.sources[{i}]"
+        for name in ("kind", "path"):
+            if not getattr(src, name):
+                raise RecipeError(f"{key}.{name} is not set: each source needs a kind (its row schema) and a path "
+                                  "(hub id or local file)")
+        if not (src.sft or src.grpo):
+            raise RecipeError(f"{key} feeds no set: set sft: true and/or grpo: true (or leave the source out)")
+        name = src.name or src.kind
+        if name in seen:
+            raise RecipeError(f"{key}: the name {name!r} is also sources[{seen[name]}]'s; give one a name (the data "
+                              "report counts rows per source name)")
+        seen[name] = i
+        s = src.sample
+        if s is not None and not 0 <= s.mid_min_accuracy <= s.mid_max_accuracy <= 1:
+            raise RecipeError(f"{key}.sample: mid_min_accuracy <= mid_max_accuracy, both in [0, 1]")
 
 
 def dump_recipe(r: Recipe, path: str | Path) -> None:

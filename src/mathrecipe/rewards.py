@@ -363,20 +363,30 @@ def _positive_len(key: str, option: str, value: int, unit: str, max_completion_l
     return []
 
 
+W = "the reward's weight in the GRPO sum (TRL's reward_weights); 0: logged only, never trained on"
+UNIT = "what a length counts: tokens (of the completion) or chars (the paper's count)"
+
+
 @dataclass
 class FormatOptions:
-    weight: float = 1.0
+    """``rewards.format``: 1 when an answer stands before the first ``</think>``, else 0."""
+
+    weight: float = field(default=1.0, metadata={"help": W + ". Paper: 1"})
 
 
 @dataclass
 class CosineOptions:
-    weight: float = 1.0
-    max_len: int = 160  # in `unit`: p = min(1, L / max_len)
-    unit: Unit = "tokens"
-    min_value_correct: float = 0.1
-    max_value_correct: float = 1.0
-    min_value_wrong: float = -0.1
-    max_value_wrong: float = -1.0
+    """``rewards.cosine``: correctness scaled by length on a cosine, p = min(1, L / max_len) (the paper's Eq.)."""
+
+    weight: float = field(default=1.0, metadata={"help": W + ". Paper: 1"})
+    max_len: int = field(default=160, metadata={"help": (
+        "the length (in unit) at which the cosine reaches its end values; longer completions are clamped there. "
+        "Paper: 30000 chars (48000 for Qwen3-14B)")})
+    unit: Unit = field(default="tokens", metadata={"help": UNIT})
+    min_value_correct: float = field(default=0.1, metadata={"help": "reward of a correct answer at L >= max_len"})
+    max_value_correct: float = field(default=1.0, metadata={"help": "reward of a correct answer at L = 0"})
+    min_value_wrong: float = field(default=-0.1, metadata={"help": "reward of a wrong answer at L >= max_len"})
+    max_value_wrong: float = field(default=-1.0, metadata={"help": "reward of a wrong answer at L = 0"})
 
     def problems(self, key: str, max_completion_length: int) -> list[str]:
         out = _positive_len(key, "max_len", self.max_len, self.unit, max_completion_length)
@@ -386,24 +396,35 @@ class CosineOptions:
 
 @dataclass
 class LengthOptions:
-    weight: float = 1.0
-    unit: Unit = "tokens"
+    """``rewards.length``: Kimi k1.5's length reward within each prompt's group: lambda = 0.5 - (L - min) / (max -
+    min); correct answers get lambda, wrong ones min(0, lambda)."""
+
+    weight: float = field(default=1.0, metadata={"help": W + ". Paper: 1"})
+    unit: Unit = field(default="tokens", metadata={"help": UNIT})
 
 
 @dataclass
 class AccuracyOptions:
-    weight: float = 0.0  # 0: logged for the health checks, never trained on
+    """``rewards.accuracy``: 1 for a correct final answer, else 0."""
+
+    weight: float = field(default=0.0, metadata={"help": (
+        W + ". Default 0: logged for the health alarms and the report, never trained on")})
 
 
 @dataclass
 class TruncationOptions:
-    weight: float = 1.0
-    # the length limit in `unit`; null: the `percentile`-th percentile of the start model's own completion lengths
-    # on the dev split (data.dev_path, toy: data.toy.n_dev), measured before GRPO and recorded in the report
-    limit: int | None = None
-    percentile: float = 50.0
-    unit: Unit = "tokens"
-    stages: list[float] = field(default_factory=lambda: [1.0])  # limit x stages[k] in the k-th part of training
+    """``rewards.truncation``: 1 for a correct answer within a length limit, else 0 (DLER's truncation penalty;
+    with ``stages``, ThinkPrune's shrinking budget)."""
+
+    weight: float = field(default=1.0, metadata={"help": W})
+    limit: int | None = field(default=None, metadata={"help": (
+        "the length limit in unit; null: the percentile-th percentile of the start model's own completion lengths "
+        "on the dev problems (data.dev_path; toy: data.toy.n_dev), measured before GRPO and recorded in the report")})
+    percentile: float = field(default=50.0, metadata={"help": "which percentile sets a null limit, in (0, 100]"})
+    unit: Unit = field(default="tokens", metadata={"help": UNIT})
+    stages: list[float] = field(default_factory=lambda: [1.0], metadata={"help": (
+        "fractions of the limit, one per equal part of training (ThinkPrune: e.g. [1.0, 0.75, 0.5]); [1.0]: one "
+        "fixed limit")})
 
     def problems(self, key: str, max_completion_length: int) -> list[str]:
         out = [] if self.limit is None else _positive_len(key, "limit", self.limit, self.unit, max_completion_length)

@@ -212,3 +212,86 @@ def build_toy_model_folder(out_dir: str | Path, splits: ToySplits, vocab_size: i
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# ------------------------------------------------------------------------------------ a run's toy inputs
+
+DONE = "DONE.json"  # in a folder whose work finished: a toy model or data build, a stage of a run
+
+
+def _build_once(out: Path, build: Any) -> None:
+    """``build(tmp)`` (returning the DONE record) into a temporary folder renamed into place, once: a kill never
+    leaves half a folder, and a finished one is reused."""
+    import shutil
+
+    from mathrecipe.files import atomic_write_json, replace_dir
+
+    if (out / DONE).is_file():
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    record = build(tmp)
+    atomic_write_json(tmp / DONE, record)
+    replace_dir(tmp, out)
+
+
+def toy_splits(recipe: Any) -> tuple[ToySplits, list[dict[str, str]]]:
+    """The recipe's toy task (seeded, so the model's tokenizer and the data step see the same splits), and its dev
+    problems: the last ``n_dev`` RL problems, set apart (disjoint from SFT, RL and the held-out test problems)."""
+    t = recipe.data.toy
+    splits = make_toy_data(t.n_sft, t.n_test, t.n_rl + t.n_dev, t.verbose_fraction, t.max_verify_blocks,
+                           seed=recipe.seed)
+    dev = splits.rl[t.n_rl:]
+    splits.rl = splits.rl[: t.n_rl]
+    return splits, dev
+
+
+def prepare_toy_model(recipe: Any, out: Path) -> str:
+    """The toy's starting model: a tiny Llama and its tokenizer built from the toy task into ``out`` (once)."""
+    m = recipe.model
+
+    def build(tmp: Path) -> dict[str, str]:
+        build_toy_model_folder(tmp, toy_splits(recipe)[0], vocab_size=m.toy.vocab_size, seed=recipe.seed,
+                               system_prompt=recipe.data.system_prompt, hidden_size=m.toy.hidden_size,
+                               num_layers=m.toy.num_layers, num_heads=m.toy.num_heads,
+                               intermediate_size=m.toy.intermediate_size)
+        return {"model": "toy"}
+
+    _build_once(out, build)
+    return str(out)
+
+
+def prepare_toy_data(recipe: Any, out: Path, tokenizer_path: str) -> dict[str, Path]:
+    """The toy's SFT, GRPO, held-out and dev sets in ``out`` (once): generated, then built by the same code as
+    ``mathrecipe data build`` (normalise, shortest correct trace, dedup, decontaminate, report)."""
+
+    def build(tmp: Path) -> dict[str, Any]:
+        import datasets
+
+        from mathrecipe.data.build import build_sets, register, write_outputs
+        from mathrecipe.data.io import write_jsonl
+        from mathrecipe.data.report import BuildReport
+        from mathrecipe.data.sources import normalise_openr1, normalise_problems
+        from mathrecipe.modeling import load_tokenizer
+
+        d = recipe.data
+        splits, dev_rows = toy_splits(recipe)
+        test = [{"id": f"toy-{i}", **r} for i, r in enumerate(splits.test)]
+        dev = [{"id": f"toy-dev-{i}", **r} for i, r in enumerate(dev_rows)]
+        # the toy teacher traces in OpenR1-Math's schema: one generation each, verified correct
+        raw = datasets.Dataset.from_list([{"problem": r["problem"], "answer": r["answer"],
+                                           "generations": [r["response"]], "correctness_math_verify": [True]}
+                                          for r in splits.sft])
+        report = BuildReport()
+        sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
+        rl = normalise_problems(datasets.Dataset.from_list(splits.rl), "toy-rl")
+        sft, grpo = build_sets([("toy", sft_src)], [("toy-rl", rl)], {"toy-test": test, "toy-dev": dev},
+                               load_tokenizer(tokenizer_path, recipe.model), d.build, d.system_prompt, report)
+        write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram},
+                      sft_max_length=recipe.sft.max_length)
+        write_jsonl(test, tmp / "test.jsonl")
+        write_jsonl(dev, tmp / "dev.jsonl")
+        return {"rows": {"test": len(test), "dev": len(dev)}}
+
+    _build_once(out, build)
+    return {"sft": out / "sft", "grpo": out / "grpo", "test": out / "test.jsonl", "dev": out / "dev.jsonl"}

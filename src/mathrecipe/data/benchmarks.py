@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.data.io import DataError, iter_jsonl, load_hub
+from mathrecipe.data.io import DataError, load_hub
+from mathrecipe.data.problems import load_problems, to_problems
 from mathrecipe.hub import looks_local, require_hub, resolve
 
 
@@ -46,44 +47,6 @@ REGISTRY: dict[str, BenchmarkSpec] = {
 }
 
 
-def _answer_text(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return "" if v is None else str(v).strip()
-
-
-def _rows_to_problems(rows: list[dict[str, Any]], source: str, problem_col: str, answer_col: str,
-                      id_col: str | None, transform: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
-    problems = []
-    for i, row in enumerate(rows, 1):
-        for col in (problem_col, answer_col):
-            if col not in row:
-                raise DataError(f"{source}, row {i}: missing column {col!r} (columns: {', '.join(row)})")
-        problem = row[problem_col]
-        if not isinstance(problem, str) or not problem.strip():
-            raise DataError(f"{source}, row {i}: column {problem_col!r} is empty")
-        answer = _answer_text(row[answer_col])
-        if transform:
-            answer = transform(answer)
-        if not answer:
-            raise DataError(f"{source}, row {i}: column {answer_col!r} is empty")
-        pid = row.get(id_col) if id_col and row.get(id_col) is not None else row.get("id", i - 1)
-        problems.append({"id": pid, "problem": problem, "answer": answer})
-    ids = [p["id"] for p in problems]
-    if len(set(map(str, ids))) != len(ids):
-        raise DataError(f"{source}: ids are not unique")
-    return problems
-
-
-def _read_local(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return [obj for _, obj in iter_jsonl(path)]
-    from mathrecipe.data.io import load_table
-
-    return load_table(path).to_list()
-
-
 def load_benchmark(
     name: str,
     data_dir: str | Path | None = None,
@@ -103,15 +66,15 @@ def load_benchmark(
             if not path.exists():
                 raise DataError(f"benchmark {name!r}: {path} not found in the data folder {data_dir}")
             # local copies are normalised to id/problem/answer
-            problems = _rows_to_problems(_read_local(path), str(path), problem_column or "problem",
-                                         answer_column or "answer", "id")
+            problems = load_problems(path, problem_column=problem_column or "problem",
+                                     answer_column=answer_column or "answer")
         else:
             what = f"benchmark {name!r}"
             require_hub(spec.hub_id, what, f"Pass a data folder holding {spec.local_file} (mathrecipe eval "
                         "--data-dir DIR, or data.build.benchmark_dir) or a local JSONL path as the benchmark.")
             ds = load_hub(spec.hub_id, spec.split, what, name=spec.hub_config)
-            problems = _rows_to_problems(ds.to_list(), f"{spec.hub_id} ({spec.split})", pcol, acol, spec.id_column,
-                                         spec.answer_transform)
+            problems = to_problems(ds.to_list(), f"{spec.hub_id} ({spec.split})", pcol, acol, spec.id_column,
+                                   answer_transform=spec.answer_transform)
     else:
         path = Path(name)
         if not path.exists() and looks_local(name):
@@ -120,7 +83,7 @@ def load_benchmark(
             raise DataError(
                 f"unknown benchmark {name!r}: not a registry name ({', '.join(REGISTRY)}) nor an existing file"
             )
-        problems = _rows_to_problems(_read_local(path), str(path), problem_column or "problem",
-                                     answer_column or "answer", "id")
+        problems = load_problems(path, problem_column=problem_column or "problem",
+                                 answer_column=answer_column or "answer")
         name = path.stem
     return name, problems[:limit] if limit else problems

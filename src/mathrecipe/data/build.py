@@ -10,10 +10,8 @@ the fast tokenizer and only the lengths are kept (never all traces' token ids at
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,47 +19,13 @@ from typing import Any
 from mathrecipe import __version__
 from mathrecipe.data.decontam import NgramIndex, build_index, first_match, normalise_text
 from mathrecipe.data.io import save_dataset
-from mathrecipe.data.sources import (
-    load_source,
-    normalise_light_r1,
-    normalise_openr1,
-)
-from mathrecipe.files import atomic_write, atomic_write_text
+from mathrecipe.data.report import BuildReport, length_check, length_stats, write_data_report
+from mathrecipe.data.sources import SOURCES, load_source
 from mathrecipe.hub import resolve
 from mathrecipe.prompts import build_messages
-from mathrecipe.recipe import BuildConfig, Recipe, RecipeError
+from mathrecipe.recipe import BuildConfig, Recipe, RecipeError, SampleConfig
 
 log = logging.getLogger(__name__)
-
-# Context lengths SFT runs commonly train at: the report says how many kept traces exceed each, so a trace that SFT
-# would refuse at a given sft.max_length is visible even when data.build.max_tokens is null.
-SFT_LENGTHS = (4096, 8192, 16384, 32768)
-
-
-class BuildReport:
-    """Rows in and out per source and per step, drops by reason, contamination matches."""
-
-    def __init__(self) -> None:
-        self.sources: dict[str, dict[str, Any]] = {}
-        self.steps: list[dict[str, Any]] = []
-        self.contaminated: list[dict[str, str]] = []
-        self.system_prompt: str | None = None  # the one the rows were built with (build_sets sets it)
-        self.max_tokens: int | None = None
-        self.too_long: list[int] = []  # token lengths of the traces dropped as longer than max_tokens
-
-    def source(self, name: str, rows_in: int) -> None:
-        self.sources[name] = {"rows_in": rows_in, "dropped": {}, "rows_out": rows_in}
-
-    def drop(self, name: str, reason: str, n: int) -> None:
-        if n:
-            s = self.sources[name]
-            s["dropped"][reason] = s["dropped"].get(reason, 0) + n
-            s["rows_out"] -= n
-
-    def step(self, name: str, rows_in: int, rows_out: int, **extra: Any) -> None:
-        self.steps.append({"step": name, "rows_in": rows_in, "rows_out": rows_out, "dropped": rows_in - rows_out,
-                           **extra})
-
 
 def register(report: BuildReport, name: str, ds: Any) -> Any:
     """Count a normalised source's rows in, then drop (and count by reason) the rows marked unusable."""
@@ -103,17 +67,18 @@ def shortest_traces(ds: Any, tokenizer: Any, batch_size: int = 1000, num_proc: i
     return with_trace_columns(ds).map(fn, batched=True, batch_size=batch_size, num_proc=num_proc, desc="shortest correct trace")
 
 
-def select_openr1(ds: Any, cfg: BuildConfig, tokenizer: Any, seed: int, report: BuildReport, source: str) -> Any:
-    """The paper's OpenR1 sample: n_long long traces with accuracy > long_min_accuracy, plus n_mid with accuracy
-    in [mid_min, mid_max] (drawn from the rest). A trace is long when its kept (shortest correct) trace has more than
-    long_min_tokens tokens; tokens <= bytes, so only rows whose smallest correct trace has that many bytes are
-    tokenized for the test."""
+def select_sample(ds: Any, cfg: SampleConfig, tokenizer: Any, seed: int, report: BuildReport, source: str,
+                  batch_size: int = 1000, num_proc: int = 1) -> Any:
+    """The paper's OpenR1 sample of a source: n_long long traces with accuracy > long_min_accuracy, plus n_mid with
+    accuracy in [mid_min, mid_max] (drawn from the rest). A trace is long when its kept (shortest correct) trace has
+    more than long_min_tokens tokens; tokens <= bytes, so only rows whose smallest correct trace has that many bytes
+    are tokenized for the test."""
     rng = random.Random(seed)
     acc = ds["accuracy"]
     min_bytes = ds["min_bytes"]
     cand_long = [i for i, (a, b) in enumerate(zip(acc, min_bytes))
                  if a > cfg.long_min_accuracy and b > cfg.long_min_tokens]
-    measured = shortest_traces(ds.select(cand_long), tokenizer, cfg.batch_size, cfg.num_proc)
+    measured = shortest_traces(ds.select(cand_long), tokenizer, batch_size, num_proc)
     long_ok = [i for i, t in zip(cand_long, measured["trace_tokens"]) if t > cfg.long_min_tokens]
     chosen_long = long_ok if cfg.n_long is None else rng.sample(long_ok, min(cfg.n_long, len(long_ok)))
     taken = set(chosen_long)
@@ -177,7 +142,7 @@ def drop_too_long(ds: Any, max_tokens: int | None, report: BuildReport) -> Any:
 
 def build_sets(
     sft_parts: list[tuple[str, Any]],
-    grpo_part: tuple[str, Any] | None,
+    grpo_parts: list[tuple[str, Any]],
     benchmarks: dict[str, list[dict[str, Any]]],
     tokenizer: Any,
     cfg: BuildConfig,
@@ -185,7 +150,8 @@ def build_sets(
     report: BuildReport,
 ) -> tuple[Any, Any | None]:
     """Merge normalised SFT sources, keep the shortest correct trace per problem, dedup, decontaminate,
-    length-filter; and the GRPO problems (dedup, decontaminate). Returns (sft rows, grpo rows) as TRL rows."""
+    length-filter; and the GRPO sources' problems, merged (dedup, decontaminate). Returns (sft rows, grpo rows) as
+    TRL rows, None for a set without sources."""
     import datasets
 
     report.system_prompt = system_prompt or None
@@ -212,10 +178,14 @@ def build_sets(
             desc="SFT rows",
         )
     grpo = None
-    if grpo_part is not None:
-        name, g = grpo_part
-        name = f"{name} (GRPO problems)"
-        g = register(report, name, g.map(lambda b: {"source": [name] * len(b["source"])}, batched=True))
+    if grpo_parts:
+        parts = []
+        for name, g in grpo_parts:
+            name = f"{name} (GRPO problems)"
+            parts.append(register(report, name, g.map(lambda b, n=name: {"source": [n] * len(b["source"])},
+                                                      batched=True)))
+        name = ", ".join(p for p, _ in grpo_parts) + " (GRPO problems)"
+        g = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
         n0 = len(g)
         g = dedup(g, report, prefer_short=False)
         g = decontaminate(g, index, report, cfg.num_proc, cfg.min_overlap)
@@ -224,25 +194,6 @@ def build_sets(
                      batched=True, remove_columns=[c for c in g.column_names if c not in ("source", "answer")],
                      desc="GRPO rows")
     return sft, grpo
-
-
-def length_stats(lengths: list[int]) -> dict[str, Any]:
-    if not lengths:
-        return {"count": 0}
-    s = sorted(lengths)
-    return {"count": len(s), "min": s[0], "median": statistics.median(s), "mean": statistics.fmean(s),
-            "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "max": s[-1]}
-
-
-def length_check(kept: list[int], report: BuildReport, sft_max_length: int | None) -> dict[str, Any]:
-    """How many kept traces exceed each common SFT length and ``sft.max_length`` (those SFT refuses before
-    training: the trace alone is longer, the prompt adds more), and how many were dropped as longer than
-    ``max_tokens``."""
-    limits = sorted({*SFT_LENGTHS, *([sft_max_length] if sft_max_length else [])})
-    return {"max_tokens": report.max_tokens, "dropped_too_long": len(report.too_long),
-            "sft_max_length": sft_max_length,
-            "over_sft_max_length": sum(t > sft_max_length for t in kept) if sft_max_length else None,
-            "over": {str(n): sum(t > n for t in kept) for n in limits}}
 
 
 def write_outputs(out: Path, sft: Any, grpo: Any, report: BuildReport, extra: dict[str, Any],
@@ -269,90 +220,22 @@ def write_outputs(out: Path, sft: Any, grpo: Any, report: BuildReport, extra: di
         "outputs": {"sft": str(out / "sft") if sft is not None else None,
                     "grpo": str(out / "grpo") if grpo is not None else None},
     }
-    atomic_write_text(out / "data_report.json", json.dumps(data, indent=2))
-    atomic_write_text(out / "data_report.md", _markdown(data))
-    if lengths or report.too_long:
-        atomic_write(out / "data_report.png", lambda tmp: _histogram(lengths, report.too_long, data["length_check"],
-                                                                     tmp))
+    write_data_report(out, data, lengths, report.too_long)
     return data
 
 
-def _markdown(d: dict[str, Any]) -> str:
-    lines = ["# Data report", "", f"SFT rows: **{d['sft_rows']}**, GRPO rows: **{d['grpo_rows']}**.", "",
-             f"System prompt (saved with both sets): {json.dumps(d['system_prompt'], ensure_ascii=False)}", "",
-             "## Per source", "", "| source | rows in | dropped (by reason) | rows out |", "|---|---:|---|---:|"]
-    for name, s in d["sources"].items():
-        why = "; ".join(f"{r}: {n}" for r, n in s["dropped"].items()) or "–"
-        lines.append(f"| {name} | {s['rows_in']} | {why} | {s['rows_out']} |")
-    lines += ["", "## Steps", "", "| step | rows in | rows out | dropped |", "|---|---:|---:|---:|"]
-    for s in d["steps"]:
-        lines.append(f"| {s['step']} | {s['rows_in']} | {s['rows_out']} | {s['dropped']} |")
-    lines += ["", f"## Contaminated rows dropped: {len(d['contaminated'])}", ""]
-    for c in d["contaminated"][:200]:
-        lines.append(f"- [{c['source']}] matched **{c['matched']}** on “{c['ngram']}”: {' '.join(c['problem'][:100].split())}")
-    t, c = d["trace_tokens"], d["length_check"]
-    lines += ["", "## Kept trace lengths (tokens)", ""]
-    if t.get("count"):
-        lines += [f"min {t['min']}, median {t['median']:.0f}, mean {t['mean']:.0f}, p90 {t['p90']}, max {t['max']}",
-                  ""]
-    lines.append("Kept traces longer than: " + ", ".join(f"{int(n):,}: **{k}**" for n, k in c["over"].items()) + ".")
-    if c["sft_max_length"]:
-        lines.append(f"Longer than sft.max_length={c['sft_max_length']:,} (the prompt adds more): "
-                     f"**{c['over_sft_max_length']}**. SFT refuses a set holding any such row before training "
-                     "(truncation would cut off their answers) unless sft.packing splits long rows (sft.extra.packing_strategy "
-                     "wrapped or bfd_split); set data.build.max_tokens to drop them here, or raise sft.max_length.")
-    if c["max_tokens"] is None:
-        lines.append("data.build.max_tokens is null: no trace was dropped for its length.")
-    else:
-        lines.append(f"Dropped as longer than data.build.max_tokens={c['max_tokens']:,}: **{c['dropped_too_long']}**.")
-    return "\n".join(lines) + "\n"
-
-
-def _histogram(kept: list[int], too_long: list[int], check: dict[str, Any], path: Path) -> None:
-    """Token lengths of the kept traces and of those dropped as too long, with the max_tokens and sft.max_length
-    limits marked (in the legend with their counts, drawn when they fall inside the plotted range)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    series = [(kept, "tab:blue", f"kept: {len(kept)}"), (too_long, "tab:gray", f"dropped, > max_tokens: {len(too_long)}")]
-    series = [x for x in series if x[0]]
-    ax.hist([x[0] for x in series], bins=50, stacked=True, color=[x[1] for x in series], label=[x[2] for x in series])
-    top = max(kept + too_long)
-    handles, _ = ax.get_legend_handles_labels()
-    limits = [("data.build.max_tokens", check["max_tokens"], f"{len(too_long)} dropped", "black", ":"),
-              ("sft.max_length", check["sft_max_length"], f"{check['over_sft_max_length']} kept traces over",
-               "tab:red", "--")]
-    for name, value, count, color, style in limits:
-        if value is None:
-            continue
-        label = f"{name}={value:,}: {count}" + ("" if value <= top * 1.05 else " (off the chart)")
-        if value <= top * 1.05:
-            ax.axvline(value, color=color, linestyle=style)
-        handles.append(Line2D([], [], color=color, linestyle=style, label=label))
-    ax.legend(handles=handles, fontsize=8)
-    ax.set_xlabel("trace length (tokens)")
-    ax.set_ylabel("rows")
-    ax.set_title("SFT traces: token lengths")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-
-
-SOURCE_KEYS = ("openr1", "openr1_hard", "light_r1")
-
-
 def check_inputs(recipe: Recipe) -> Path | str:
-    """Resolve every source and the tokenizer before anything loads: a missing path or an unreachable hub stops
-    the build in seconds with one line naming the recipe key. Returns the tokenizer's path or hub id."""
+    """Resolve every source and the tokenizer before anything loads: an unknown kind, a missing path or an
+    unreachable hub stops the build in seconds with one line naming the recipe key. Returns the tokenizer's path
+    or hub id."""
     cfg = recipe.data.build
-    for key in SOURCE_KEYS:
-        if getattr(cfg, key):
-            resolve(getattr(cfg, key), f"data.build.{key}", f"Set data.build.{key} to a local .jsonl/.json/.parquet "
-                    "file or a saved dataset folder in the source's schema (null: leave the source out).")
+    for i, src in enumerate(cfg.sources):
+        key = f"data.build.sources[{i}]"
+        if src.kind not in SOURCES:
+            raise RecipeError(f"{key}.kind: unknown source kind {src.kind!r}; known: {', '.join(SOURCES)} (a new kind "
+                              "is a normaliser registered in mathrecipe.data.sources.SOURCES)")
+        resolve(src.path, f"{key}.path", f"Set {key}.path to a local .jsonl/.json/.parquet file or a saved dataset "
+                "folder in the source's schema (or leave the source out).")
     if cfg.benchmark_dir:
         resolve(cfg.benchmark_dir, "data.build.benchmark_dir", "Set it to a folder of benchmark JSONL files.")
     key = "data.build.tokenizer" if cfg.tokenizer else "model.name_or_path"
@@ -364,7 +247,8 @@ def check_inputs(recipe: Recipe) -> Path | str:
 
 
 def build(recipe: Recipe) -> dict[str, Any]:
-    """Build both sets from the recipe's sources (hub ids or local files) into ``data.build.output_dir``."""
+    """Build both sets from the recipe's table of sources (hub ids or local files) into ``data.build.output_dir``:
+    each source is read, normalised by its kind, counted, filtered by its sample, and fed to the sets it names."""
     cfg = recipe.data.build
     tok_name = check_inputs(recipe)  # before the slow imports: a wrong path fails in about a second
     from transformers import AutoTokenizer
@@ -377,24 +261,18 @@ def build(recipe: Recipe) -> dict[str, Any]:
     gguf = find_gguf(tok_name) if isinstance(tok_name, Path) else None  # a GGUF model: its converted folder
     tokenizer = AutoTokenizer.from_pretrained(str(converted_gguf(gguf) if gguf else tok_name))
     report = BuildReport()
-    parts: list[tuple[str, Any]] = []
-    grpo_part = None
-
-    if cfg.openr1:
-        ds = register(report, "openr1", normalise_openr1(load_source(cfg.openr1, cfg.openr1_split,
-                                                                     what="data.build.openr1"),
-                                                         "openr1", cfg.num_proc, cfg.batch_size))
-        parts.append(("openr1", select_openr1(ds, cfg, tokenizer, recipe.seed, report, "openr1")))
-    if cfg.openr1_hard:
-        hard = load_source(cfg.openr1_hard, cfg.openr1_hard_split, what="data.build.openr1_hard")
-        parts.append(("openr1_hard", register(report, "openr1_hard", normalise_openr1(
-            hard, "openr1_hard", cfg.num_proc, cfg.batch_size))))
-    if cfg.light_r1:
-        raw = load_source(cfg.light_r1, "train", cfg.light_r1_file, what="data.build.light_r1")
-        light = register(report, "light_r1", normalise_light_r1(raw, "light_r1", cfg.num_proc, cfg.batch_size))
-        parts.append(("light_r1", light))
-        grpo_part = ("light_r1", light.remove_columns(["generations"]))
-    sft, grpo = build_sets(parts, grpo_part, benchmarks, tokenizer, cfg, recipe.data.system_prompt, report)
+    sft_parts: list[tuple[str, Any]] = []
+    grpo_parts: list[tuple[str, Any]] = []
+    for i, src in enumerate(cfg.sources):
+        name = src.name or src.kind
+        raw = load_source(src.path, src.split, src.data_files, what=f"data.build.sources[{i}].path")
+        ds = register(report, name, SOURCES[src.kind](raw, name, cfg.num_proc, cfg.batch_size))
+        if src.sft:
+            sft_parts.append((name, ds if src.sample is None else select_sample(
+                ds, src.sample, tokenizer, recipe.seed, report, name, cfg.batch_size, cfg.num_proc)))
+        if src.grpo:
+            grpo_parts.append((name, ds.remove_columns(["generations"])))
+    sft, grpo = build_sets(sft_parts, grpo_parts, benchmarks, tokenizer, cfg, recipe.data.system_prompt, report)
     return write_outputs(Path(cfg.output_dir), sft, grpo, report,
                          {"tokenizer": str(tok_name), "ngram": cfg.ngram, "min_overlap": cfg.min_overlap,
                           "benchmarks": list(benchmarks)},

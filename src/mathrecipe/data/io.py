@@ -82,6 +82,18 @@ def decode_line(line: bytes | str, where: str, i: int) -> str:
                         "line); save the file as UTF-8") from None
 
 
+def decode_utf8(data: bytes, name: str) -> str:
+    """``data`` (a whole file) as UTF-8 text, a leading byte-order mark dropped (spreadsheet programs write one);
+    bytes that are not UTF-8 are one line naming ``name``, the line and the column."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{name}, line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None
+
+
 def iter_jsonl_lines(lines: Iterable[str | bytes], where: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """:func:`iter_jsonl` over any stream of lines, text or bytes (e.g. stdin); errors say ``where, line N``."""
     for i, raw in enumerate(lines, 1):

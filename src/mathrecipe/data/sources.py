@@ -1,5 +1,9 @@
 """Training sources, normalised to one row schema with column-wise (batched) ``datasets`` maps.
 
+``SOURCES`` is the registry of source kinds: a recipe's ``data.build.sources`` names each source's ``kind``, and the
+build reads its rows through that normaliser. Adding a kind of source = one normaliser registered here (and its
+test): ``normalise(ds, source_name, num_proc, batch_size)`` returning the normalised columns.
+
 Normalised columns:
   source (str), problem (str), answer (str), generations (verified-correct traces, list[str]), accuracy (share of
   the source's generations verified correct), min_bytes (UTF-8 size of the smallest correct trace), reason (why the
@@ -8,6 +12,7 @@ Normalised columns:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mathrecipe.data.io import DataError, load_hub, load_table
@@ -105,9 +110,13 @@ def normalise_problems(ds: Any, source: str, problem_column: str = "problem", an
     return ds.map(fn, batched=True, remove_columns=ds.column_names, desc=f"normalise {source}")
 
 
+# kind -> normaliser: the row schemas a training source may have
+SOURCES: dict[str, Callable[..., Any]] = {"openr1": normalise_openr1, "light_r1": normalise_light_r1}
+
+
 def load_source(path: str, split: str = "train", data_files: str | None = None, what: str = "source") -> Any:
     """A source from a local file/folder, or the hub (``data_files`` picks one file of a hub repo). ``what`` names
-    the recipe key it came from (e.g. ``data.build.openr1``); a missing local path or an unreachable hub fails at
+    the recipe key it came from (e.g. ``data.build.sources[0].path``); a missing local path or an unreachable hub fails at
     once with one line."""
     hint = f"Set {what} to a local .jsonl/.json/.parquet file or a saved dataset folder in the source's schema."
     p = resolve(path, what, hint)

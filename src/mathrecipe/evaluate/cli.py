@@ -13,15 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
-
-# EvalConfig fields that are also flags (--samples, --top-p, ...): one name each, everywhere
-EVAL_FIELDS = ("samples", "temperature", "top_p", "min_p", "max_new_tokens", "batch_size", "kv_cache_gib",
-               "backend", "stop_at_think")
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
+from mathrecipe.evaluate.sampling import add_sampling_args, flag
 
 # ------------------------------------------------------------------------------------------------ grade
 
@@ -78,63 +70,26 @@ def _ints(text: str) -> list[int]:
 
 
 def resolve_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`mathrecipe.evaluate.run.run_eval` from the command line: the recipe's eval
-    section (built-in or ``--recipe``), then ``--preset``, then flags. Checks every value; loads no model."""
-    from mathrecipe.evaluate.generation import SamplingSettings, SettingError
-    from mathrecipe.evaluate.presets import PRESETS
-    from mathrecipe.recipe import load_recipe
+    """The keyword arguments of :func:`mathrecipe.evaluate.run.run_eval` from the command line: sampling from the
+    one resolver (recipe, then ``--preset``, then flags), then eval's own flags. Checks every value; loads no
+    model."""
+    from mathrecipe.evaluate.sampling import resolve_sampling
 
-    recipe = load_recipe(args.recipe)
-    src = f"recipe {args.recipe}" if args.recipe else "the built-in recipe"
-    values = {k: getattr(recipe.eval, k) for k in EVAL_FIELDS}
-    origin = {k: f"{src}'s eval.{k}" for k in EVAL_FIELDS}
-    per_bench: dict[str, int] = {}
-    if args.preset:
-        preset = PRESETS[args.preset]
-        values.update(preset.values)
-        origin.update({k: f"preset {args.preset}'s {k}" for k in preset.values})
-        per_bench = dict(preset.samples_by_benchmark)
-    for k in EVAL_FIELDS:
-        v = getattr(args, k)
-        if v is not None:
-            values[k], origin[k] = v, _flag(k)
-            if k == "samples":
-                per_bench = {}  # an explicit --samples applies to every benchmark
-    seed = args.seed if args.seed is not None else recipe.seed
-    system_prompt = args.system_prompt if args.system_prompt is not None else recipe.data.system_prompt
-
-    def named(e: SettingError) -> MathRecipeError:
-        where = origin.get(e.key, _flag(e.key))
-        return MathRecipeError(f"{where} {e.detail}")
-
-    try:
-        settings = SamplingSettings(samples=values["samples"], temperature=values["temperature"],
-                                    top_p=values["top_p"], min_p=values["min_p"],
-                                    max_new_tokens=values["max_new_tokens"], seed=seed,
-                                    stop_at_think=bool(values["stop_at_think"]))
-        from mathrecipe.evaluate.generation import check_backend, check_batch_size
-
-        batch_size = check_batch_size(values["batch_size"])
-        check_backend(values["backend"])
-        if values["kv_cache_gib"] is not None and not values["kv_cache_gib"] > 0:
-            raise SettingError("kv_cache_gib", f"must be > 0, got {values['kv_cache_gib']}")
-    except SettingError as e:
-        raise named(e) from None
-    for flag, vals in (("--budgets", args.budgets), ("--k", args.k)):
+    s = resolve_sampling(args)
+    for name, vals in (("--budgets", args.budgets), ("--k", args.k)):
         bad = [v for v in vals or [] if v < 1]
         if bad:
-            raise MathRecipeError(f"{flag} must be integers >= 1, got {bad[0]}")
+            raise MathRecipeError(f"{name} must be integers >= 1, got {bad[0]}")
     if args.limit is not None and args.limit < 1:
         raise MathRecipeError(f"--limit must be >= 1 (the first N problems of each benchmark), got {args.limit}")
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     if not benchmarks:
         raise MathRecipeError("--benchmarks names no benchmark (e.g. --benchmarks math500,aime24)")
-    return dict(model=args.model, benchmarks=benchmarks, out_dir=args.out, settings=settings,
-                samples_by_benchmark=per_bench, backend=values["backend"], batch_size=batch_size,
-                kv_cache_gib=values["kv_cache_gib"], budgets=args.budgets or (), ks=args.k, data_dir=args.data_dir,
-                system_prompt=system_prompt or None, limit=args.limit, problem_column=args.problem_column,
-                answer_column=args.answer_column,
-                toy_length=not args.recipe and origin["max_new_tokens"] == f"{src}'s eval.max_new_tokens")
+    return dict(model=args.model, benchmarks=benchmarks, out_dir=args.out, settings=s.settings,
+                samples_by_benchmark=s.samples_by_benchmark, backend=s.values["backend"], batch_size=s.batch_size,
+                kv_cache_gib=s.values["kv_cache_gib"], budgets=args.budgets or (), ks=args.k, data_dir=args.data_dir,
+                system_prompt=s.system_prompt, limit=args.limit, problem_column=args.problem_column,
+                answer_column=args.answer_column, toy_length=not args.recipe and s.from_recipe("max_new_tokens"))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -148,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         summaries = run_eval(**kwargs)
     except SettingError as e:
-        raise MathRecipeError(f"{_flag(e.key)} {e.detail}") from None
+        raise MathRecipeError(f"{flag(e.key)} {e.detail}") from None
     print((Path(args.out) / "summary.md").read_text())
     for name, s in summaries.items():
         print(f"{name}: accuracy {s['accuracy']:.4f}, mean tokens {s['mean_tokens']:.1f}")
@@ -170,31 +125,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parsers
-
-
-def add_sampling_args(p: Any, samples_help: str, stop_help: str) -> None:
-    """The sampling flags ``eval`` and ``solve`` share, named like the recipe's eval keys (--recipe, --preset,
-    --samples ... --stop-at-think); unset flags stay None so the recipe, then the preset, fill them."""
-    from mathrecipe.evaluate.presets import PRESETS
-
-    p.add_argument("--recipe", help="take the sampling defaults, seed and system prompt from this recipe YAML")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    p.add_argument("--samples", type=int, help=samples_help)
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-p", dest="top_p", type=float,
-                   help="nucleus sampling: sample from the smallest set of tokens whose probabilities sum to P "
-                   "(0 < P <= 1; 1 = off)")
-    p.add_argument("--min-p", dest="min_p", type=float,
-                   help="drop tokens less likely than P x the most likely one (0 <= P < 1; unset = off)")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="max new tokens per sample")
-    p.add_argument("--batch-size", dest="batch_size",
-                   help="sequences per generate() call (hf backend), or 'auto': the most the KV budget holds")
-    p.add_argument("--kv-cache-gib", dest="kv_cache_gib", type=float,
-                   help="KV-cache budget for --batch-size auto (default: a share of free GPU memory; 4 on CPU)")
-    p.add_argument("--backend", help="hf (transformers, any device) or vllm (GPU)")
-    p.add_argument("--stop-at-think", dest="stop_at_think", action=argparse.BooleanOptionalAction, default=None,
-                   help=stop_help)
 
 
 def add_eval_parsers(sub: Any) -> None:
@@ -219,8 +149,7 @@ def add_eval_parsers(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (resumable)")
     p.add_argument("--data-dir", help="folder holding the registry's files (e.g. math500_test.jsonl); "
                    "default: the public hub datasets")
-    add_sampling_args(p, samples_help="samples per problem (accuracy = mean pass@1 over them)",
-                      stop_help="stop at </think> and take the boxed answer from the reasoning (AIMO-style inference)")
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, help="sampling seed (default: the recipe's seed); the same seed and "
                    "settings give the same samples")
     p.add_argument("--system-prompt", help="'' for none (default: the recipe's data.system_prompt)")

@@ -28,6 +28,7 @@ from mathrecipe.evaluate.generation import (
 )
 from mathrecipe.evaluate.metrics import summarize
 from mathrecipe.evaluate.samples import grade_completions
+from mathrecipe.evaluate.sampling import recipe_settings
 from mathrecipe.grading import Grader
 from mathrecipe.prompts import SYSTEM_PROMPT
 
@@ -70,6 +71,18 @@ def _broadcast(obj: Any, world: int) -> Any:
     return box[0]
 
 
+def problem_prompt_ids(tokenizer: Any, problems: Sequence[Mapping[str, Any]], system_prompt: str | None,
+                       max_new_tokens: int, context: int | None, where: str) -> list[list[int]]:
+    """The held-out problems' prompt ids, each prompt + ``max_new_tokens`` checked against the model's ``context``
+    (``checked_prompt_ids``): one line naming the rows that do not fit, refused rather than skipped -- a number over
+    fewer problems would read as the set's. ``mathrecipe run`` checks before training, and again here."""
+    return checked_prompt_ids(tokenizer, [str(p["problem"]) for p in problems],
+                              [f"{i} (id {p['id']})" for i, p in enumerate(problems, 1)], system_prompt,
+                              max_new_tokens, context, where=where,
+                              fix="leave those problems out of the held-out set, or lower eval.max_new_tokens if the "
+                              "prompt alone fits (skipping them would report a number over fewer problems)")
+
+
 def evaluate_model(
     generator: Generator,
     tokenizer: Any,
@@ -91,11 +104,8 @@ def evaluate_model(
         raise MathRecipeError("no problems to evaluate: the held-out set is empty")
     rank, world = dist_info()
     # every rank checks the same prompts against the same model, so a refusal stops every rank alike
-    ids = checked_prompt_ids(tokenizer, [str(p["problem"]) for p in problems],
-                             [f"{i} (id {p['id']})" for i, p in enumerate(problems, 1)], system_prompt,
-                             settings.max_new_tokens, getattr(generator, "context", None), where=f"evaluation ({desc})",
-                             fix="leave those problems out of the held-out set, or lower eval.max_new_tokens if the "
-                             "prompt alone fits (skipping them would report a number over fewer problems)")
+    ids = problem_prompt_ids(tokenizer, problems, system_prompt, settings.max_new_tokens,
+                             getattr(generator, "context", None), where=f"evaluation ({desc})")
     share = rank_share(len(problems), rank, world)
     if world > 1 and isinstance(generator, HFGenerator):
         # one batch size on every rank (free memory differs per device), or the generate calls would not pair up
@@ -120,13 +130,6 @@ def evaluate_model(
 
         summary = summarize(rows, ks=ks, budgets=budgets, same=same_answer(grader))
     return rows, _broadcast(summary, world)
-
-
-def recipe_settings(recipe: Any) -> SamplingSettings:
-    """The recipe's eval section as sampling settings (seed: the recipe's)."""
-    e = recipe.eval
-    return SamplingSettings(samples=e.samples, temperature=e.temperature, top_p=e.top_p, min_p=e.min_p,
-                            max_new_tokens=e.max_new_tokens, seed=recipe.seed, stop_at_think=e.stop_at_think)
 
 
 def evaluate_for_recipe(recipe: Any, model: Any, tokenizer: Any, problems: Sequence[Mapping[str, Any]],

@@ -103,7 +103,7 @@ def _check_ints(name: str, values: Sequence[int] | None, minimum: int = 1) -> li
     return out
 
 
-def _require_backend(backend: str) -> None:
+def require_backend(backend: str) -> None:
     check_backend(backend)
     if backend == "vllm":
         try:
@@ -159,7 +159,7 @@ def run_eval(
 
     # ---- checks: nothing is loaded or written before they pass
     model = check_model_arg(str(model))
-    _require_backend(backend)
+    require_backend(backend)
     batch_size = check_batch_size(batch_size)
     if kv_cache_gib is not None and not kv_cache_gib > 0:
         raise SettingError("kv_cache_gib", f"must be > 0, got {kv_cache_gib}")

@@ -12,7 +12,7 @@ rerun keeps), ``clock`` (when the process started), ``cli`` (arguments, input, p
 """
 
 from mathrecipe.solve.answers import ANSWER_FORMATS, Tally, int_answer
-from mathrecipe.solve.cli import add_solve_parser, main, read_problems, run_solve
+from mathrecipe.solve.cli import add_solve_parser, read_problems, run_solve
 from mathrecipe.solve.policy import CallTimes, parse_duration, planned_samples, time_share, vote_settled
 from mathrecipe.solve.solver import ProblemResult, SolveOptions, Solver
 
@@ -25,7 +25,6 @@ __all__ = [
     "Tally",
     "add_solve_parser",
     "int_answer",
-    "main",
     "parse_duration",
     "planned_samples",
     "read_problems",

@@ -1,7 +1,7 @@
-"""``python -m mathrecipe.solve ARGS`` = ``mathrecipe solve ARGS``."""
+"""``python -m mathrecipe.solve ARGS`` = ``mathrecipe solve ARGS`` (the one ``mathrecipe`` main)."""
 
 import sys
 
-from mathrecipe.solve.cli import main
+from mathrecipe.cli import main
 
-sys.exit(main())
+sys.exit(main(["solve", *sys.argv[1:]]))

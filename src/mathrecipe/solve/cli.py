@@ -35,77 +35,15 @@ ANSWERS_FILE, LOG_FILE = "answers.csv", "solve.jsonl"
 # ------------------------------------------------------------------------------------------------ input
 
 
-def decode_utf8(data: bytes, name: str) -> str:
-    """``data`` as UTF-8 text (a leading byte-order mark dropped, as spreadsheet programs write one); bytes that
-    are not UTF-8 are one line naming ``name``, the line and the column."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise MathRecipeError(f"{name}, line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
-                              "save the file as UTF-8") from None
-
-
-def _stdin_lines(stdin: Iterable[str] | None) -> Iterable[str]:
-    if stdin is not None:
-        return stdin
-    buffer = getattr(sys.stdin, "buffer", None)  # bytes, so that a bad byte is named rather than a traceback
-    if buffer is None:
-        return sys.stdin
-    return io.StringIO(decode_utf8(buffer.read(), "--problems - (stdin)"))
-
-
 def read_problems(source: str, problem_column: str = "problem", answer_column: str = "answer",
                   stdin: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Problems as dicts with ``id``, ``problem`` and (when the file has one) ``answer``, all strings.
+    """solve's input through the one problem loader (``mathrecipe.data.problems``): a .jsonl or .csv file, ``-``
+    for JSONL on ``stdin``, or a .json/.parquet file, a saved dataset or a hub id. Every row needs an ``id`` (made
+    text) and a problem; the gold ``answer`` is optional (kept when the row has one)."""
+    from mathrecipe.data.problems import load_problems
 
-    ``source``: a .jsonl or .csv file (with a header), ``-`` for JSONL on ``stdin``, or a .json/.parquet file, a saved
-    dataset or a hub id (``mathrecipe.data.io.load_table``). A missing column, an empty id or problem, a repeated id
-    or bytes that are not UTF-8 are a one-line error naming the source and the row or line (counted from 1).
-    """
-    from mathrecipe.data.io import DataError, iter_jsonl_lines, load_table
-
-    suffix = Path(source).suffix.lower()
-    if source == "-":
-        name = "--problems - (stdin)"
-        rows = [obj for _, obj in iter_jsonl_lines(_stdin_lines(stdin), name)]
-    elif suffix in (".csv", ".jsonl"):  # read directly: exact values (ids stay as written), errors name the line
-        name, path = f"--problems {source}", Path(source)
-        if not path.is_file():
-            raise DataError(f"{name}: no such file")
-        text = decode_utf8(path.read_bytes(), name)
-        if suffix == ".jsonl":
-            rows = [row for _, row in iter_jsonl_lines(io.StringIO(text), name)]
-        else:
-            rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    else:
-        name = f"--problems {source}"
-        rows = load_table(source, what="--problems").to_list()
-    if not rows:
-        raise DataError(f"{name}: no problems in it")
-    columns = list(rows[0])
-    for col in ("id", problem_column):
-        if all(col not in r for r in rows):
-            raise DataError(f"{name}: missing column {col!r}; it has {', '.join(repr(c) for c in columns)}")
-    out: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for i, r in enumerate(rows, 1):
-        pid, problem = r.get("id"), r.get(problem_column)
-        if pid is None or not str(pid).strip():
-            raise DataError(f"{name}, row {i}: column 'id' is empty")
-        if problem is None or not str(problem).strip():
-            raise DataError(f"{name}, row {i}: column {problem_column!r} is empty")
-        pid = str(pid).strip()
-        if pid in seen:
-            raise DataError(f"{name}, row {i}: id {pid!r} repeats row {seen[pid]}; ids must be unique")
-        seen[pid] = i
-        row = {"id": pid, "problem": str(problem)}
-        gold = r.get(answer_column)
-        if gold is not None and str(gold).strip():
-            row["answer"] = str(gold).strip()
-        out.append(row)
-    return out
+    return load_problems(source, "--problems", stdin, problem_column=problem_column, answer_column=answer_column,
+                         id_required=True, text_ids=True, answer_required=False)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -362,42 +300,14 @@ def _wave(text: str) -> int | str:
         return text  # "auto", or a word SolveOptions refuses in one line
 
 
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
 def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) -> dict[str, Any]:
-    """Keyword arguments of :func:`run_solve` from the command line: the recipe's eval section, then ``--preset``,
-    then flags (as ``mathrecipe eval``). Checks every value and reads the problems; loads no model."""
-    from mathrecipe.evaluate.cli import EVAL_FIELDS
-    from mathrecipe.evaluate.generation import SamplingSettings, SettingError, check_batch_size
-    from mathrecipe.evaluate.presets import PRESETS
-    from mathrecipe.evaluate.run import _require_backend, check_model_arg
-    from mathrecipe.recipe import load_recipe
+    """Keyword arguments of :func:`run_solve` from the command line: sampling from the one resolver (the recipe's
+    eval section, then ``--preset``, then flags, as ``mathrecipe eval``), then solve's own flags. Checks every value
+    and reads the problems; loads no model."""
+    from mathrecipe.evaluate.run import check_model_arg
+    from mathrecipe.evaluate.sampling import resolve_sampling
 
-    recipe = load_recipe(args.recipe)
-    src = f"recipe {args.recipe}" if args.recipe else "the built-in recipe"
-    values = {k: getattr(recipe.eval, k) for k in EVAL_FIELDS}
-    origin = {k: f"{src}'s eval.{k}" for k in EVAL_FIELDS}
-    if args.preset:
-        values.update(PRESETS[args.preset].values)
-        origin.update({k: f"preset {args.preset}'s {k}" for k in PRESETS[args.preset].values})
-    for k in EVAL_FIELDS:
-        if getattr(args, k, None) is not None:
-            values[k], origin[k] = getattr(args, k), _flag(k)
-    seed = args.seed if args.seed is not None else recipe.seed
-    system_prompt = args.system_prompt if args.system_prompt is not None else recipe.data.system_prompt
-    try:
-        settings = SamplingSettings(samples=values["samples"], temperature=values["temperature"],
-                                    top_p=values["top_p"], min_p=values["min_p"],
-                                    max_new_tokens=values["max_new_tokens"], seed=seed,
-                                    stop_at_think=bool(values["stop_at_think"]))
-        batch_size = check_batch_size(values["batch_size"])
-        if values["kv_cache_gib"] is not None and not values["kv_cache_gib"] > 0:
-            raise SettingError("kv_cache_gib", f"must be > 0, got {values['kv_cache_gib']}")
-        _require_backend(values["backend"])
-    except SettingError as e:
-        raise MathRecipeError(f"{origin.get(e.key, _flag(e.key))} {e.detail}") from None
+    s = resolve_sampling(args)
     check_answer_format(args.answer_format)
     options = SolveOptions(
         wave=args.wave, chunk_tokens=args.chunk_tokens, early_stop=args.early_stop, min_lead=args.min_lead,
@@ -411,9 +321,9 @@ def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) 
         raise MathRecipeError(f"--out {out}: is a file; give a folder")
     model = check_model_arg(args.model)
     problems = read_problems(args.problems, args.problem_column, args.answer_column, stdin)
-    return dict(model=model, problems=problems[: args.limit], all_problems=problems, out_dir=out, settings=settings,
-                options=options, backend=values["backend"], batch_size=batch_size,
-                kv_cache_gib=values["kv_cache_gib"], system_prompt=system_prompt or None)
+    return dict(model=model, problems=problems[: args.limit], all_problems=problems, out_dir=out,
+                settings=s.settings, options=options, backend=s.values["backend"], batch_size=s.batch_size,
+                kv_cache_gib=s.values["kv_cache_gib"], system_prompt=s.system_prompt)
 
 
 def _own_process() -> bool:
@@ -452,7 +362,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 def add_solve_parser(sub: Any) -> None:
     """Register ``solve`` (with its ``func``) on the top-level ``mathrecipe`` subparsers."""
-    from mathrecipe.evaluate.cli import add_sampling_args
+    from mathrecipe.evaluate.sampling import add_sampling_args
     from mathrecipe.recipe import EvalConfig
 
     d = EvalConfig()
@@ -488,8 +398,9 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--answer-format", dest="answer_format", default=INT_FORMAT,
                    help=f"{' or '.join(ANSWER_FORMATS)}: integers 0-999 (n >= 1000 taken mod 1000; other answers "
                    f"are invalid votes), or any answer, pooled by the grader's equivalence (default {INT_FORMAT})")
-    add_sampling_args(p, samples_help="most samples per problem (N of maj@N)",
-                      stop_help="stop each sample at </think> and take its boxed answer from the reasoning")
+    add_sampling_args(p, helps={"samples": "most samples per problem (N of maj@N)",
+                                "stop_at_think": "stop each sample at </think> and take its boxed answer from the "
+                                "reasoning"})
     p.add_argument("--stop-at-first-box", dest="stop_at_first_box", action="store_true",
                    help="stop each sample at its first complete \\boxed{} and vote with it (checked between chunks)")
     p.add_argument("--early-stop", dest="early_stop", action=argparse.BooleanOptionalAction, default=True,
@@ -514,27 +425,3 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--answer-column", default="answer",
                    help="gold answer column, if any: yields an accuracy line (default 'answer')")
     p.set_defaults(func=cmd_solve)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mathrecipe solve ARGS`` as a function: ``main(["--model", ..., "--problems", ...])``."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="mathrecipe")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar; only warnings in the log")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_solve_parser(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    quiet = [a for a in argv if a in ("-q", "--quiet")]
-    args = parser.parse_args([*quiet, "solve", *[a for a in argv if a not in ("-q", "--quiet")]])
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return int(args.func(args) or 0)
-    except MathRecipeError as e:
-        print(f"mathrecipe: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
