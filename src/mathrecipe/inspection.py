@@ -141,6 +141,8 @@ def _default_text(f: dataclasses.Field) -> str:
         return "(required)"
     if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
         return "[" + ", ".join(getattr(v, "name", None) or getattr(v, "kind", "?") for v in value) + "]"
+    if isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+        return "{" + ", ".join(value) + "}"  # sections by name (the rewards): their keys follow
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, list, dict)) else (
         "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
 
