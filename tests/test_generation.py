@@ -12,12 +12,10 @@ from mathrecipe.evaluate.generation import (
     VLLMMissing,
     _finish,
     answer_token_offsets,
-    auto_batch_size,
-    kv_bytes_per_token,
     make_generator,
     prompt_ids,
-    static_cache_bytes,
 )
+from mathrecipe.memory import auto_batch_size, kv_bytes_per_token, static_cache_bytes
 from mathrecipe.prompts import render_prompt
 
 PROBLEMS = ["Compute 12 + 13.", "Compute 40 - 11 + 20.", "Compute 99 - 50."]

@@ -60,65 +60,28 @@ from typing import Any
 
 from mathrecipe.hardware import resolve_precision
 from mathrecipe.launch import StageLaunch, grpo_generation_batch, stage_launch, validate_launch
+from mathrecipe.memory import (
+    ENGINE_RUNTIME_GIB,
+    GIB,
+    PROMPT_TOKENS,
+    ModelShape,
+    activation_bytes,
+    auto_eval_batch_size,
+    engine_kv_room_gib,
+    eval_batch_bytes,
+    moment_bytes,
+    sequence_bytes,
+    state_extra_bytes,
+    train_state_bytes,
+)
 from mathrecipe.recipe import Recipe, RecipeError
 
-GIB = 2**30
 CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspace, NCCL buffers
 HEADROOM = 0.05  # share of the card left to allocator fragmentation
-PROMPT_TOKENS = 512  # prompts are planned at the paper's max_prompt_length
-LM_HEAD_TILE = 4096 * 32768  # TRL 1.16 fused LM head: TOKEN_CHUNK_SIZE x chunk of the vocabulary, fp32
-VLLM_RUNTIME_GIB = 2.0  # vLLM's activations, sampler and CUDA graphs inside its share (approximate)
 VLLM_EVAL_SHARE = 0.9  # vLLM's default gpu_memory_utilization
-ZERO3_MAX_LIVE = 1_000_000_000  # DeepSpeed's default stage3_max_live_parameters
 
 
 # ------------------------------------------------------------------------------------------------ model shapes
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers of a decoder-only transformer that memory depends on (from its config.json)."""
-
-    name: str
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    tied: bool
-    attention_bias: bool = False  # Qwen2: q/k/v biases
-    qk_norm: bool = False  # Qwen3: RMSNorm on queries and keys
-    max_positions: int | None = None
-
-    @property
-    def layer_params(self) -> int:
-        """q, k, v, o projections + gate/up/down MLP + two RMSNorms (+ biases, q/k norms)."""
-        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        n = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate + 2 * h
-        if self.attention_bias:
-            n += q + 2 * kv
-        if self.qk_norm:
-            n += 2 * self.head_dim
-        return n
-
-    @property
-    def params(self) -> int:
-        """Embeddings (+ an untied LM head) + layers + the final norm."""
-        embed = self.vocab * self.hidden * (1 if self.tied else 2)
-        return embed + self.layers * self.layer_params + self.hidden
-
-    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        """2 (keys and values) x L x K x d x bytes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
-
-    def describe(self) -> str:
-        tie = "tied" if self.tied else "untied"
-        count = f"{self.params / 1e9:.2f}B" if self.params >= 1e9 else f"{self.params / 1e6:.2f}M"
-        return (f"{count} parameters ({self.layers} layers, hidden {self.hidden}, "
-                f"{self.heads}/{self.kv_heads} heads x {self.head_dim}, MLP {self.intermediate}, vocab {self.vocab} "
-                f"{tie})")
 
 
 def _qwen25(name: str, layers: int, hidden: int, heads: int, kv: int, inter: int, vocab: int, tied: bool,
@@ -210,21 +173,6 @@ def resolve_shape(recipe: Recipe) -> ModelShape:
 # ------------------------------------------------------------------------------------------------ formulas
 
 
-def moment_bytes(optim: str) -> float:
-    """Optimizer-state bytes per parameter besides master weights: Adam/AdamW 8 (two fp32 moments), 8-bit Adam 2,
-    Lion / SGD with momentum 4 (8-bit Lion 1), Adafactor ~0 (factored), plain SGD 0."""
-    o = optim.lower()
-    if "lion" in o:
-        return 1.0 if "8bit" in o else 4.0
-    if "8bit" in o:
-        return 2.0
-    if "adafactor" in o:
-        return 0.0
-    if o.startswith("sgd"):
-        return 4.0
-    return 8.0
-
-
 def _optimizer_note(key: str, optim: str) -> list[str]:
     """8-bit and paged optimizers come from bitsandbytes, which mathrecipe does not install."""
     import importlib.util
@@ -234,62 +182,11 @@ def _optimizer_note(key: str, optim: str) -> list[str]:
     return []
 
 
-def train_state_bytes(params: int, launch: StageLaunch, processes: int, mixed: bool, optim: str) -> dict[str, float]:
-    """Per-GPU bytes of weights, gradients, fp32 master weights and optimizer moments (see the module table)."""
-    n = max(processes, 1)
-    ds = launch.deepspeed is not None
-    w = 2 if (ds and mixed) else 4
-    g = w
-    master = 4 if (ds and mixed) else 0
-    m = moment_bytes(optim)
-    shards = launch.shards
-    div_w = n if shards == "weights" else 1
-    div_g = n if shards in ("gradients", "weights") else 1
-    div_o = n if shards != "none" else 1
-    out = {"weights": params * w / div_w, "gradients": params * g / div_g}
-    if master:
-        out["fp32 master weights"] = params * master / div_o
-    out["optimizer moments"] = params * m / div_o
-    return out
-
-
-def layer_activation_bytes(shape: ModelShape, seq: int, act_bytes: int, eager: bool) -> float:
-    """Bytes one layer keeps per token for backward: (a/2)(34h + 8I + 8Kd) (+ (a/2) 5 H s for eager attention)."""
-    per = 34 * shape.hidden + 8 * shape.intermediate + 8 * shape.kv_heads * shape.head_dim
-    if eager:
-        per += 5 * shape.heads * seq
-    return per * act_bytes / 2
-
-
-def activation_bytes(shape: ModelShape, batch: int, seq: int, act_bytes: int, checkpointing: bool,
-                     eager: bool = False) -> dict[str, float]:
-    """Activations of a micro-batch of ``batch`` x ``seq`` tokens (see the module docstring) and the fused LM head."""
-    tokens = batch * seq
-    layer = tokens * layer_activation_bytes(shape, seq, act_bytes, eager)
-    if checkpointing:
-        out = {"activations (layer inputs)": tokens * shape.layers * shape.hidden * act_bytes,
-               "activations (one layer recomputed)": layer}
-    else:
-        out = {"activations": layer * shape.layers}
-    out["LM head (fused, tiled)"] = LM_HEAD_TILE * 4 + shape.vocab * shape.hidden * 4
-    return out
-
-
 def checkpointing_note(shape: ModelShape, batch: int, seq: int, act_bytes: int, eager: bool = False) -> str:
     """Both activation figures, so the cost of the checkpointing choice is visible either way."""
     on, off = (sum(v for k, v in activation_bytes(shape, batch, seq, act_bytes, gc, eager).items()
                    if k.startswith("activations")) / GIB for gc in (True, False))
     return f"activations {on:.1f} GiB with gradient checkpointing, {off:.1f} GiB without"
-
-
-def eval_batch_bytes(shape: ModelShape, seq: int, dtype_bytes: int = 2) -> float:
-    """Bytes per generated sequence: its KV cache (seq tokens) + last-position fp32 logits and probabilities."""
-    return seq * shape.kv_bytes_per_token(dtype_bytes) + shape.vocab * 8
-
-
-def auto_eval_batch_size(shape: ModelShape, seq: int, budget_gib: float, dtype_bytes: int = 2) -> int:
-    """``eval.batch_size: auto``: the most sequences of ``seq`` tokens whose KV cache fits ``budget_gib``."""
-    return max(0, int(budget_gib * GIB // eval_batch_bytes(shape, seq, dtype_bytes)))
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -373,7 +270,8 @@ class Plan:
         return next(s for s in self.stages if s.stage == name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": {**asdict(self.model), "params": self.model.params,
+        shape = {k: v for k, v in asdict(self.model).items() if k != "counted_params"}  # "params" has the count
+        return {"model": {**shape, "params": self.model.params,
                           "kv_bytes_per_token_bf16": self.model.kv_bytes_per_token(2)},
                 "target": asdict(self.target) | {"usable_gib": self.target.usable_gib},
                 "stages": [s.to_dict() for s in self.stages], "failures": self.failures(), "notes": self.notes}
@@ -397,26 +295,6 @@ def _shard_label(launch: StageLaunch, n: int) -> str:
     if launch.zero_stage is not None:
         return f"ZeRO-{launch.zero_stage} over {n}"
     return "DDP" if n > 1 else "one process"
-
-
-def _state_extras(shape: ModelShape, launch: StageLaunch, n: int, mixed: bool) -> dict[str, float]:
-    """Per-GPU bytes that come with the parallel layout: DDP buckets, autocast copies, gathered weights."""
-    p = shape.params
-    out: dict[str, float] = {}
-    if launch.deepspeed is None and launch.fsdp is None:
-        if mixed:
-            out["bf16 autocast weight copies"] = 2 * p
-        if n > 1:
-            out["DDP gradient buckets"] = 4 * p
-    elif launch.zero_stage == 3:
-        live = (launch.deepspeed or {}).get("zero_optimization", {}).get("stage3_max_live_parameters", ZERO3_MAX_LIVE)
-        live = ZERO3_MAX_LIVE if live == "auto" else int(live)
-        out["ZeRO-3 gathered weights"] = 2 * min(p, max(live, shape.vocab * shape.hidden))
-    elif launch.fsdp is not None and launch.shards == "weights":
-        out["FSDP gathered layers + LM head"] = 2 * 2 * shape.layer_params + 4 * shape.vocab * shape.hidden
-    elif launch.fsdp is not None:
-        out["FSDP gathered weights (kept through backward)"] = 2 * p
-    return out
 
 
 def _data_rows(path: str | None) -> tuple[int | None, list[int] | None]:
@@ -473,7 +351,7 @@ def plan_sft(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
         plan.notes.append(f"sft.max_length is unset: planned at {seq} tokens per row")
     plan.notes += _optimizer_note("sft.optim", s.optim)
     plan.items += _gib(train_state_bytes(shape.params, launch, n, mixed, s.optim))
-    plan.items += _gib(_state_extras(shape, launch, n, mixed))
+    plan.items += _gib(state_extra_bytes(shape, launch, n, mixed))
     plan.items += _gib(activation_bytes(shape, s.batch_size, seq, act, gc, eager))
     plan.notes.append(checkpointing_note(shape, s.batch_size, seq, act, eager))
     if target.gpu:
@@ -514,7 +392,7 @@ def plan_grpo(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
                      usable_gib=target.usable_gib)
     plan.notes += _optimizer_note("grpo.extra.optim", optim)
     plan.items += _gib(train_state_bytes(shape.params, launch, n, mixed, optim))
-    plan.items += _gib(_state_extras(shape, launch, n, mixed))
+    plan.items += _gib(state_extra_bytes(shape, launch, n, mixed))
     if g.beta > 0:
         ref = (2 if mixed else 4) * shape.params / (n if launch.zero_stage == 3 else 1)
         plan.items.append(("reference model", ref / GIB, "all"))
@@ -528,7 +406,7 @@ def plan_grpo(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
             tp = int(g.extra.get("vllm_tensor_parallel_size", 1))
             share = g.vllm_gpu_memory_utilization * target.gpu_mem_gib
             weights = 2 * shape.params / tp / GIB
-            kv = share - weights - VLLM_RUNTIME_GIB
+            kv = engine_kv_room_gib(share, shape.params, tp)
             need = seq * kv_tok / tp / GIB
             plan.items.append((f"vLLM share ({g.vllm_gpu_memory_utilization:g} x card)", share, "rollout"))
             plan.phases_overlap = not sleep
@@ -536,19 +414,19 @@ def plan_grpo(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
             plan.work["vllm_kv_gib"] = round(kv, 2)
             plan.work["vllm_concurrent_sequences"] = max(0, int(kv // need)) if need else None
             if kv < need:
-                least = math.ceil((weights + VLLM_RUNTIME_GIB + need) / target.gpu_mem_gib * 20) / 20
+                least = math.ceil((weights + ENGINE_RUNTIME_GIB + need) / target.gpu_mem_gib * 20) / 20
                 fix = (f"raise grpo.vllm_gpu_memory_utilization to >= {least:.2f}" if least < 1 - HEADROOM else
                        "vLLM cannot hold the model on this GPU (raise grpo.extra.vllm_tensor_parallel_size, or "
                        "grpo.backend=hf)")
                 plan.problems.append(
-                    f"the vLLM share {share:.1f} GiB cannot hold {weights:.1f} GiB of weights, ~{VLLM_RUNTIME_GIB:g} "
+                    f"the vLLM share {share:.1f} GiB cannot hold {weights:.1f} GiB of weights, ~{ENGINE_RUNTIME_GIB:g} "
                     f"GiB runtime and one {seq}-token sequence ({need:.1f} GiB of KV cache): {fix}")
             elif kv // need < local:
                 plan.notes.append(f"vLLM holds {int(kv // need)} of this GPU's {local} completions at once; the "
                                   "rest wait (slower, not an error)")
     elif g.backend in ("hf", "paged"):
         local = grpo_generation_batch(recipe, n) // n
-        roll = {"rollout KV cache": local * (seq * kv_tok + shape.vocab * 8)}
+        roll = {"rollout KV cache": local * sequence_bytes(kv_tok, seq, shape.vocab)}
         if launch.zero_stage == 3:  # ds3_gather_for_generation: the whole model is gathered to generate
             roll["weights gathered for generation"] = 2 * shape.params
         plan.items += _gib(roll, "rollout")
@@ -585,8 +463,7 @@ def plan_eval(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
         if target.gpu_mem_gib is not None:
             share = VLLM_EVAL_SHARE * target.gpu_mem_gib
             plan.items.append((f"vLLM share ({VLLM_EVAL_SHARE:g} x card)", share, "all"))
-            need = 2 * shape.params / GIB + VLLM_RUNTIME_GIB + seq * shape.kv_bytes_per_token(2) / GIB
-            if need > share:
+            if engine_kv_room_gib(share, shape.params) < seq * shape.kv_bytes_per_token(2) / GIB:
                 plan.problems.append(f"vLLM's {share:.1f} GiB cannot hold the {2 * shape.params / GIB:.1f} GiB "
                                      f"weights and one {seq}-token sequence; use a larger GPU or tensor parallelism")
         return plan

@@ -17,17 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from mathrecipe import memory
 from mathrecipe.errors import MathRecipeError
+from mathrecipe.memory import auto_batch_size, default_kv_cache_gib
 from mathrecipe.prompts import SYSTEM_PROMPT, render_prompt
 
 THINK_END = "</think>"
 BatchSize = int | Literal["auto"]
-
-CPU_KV_CACHE_GIB = 4.0  # batch_size=auto on CPU: a fixed budget (host memory is shared with everything else)
-# batch_size=auto on a GPU: this share of the memory free after the model is loaded goes to the KV cache; the rest
-# covers prefill activations, logits and sampling buffers (chosen, not yet measured on a GPU; see the bench notes).
-GPU_KV_CACHE_SHARE = 0.6
-
 
 class SettingError(MathRecipeError):
     """A sampling setting out of range; ``key`` names it (the CLI shows it as its flag)."""
@@ -94,39 +90,6 @@ def prompt_ids(tokenizer: Any, problems: Sequence[str], system_prompt: str | Non
 
 
 # ------------------------------------------------------------------------------------------ batch size
-
-
-def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
-    """KV-cache bytes one token takes: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes."""
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return 2 * c.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-
-
-def auto_batch_size(config: Any, dtype_bytes: int, tokens_per_sequence: int, kv_cache_gib: float) -> int:
-    """The largest batch whose KV cache fits the budget: floor(kv_cache_gib * 2^30 / (kv_bytes_per_token x
-    (prompt + max_new_tokens))), at least 1."""
-    per_seq = kv_bytes_per_token(config, dtype_bytes) * tokens_per_sequence
-    return max(1, int(kv_cache_gib * 2**30 // per_seq))
-
-
-def static_cache_bytes(config: Any, dtype_bytes: int, batch: int, tokens_per_sequence: int) -> int:
-    """Bytes a preallocated KV cache takes: batch x tokens_per_sequence x :func:`kv_bytes_per_token`."""
-    return batch * tokens_per_sequence * kv_bytes_per_token(config, dtype_bytes)
-
-
-def default_kv_cache_gib(device: Any) -> float:
-    """KV budget when none is set: on CUDA, GPU_KV_CACHE_SHARE of the device's free memory; elsewhere a fixed
-    CPU_KV_CACHE_GIB."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return GPU_KV_CACHE_SHARE * free / 2**30
-    return CPU_KV_CACHE_GIB
 
 
 def check_batch_size(value: Any, key: str = "batch_size") -> BatchSize:
@@ -260,7 +223,7 @@ class HFGenerator:
         if p.device.type != "cpu":
             return False
         gib = self.kv_cache_gib if self.kv_cache_gib is not None else default_kv_cache_gib(p.device)
-        return static_cache_bytes(self.model.config, p.element_size(), batch, tokens_per_sequence) <= gib * 2**30
+        return memory.static_cache_fits(self.model.config, p.element_size(), batch, tokens_per_sequence, gib)
 
     def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
