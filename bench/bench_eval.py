@@ -77,7 +77,8 @@ def generation_child(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     """Time one setting in this process: tokens generated per second, after a warm-up batch."""
     import torch
 
-    from mathrecipe.evaluate.generation import HFGenerator, SamplingSettings, prompt_ids
+    from mathrecipe.evaluate.generation import HFGenerator, SamplingSettings
+    from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [json.loads(x) for x in (SHARED / "benchmarks" / "gsm8k_test.jsonl").read_text().splitlines()]

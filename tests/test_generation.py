@@ -13,9 +13,9 @@ from mathrecipe.evaluate.generation import (
     _finish,
     answer_token_offsets,
     make_generator,
-    prompt_ids,
 )
 from mathrecipe.memory import auto_batch_size, kv_bytes_per_token, static_cache_bytes
+from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 from mathrecipe.prompts import render_prompt
 
 PROBLEMS = ["Compute 12 + 13.", "Compute 40 - 11 + 20.", "Compute 99 - 50."]

@@ -21,13 +21,7 @@ from mathrecipe.files import atomic_write_json, replace_dir
 from mathrecipe.grading import Grader, default_grader
 from mathrecipe.hardware import has_cuda, precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer, load_tokenizer, resolve_model
-from mathrecipe.prompts import (
-    build_messages,
-    describe_overlong,
-    messages_ids,
-    model_context,
-    overlong_prompts,
-)
+from mathrecipe.prompts import build_messages, checked_prompt_ids, model_context
 from mathrecipe.recipe import Recipe
 from mathrecipe.rewards import CosineReward, LengthPenalty, completion_text, format_reward
 
@@ -403,15 +397,11 @@ def check_prompt_lengths(dataset: Any, tokenizer: Any, config: Any, max_completi
     + ``grpo.max_completion_length`` > the model's context. TRL 1.16 neither cuts nor skips such a prompt: its
     rollouts run past the model's positions (garbage, or out of memory)."""
     context = model_context(config)
-    if context is None:
-        return
-    lengths = [len(messages_ids(tokenizer, p)) for p in dataset["prompt"]]
-    over = overlong_prompts(lengths, max_completion_length, context)
-    if over:
-        raise DataError(describe_overlong(
-            f"{source} (max_new_tokens = grpo.max_completion_length)", [i + 1 for i in over],
-            [lengths[i] for i in over], max_completion_length, context,
-            "drop or shorten those rows, or lower grpo.max_completion_length"))
+    if context is not None:
+        prompts = dataset["prompt"]
+        checked_prompt_ids(tokenizer, prompts, range(1, len(prompts) + 1), None, max_completion_length, context,
+                           f"{source} (max_new_tokens = grpo.max_completion_length)",
+                           "drop or shorten those rows, or lower grpo.max_completion_length", error=DataError)
 
 
 def check_grpo_data(recipe: Recipe, data_path: str | Path, model_path: str) -> Any:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from mathrecipe.grading import Grader, default_grader, extract_answer
+from mathrecipe.prompts import THINK_END
 
 Unit = Literal["tokens", "chars"]
-THINK_END = "</think>"
 
 
 def completion_text(completion: Any) -> str:

@@ -2,7 +2,7 @@
 
 ``mathrecipe eval``, the in-run evaluation (SFT epochs, after GRPO) and any script use it the same way::
 
-    ids = prompt_ids(tokenizer, [p["problem"] for p in problems], system_prompt)   # the chat template, as training
+    ids = batch_prompt_ids(tokenizer, [p["problem"] for p in problems], system_prompt)  # chat template (prompts)
     gen = make_generator("hf", model_or_path, tokenizer, batch_size="auto")
     completions = gen.generate(ids, SamplingSettings(samples=4, temperature=0.6, top_p=0.95, max_new_tokens=2048))
     completions[i][j].text, .token_ids, .finished       # problem i, sample j
@@ -20,9 +20,8 @@ from typing import Any, Literal, Protocol
 from mathrecipe import memory
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.memory import auto_batch_size, default_kv_cache_gib
-from mathrecipe.prompts import SYSTEM_PROMPT, render_prompt
+from mathrecipe.prompts import THINK_END
 
-THINK_END = "</think>"
 BatchSize = int | Literal["auto"]
 
 class SettingError(MathRecipeError):
@@ -80,13 +79,6 @@ class Generator(Protocol):
 
     def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]: ...
-
-
-def prompt_ids(tokenizer: Any, problems: Sequence[str], system_prompt: str | None = SYSTEM_PROMPT) -> list[list[int]]:
-    """Token ids of each problem's prompt: the system prompt and the tokenizer's own chat template (``prompts``),
-    encoded without adding special tokens (the template already writes any BOS, as in training)."""
-    texts = [render_prompt(tokenizer, p, system_prompt) for p in problems]
-    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 # ------------------------------------------------------------------------------------------ batch size
@@ -412,40 +404,6 @@ def open_generator(backend: str, model: str, batch_size: BatchSize = "auto", kv_
         raise MathRecipeError(f"--model {model}: its pickled weights (pytorch_model.bin) hold Python objects that "
                               "torch refuses to load, since unpickling them could run code; use a safetensors copy "
                               "of the model from a source you trust") from e
-
-
-def longest_token_chars(tokenizer: Any) -> int:
-    """The most characters one token stands for, read off the vocabulary: a raw token string is never shorter than
-    the text it decodes to (byte-level BPE: one character a byte; SentencePiece: "▁" for a space, "<0x41>" for one
-    byte; WordPiece: "##" prefixes), so a text of c characters takes at least c / this many tokens."""
-    return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
-
-
-def checked_prompt_ids(tokenizer: Any, problems: Sequence[str], labels: Sequence[Any], system_prompt: str | None,
-                       max_new_tokens: int, context: int | None, where: str, fix: str) -> list[list[int]]:
-    """:func:`prompt_ids` of each problem, after checking that prompt + ``max_new_tokens`` fits the model's
-    ``context`` (``mathrecipe.prompts.overlong_prompts``); otherwise a one-line error naming how many do not fit
-    and the first (``describe_overlong``; ``labels`` name the problems). A prompt whose text alone proves it cannot
-    fit in the whole context -- ceil(characters / :func:`longest_token_chars`) tokens at least -- is refused without
-    being tokenized: a 5 MB problem would take half a minute and GBs of memory to tokenize, and far more to generate
-    from."""
-    from mathrecipe.prompts import describe_overlong, overlong_prompts, render_prompt
-
-    texts = [render_prompt(tokenizer, p, system_prompt) for p in problems]
-    if context is None:
-        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    widest = longest_token_chars(tokenizer)
-    at_least = [-(-len(t) // widest) for t in texts]
-    sure = set(overlong_prompts(at_least, 0, context))  # longer than the whole context: not worth counting
-    rest = [i for i in range(len(texts)) if i not in sure]
-    enc = tokenizer([texts[i] for i in rest], add_special_tokens=False)["input_ids"] if rest else []
-    ids: dict[int, list[int]] = {i: list(x) for i, x in zip(rest, enc)}
-    over = sorted(sure | {rest[j] for j in overlong_prompts([len(x) for x in enc], max_new_tokens, context)})
-    if over:
-        lengths = [f"at least {at_least[i]}" if i in sure else len(ids[i]) for i in over]
-        raise MathRecipeError(describe_overlong(where, [labels[i] for i in over], lengths, max_new_tokens, context,
-                                                fix))
-    return [ids[i] for i in range(len(texts))]
 
 
 def answer_token_offsets(token_ids: Sequence[int], char_ends: Sequence[int], tokenizer: Any) -> list[int]:

@@ -23,13 +23,12 @@ from mathrecipe.evaluate.generation import (
     HFGenerator,
     SamplingSettings,
     VLLMGenerator,
-    checked_prompt_ids,
     load_hf_model,
 )
 from mathrecipe.evaluate.metrics import summarize
 from mathrecipe.evaluate.samples import grade_completions
 from mathrecipe.grading import Grader
-from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.prompts import SYSTEM_PROMPT, checked_prompt_ids
 
 Rows = list[dict[str, Any]]
 

@@ -28,7 +28,6 @@ from mathrecipe.evaluate.generation import (
     VLLMMissing,
     check_backend,
     check_batch_size,
-    checked_prompt_ids,
     open_generator,
     open_tokenizer,
 )
@@ -45,7 +44,7 @@ from mathrecipe.evaluate.samples import (
 )
 from mathrecipe.files import atomic_write_text
 from mathrecipe.grading import Grader, default_grader
-from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.prompts import SYSTEM_PROMPT, checked_prompt_ids
 
 log = logging.getLogger(__name__)
 
