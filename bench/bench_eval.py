@@ -204,7 +204,7 @@ def bench_grading(repeats: int) -> dict[str, Any]:
 
 
 def bench_box_offsets(repeats: int, min_tokens: int = 32_000) -> dict[str, Any]:
-    from mathrecipe.evaluate.generation import answer_token_offsets
+    from mathrecipe.evaluate.samples import answer_token_offsets
     from mathrecipe.grading import boxed_spans
     from mathrecipe.toy import build_tokenizer
 

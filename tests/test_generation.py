@@ -11,9 +11,9 @@ from mathrecipe.evaluate.generation import (
     VLLMGenerator,
     VLLMMissing,
     _finish,
-    answer_token_offsets,
     make_generator,
 )
+from mathrecipe.evaluate.samples import answer_token_offsets
 from mathrecipe.memory import auto_batch_size, kv_bytes_per_token, static_cache_bytes
 from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 from mathrecipe.prompts import render_prompt

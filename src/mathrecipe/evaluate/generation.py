@@ -404,38 +404,3 @@ def open_generator(backend: str, model: str, batch_size: BatchSize = "auto", kv_
         raise MathRecipeError(f"--model {model}: its pickled weights (pytorch_model.bin) hold Python objects that "
                               "torch refuses to load, since unpickling them could run code; use a safetensors copy "
                               "of the model from a source you trust") from e
-
-
-def answer_token_offsets(token_ids: Sequence[int], char_ends: Sequence[int], tokenizer: Any) -> list[int]:
-    """For each character offset e of the completion's text (where an answer closes), how many tokens it takes to
-    reach it: the smallest k whose decoded prefix ids[:k] holds at least e characters.
-
-    One streaming decode (tokenizers' DecodeStream, linear in the tokens: bench/bench_eval.py measures it against
-    bisection with full decodes, which is quadratic); bisection only for tokenizers without a fast backend.
-    An offset past the decoded text maps to the last token.
-    """
-    order = sorted(range(len(char_ends)), key=lambda i: char_ends[i])
-    out = [len(token_ids)] * len(char_ends)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and order:
-        from tokenizers.decoders import DecodeStream
-
-        stream, n, j = DecodeStream(skip_special_tokens=True), 0, 0
-        for k, t in enumerate(token_ids, 1):
-            n += len(stream.step(backend, int(t)) or "")
-            while j < len(order) and n >= char_ends[order[j]]:
-                out[order[j]] = k
-                j += 1
-            if j == len(order):
-                break
-        return out
-    for i, e in enumerate(char_ends):
-        lo, hi = 1, max(1, len(token_ids))
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(tokenizer.decode(list(token_ids[:mid]), skip_special_tokens=True)) >= e:
-                hi = mid
-            else:
-                lo = mid + 1
-        out[i] = lo
-    return out
