@@ -69,7 +69,7 @@ def _model(kind: str, tmp: Path) -> tuple[Any, Any]:
         from mathrecipe.realmodel import real_model_dir
 
         path = real_model_dir()
-    # fp32 on CPU, as evaluation loads a model there (mathrecipe.evaluate.generation.load_hf_model)
+    # fp32 on CPU, as evaluation loads a model there (mathrecipe.modeling.load_for_generation)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
 

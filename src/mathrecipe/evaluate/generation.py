@@ -332,28 +332,11 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def load_hf_model(path: str, device: Any = None, attn_implementation: str | None = None,
-                  trust_remote_code: bool = False) -> Any:
-    """A saved causal LM for generation: bf16 on CUDA (fp32 elsewhere), on ``device`` (default: cuda if any)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from mathrecipe.modeling import resolve_model
-
-    path = resolve_model(path, "model")  # a half-written folder or an unreachable hub id: one line, now
-    cuda = torch.cuda.is_available()
-    device = device if device is not None else ("cuda" if cuda else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
-        attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    return model.to(device)
-
-
 def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto",
                    kv_cache_gib: float | None = None, seed: int = 0, **vllm_kwargs: Any) -> Generator:
     """A :class:`Generator` for ``backend`` ("hf" or "vllm").
 
-    hf: ``model_or_path`` is a loaded model or a saved folder / hub id (loaded by :func:`load_hf_model`).
+    hf: ``model_or_path`` is a loaded model or a saved folder / hub id (``modeling.load_for_generation``).
     vllm: a folder / hub id; a missing vLLM is a one-line :class:`VLLMMissing` error, raised before any loading.
     """
     check_backend(backend)
@@ -361,46 +344,21 @@ def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size:
         if not isinstance(model_or_path, str):
             raise MathRecipeError("backend 'vllm' loads the model itself: pass a saved folder or hub id, not a model")
         return VLLMGenerator(model_or_path, seed=seed, **vllm_kwargs)
-    model = load_hf_model(model_or_path) if isinstance(model_or_path, str) else model_or_path
+    from mathrecipe.modeling import load_for_generation
+
+    model = load_for_generation(model_or_path) if isinstance(model_or_path, str) else model_or_path
     return HFGenerator(model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib)
-
-
-def _cannot_load(model: str, e: Exception) -> MathRecipeError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return MathRecipeError(f"--model {model}: cannot be loaded ({first})")
-
-
-def open_tokenizer(model: str) -> tuple[Any, int | None]:
-    """(tokenizer, context window in tokens or None) of a saved folder or hub id, without loading the weights: what
-    the prompt-length check needs, in seconds. A folder that cannot be read is one line naming ``--model``."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from mathrecipe.prompts import model_context
-
-    try:
-        return AutoTokenizer.from_pretrained(model), model_context(AutoConfig.from_pretrained(model))
-    except (OSError, ValueError) as e:
-        raise _cannot_load(model, e) from e
 
 
 def open_generator(backend: str, model: str, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
                    seed: int = 0, tokenizer: Any = None) -> tuple[Any, Generator]:
     """(tokenizer, generator) for a saved folder or hub id, as the ``eval`` and ``solve`` commands load it: a folder
     without weights or tokenizer files, an unknown hub id or architecture, or weights torch refuses to unpickle is
-    one line naming ``--model``. Pass ``tokenizer`` when it is already loaded."""
-    import pickle
+    one line naming ``--model`` (``modeling.loading_errors``). Pass ``tokenizer`` when it is already loaded."""
+    from mathrecipe.modeling import load_tokenizer, loading_errors
+    from mathrecipe.recipe import ModelConfig
 
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
+    with loading_errors(model):
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model, ModelConfig())
         return tokenizer, make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
                                          seed=seed)
-    except MathRecipeError:
-        raise
-    except (OSError, ValueError) as e:
-        raise _cannot_load(model, e) from e
-    except pickle.UnpicklingError as e:  # torch's weights_only load refused a pickle holding more than tensors
-        raise MathRecipeError(f"--model {model}: its pickled weights (pytorch_model.bin) hold Python objects that "
-                              "torch refuses to load, since unpickling them could run code; use a safetensors copy "
-                              "of the model from a source you trust") from e

@@ -23,11 +23,11 @@ from mathrecipe.evaluate.generation import (
     HFGenerator,
     SamplingSettings,
     VLLMGenerator,
-    load_hf_model,
 )
 from mathrecipe.evaluate.metrics import summarize
 from mathrecipe.evaluate.samples import grade_completions
 from mathrecipe.grading import Grader
+from mathrecipe.modeling import load_for_generation
 from mathrecipe.prompts import SYSTEM_PROMPT, checked_prompt_ids
 
 Rows = list[dict[str, Any]]
@@ -154,7 +154,7 @@ def evaluate_saved_model(recipe: Any, model_path: str, tokenizer: Any, problems:
     else:
         device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
                   else torch.device("cpu"))
-        model = load_hf_model(model_path, device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
+        model = load_for_generation(model_path, recipe.model, device)
         gen = HFGenerator(model, tokenizer, batch_size=e.batch_size, kv_cache_gib=e.kv_cache_gib)
     try:
         return evaluate_model(gen, tokenizer, problems, recipe_settings(recipe), recipe.data.system_prompt,

@@ -29,7 +29,6 @@ from mathrecipe.evaluate.generation import (
     check_backend,
     check_batch_size,
     open_generator,
-    open_tokenizer,
 )
 from mathrecipe.evaluate.identity import fingerprint_changes, model_fingerprint
 from mathrecipe.evaluate.metrics import accuracy_at_budgets, budget_grid, summarize
@@ -44,6 +43,7 @@ from mathrecipe.evaluate.samples import (
 )
 from mathrecipe.files import atomic_write_text
 from mathrecipe.grading import Grader, default_grader
+from mathrecipe.modeling import open_tokenizer
 from mathrecipe.prompts import SYSTEM_PROMPT, checked_prompt_ids
 
 log = logging.getLogger(__name__)
