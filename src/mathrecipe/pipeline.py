@@ -182,14 +182,13 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
                 raise RecipeError("sft.select=best picks the epoch on development problems apart from the reported "
                                   "ones: set data.dev_path (or sft.select=last)")
             load_problems(d.dev_path, d.problem_column, d.answer_column, "data.dev_path")
+    from mathrecipe.evaluate.generation import backend_unavailable
+
     for key, backend, used in (("eval.backend", recipe.eval.backend, True),
                                ("grpo.backend", recipe.grpo.backend, do_grpo)):
-        if backend == "vllm" and used:
-            try:
-                import vllm  # noqa: F401
-            except ImportError as e:
-                raise RecipeError(f"{key}=vllm needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' "
-                                  f"on a GPU machine, or set {key}=hf") from e
+        why = backend_unavailable(backend) if used else None
+        if why:
+            raise RecipeError(f"{key}={backend} {why}, or set {key}=hf")
     from mathrecipe.hardware import precision_kwargs
 
     for key, stage in (("sft", recipe.sft), ("grpo", recipe.grpo)):

@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathrecipe.evaluate.generation import BACKENDS
 from mathrecipe.hardware import resolve_precision
 from mathrecipe.launch import StageLaunch, grpo_generation_batch, stage_launch, validate_launch
 from mathrecipe.memory import (
@@ -78,7 +79,6 @@ from mathrecipe.recipe import Recipe, RecipeError
 
 CUDA_CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspace, NCCL buffers
 HEADROOM = 0.05  # share of the card left to allocator fragmentation
-VLLM_EVAL_SHARE = 0.9  # vLLM's default gpu_memory_utilization
 
 
 # ------------------------------------------------------------------------------------------------ model shapes
@@ -458,13 +458,15 @@ def plan_eval(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
     plan.work = {"samples": e.samples, "sequence_tokens_max": seq}
     if problems is not None:
         plan.work.update(problems=problems, sequences=sequences, generated_tokens_max=sequences * e.max_new_tokens)
-    if e.backend == "vllm":
-        plan.setup = f"vLLM ({VLLM_EVAL_SHARE:g} of the card), sequences of {PROMPT_TOKENS} + {e.max_new_tokens} tokens"
+    backend = BACKENDS[e.backend]
+    if backend.gpu_share is not None:  # an engine that preallocates its share of the card
+        name, part = backend.label, backend.gpu_share
+        plan.setup = f"{name} ({part:g} of the card), sequences of {PROMPT_TOKENS} + {e.max_new_tokens} tokens"
         if target.gpu_mem_gib is not None:
-            share = VLLM_EVAL_SHARE * target.gpu_mem_gib
-            plan.items.append((f"vLLM share ({VLLM_EVAL_SHARE:g} x card)", share, "all"))
+            share = part * target.gpu_mem_gib
+            plan.items.append((f"{name} share ({part:g} x card)", share, "all"))
             if engine_kv_room_gib(share, shape.params) < seq * shape.kv_bytes_per_token(2) / GIB:
-                plan.problems.append(f"vLLM's {share:.1f} GiB cannot hold the {2 * shape.params / GIB:.1f} GiB "
+                plan.problems.append(f"{name}'s {share:.1f} GiB cannot hold the {2 * shape.params / GIB:.1f} GiB "
                                      f"weights and one {seq}-token sequence; use a larger GPU or tensor parallelism")
         return plan
     per_seq = eval_batch_bytes(shape, seq, dtype)
@@ -482,7 +484,8 @@ def plan_eval(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
                 plan.problems.append(f"not one {seq}-token sequence fits the {budget:.1f} GiB KV budget")
     else:
         batch = e.batch_size
-    plan.setup = f"HF generate, batch {batch if batch is not None else 'auto'} x ({PROMPT_TOKENS} + {e.max_new_tokens}) tokens"
+    plan.setup = (f"{backend.label}, batch {batch if batch is not None else 'auto'} x ({PROMPT_TOKENS} + "
+                  f"{e.max_new_tokens}) tokens")
     plan.items.append(("weights", dtype * shape.params / GIB, "all"))
     if batch:
         plan.items.append(("KV cache + decode logits", batch * per_seq / GIB, "all"))
@@ -548,10 +551,10 @@ def _candidates(recipe: Recipe, stage: str, target: Target, plan: StagePlan) -> 
     elif stage == "eval":
         e = recipe.eval
         fit = plan.work.get("largest_batch_that_fits")
-        if e.backend == "hf" and e.batch_size != "auto" and fit:
-            out.append({"eval.batch_size": "auto"})
-        if e.backend == "hf":
-            out.append({"eval.backend": "vllm"})
+        if BACKENDS[e.backend].gpu_share is None:  # memory grows with the batch: auto, or an engine
+            if e.batch_size != "auto" and fit:
+                out.append({"eval.batch_size": "auto"})
+            out += [{"eval.backend": name} for name, b in BACKENDS.items() if b.gpu_share is not None]
     return out
 
 

@@ -193,7 +193,7 @@ class EvalConfig:
     max_new_tokens: int = 160
     batch_size: int | Literal["auto"] = 400  # sequences per generate() call; auto: the most the KV budget holds
     kv_cache_gib: float | None = None  # KV-cache budget per device for batch_size=auto (None: measured free memory)
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: str = "hf"  # a generation backend (evaluate.generation.BACKENDS): hf = transformers, vllm = vLLM (GPU)
     stop_at_think: bool = False
 
 
@@ -476,7 +476,10 @@ def validate(r: Recipe) -> None:
             "no completion can reach it, so the cosine reward's end value is never used. "
             f"Set rewards.cosine.max_len <= {g.max_completion_length} (or rewards.cosine.unit=chars)",
         )
+    from mathrecipe.evaluate.generation import BACKENDS  # the generation backends (a light import)
+
     e = r.eval
+    need(e.backend in BACKENDS, f"eval.backend: must be one of {', '.join(map(repr, BACKENDS))}; got {e.backend!r}")
     need(e.samples >= 1, f"eval.samples must be >= 1, got {e.samples}")
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {e.max_new_tokens}")
     need(e.batch_size == "auto" or e.batch_size >= 1, f"eval.batch_size must be >= 1 or auto, got {e.batch_size}")

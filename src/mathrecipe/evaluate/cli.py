@@ -175,6 +175,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def add_sampling_args(p: Any, samples_help: str, stop_help: str) -> None:
     """The sampling flags ``eval`` and ``solve`` share, named like the recipe's eval keys (--recipe, --preset,
     --samples ... --stop-at-think); unset flags stay None so the recipe, then the preset, fill them."""
+    from mathrecipe.evaluate.generation import BACKENDS
     from mathrecipe.evaluate.presets import PRESETS
 
     p.add_argument("--recipe", help="take the sampling defaults, seed and system prompt from this recipe YAML")
@@ -192,7 +193,7 @@ def add_sampling_args(p: Any, samples_help: str, stop_help: str) -> None:
                    help="sequences per generate() call (hf backend), or 'auto': the most the KV budget holds")
     p.add_argument("--kv-cache-gib", dest="kv_cache_gib", type=float,
                    help="KV-cache budget for --batch-size auto (default: a share of free GPU memory; 4 on CPU)")
-    p.add_argument("--backend", help="hf (transformers, any device) or vllm (GPU)")
+    p.add_argument("--backend", help=" or ".join(f"{b.name} ({b.summary})" for b in BACKENDS.values()))
     p.add_argument("--stop-at-think", dest="stop_at_think", action=argparse.BooleanOptionalAction, default=None,
                    help=stop_help)
 

@@ -23,6 +23,7 @@ from mathrecipe.memory import auto_batch_size, default_kv_cache_gib
 from mathrecipe.prompts import THINK_END
 
 BatchSize = int | Literal["auto"]
+VLLM_GPU_SHARE = 0.9  # vLLM's default gpu_memory_utilization
 
 class SettingError(MathRecipeError):
     """A sampling setting out of range; ``key`` names it (the CLI shows it as its flag)."""
@@ -269,23 +270,20 @@ class HFGenerator:
 # ---------------------------------------------------------------------------------------------- vLLM
 
 
-class VLLMMissing(MathRecipeError, RuntimeError):
-    """vLLM was asked for but is not installed."""
+class BackendMissing(MathRecipeError, RuntimeError):
+    """A backend was asked for whose package is not installed."""
 
 
 class VLLMGenerator:
     """Generation with vLLM (``pip install 'mathrecipe[vllm]'``, GPU): same settings and outputs as
     :class:`HFGenerator`. Prompts go in as ``TokensPrompt`` token ids, so vLLM adds no special tokens."""
 
-    def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, seed: int = 0, **llm_kwargs: Any) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise VLLMMissing(
-                "backend 'vllm' needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' (GPU machines), "
-                "or use the hf backend"
-            ) from e
+    def __init__(self, model_path: str, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = VLLM_GPU_SHARE, max_model_len: int | None = None, seed: int = 0,
+                 **llm_kwargs: Any) -> None:
+        require_backend("vllm", "or use the hf backend")
+        from vllm import LLM
+
         self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **llm_kwargs)
 
@@ -323,31 +321,102 @@ class VLLMGenerator:
         ]
 
 
-BACKENDS = ("hf", "vllm")
+# ------------------------------------------------------------------------------------------- the registry
 
 
-def check_backend(backend: str) -> str:
+def _make_hf(model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
+             seed: int = 0, processes: int = 1, model_config: Any = None, device: Any = None) -> Generator:
+    """hf: a loaded model, or a saved folder / hub id loaded here (``modeling.load_for_generation``: the recipe's
+    ``model_config``, on ``device``). The seed travels in the sampling settings."""
+    from mathrecipe.modeling import load_for_generation
+
+    model = load_for_generation(model_or_path, model_config, device) if isinstance(model_or_path, str) \
+        else model_or_path
+    return HFGenerator(model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib)
+
+
+def _make_vllm(model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
+               seed: int = 0, processes: int = 1, model_config: Any = None, device: Any = None,
+               **llm_kwargs: Any) -> Generator:
+    """vllm: an engine per process that loads a saved folder / hub id itself (as TRL's colocated vLLM under a
+    multi-process launch: ``external_launcher``). vLLM sizes its own batches: ``batch_size`` and ``kv_cache_gib``
+    do not apply."""
+    if not isinstance(model_or_path, str):
+        raise MathRecipeError("backend 'vllm' loads the model itself: pass a saved folder or hub id, not a model")
+    if processes > 1:
+        llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+    return VLLMGenerator(model_or_path, seed=seed, **llm_kwargs)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A generation backend: what it is, whether it can run here, how memory is planned for it, how it is made.
+
+    ``make(model_or_path, tokenizer, batch_size=, kv_cache_gib=, seed=, processes=, model_config=, device=)``
+    returns the :class:`Generator`. ``gpu_share`` is the memory model ``mathrecipe plan`` uses: an engine that
+    preallocates this share of the GPU (weights, runtime, KV cache: ``memory.engine_kv_room_gib``), or None for one
+    whose memory is the weights plus the KV cache of its batch (``eval.batch_size``, ``eval.kv_cache_gib``).
+    """
+
+    name: str
+    label: str  # how plan's output names it
+    summary: str  # for --help
+    make: Callable[..., Generator]
+    requires: str | None = None  # the module it imports (None: always available)
+    needs: str = ""  # what to install when it is missing, for the one-line error
+    gpu_share: float | None = None
+
+    def unavailable(self) -> str | None:
+        """Why it cannot run here ("needs X, which is not installed: pip install ..."), or None."""
+        if self.requires is None:
+            return None
+        try:
+            __import__(self.requires)
+        except ImportError:
+            return f"needs {self.needs}"
+        return None
+
+
+BACKENDS: dict[str, Backend] = {
+    "hf": Backend("hf", "HF generate", "transformers, any device", _make_hf),
+    "vllm": Backend("vllm", "vLLM", "GPU", _make_vllm, requires="vllm",
+                    needs="vLLM, which is not installed: pip install 'mathrecipe[vllm]' (GPU machines)",
+                    gpu_share=VLLM_GPU_SHARE),
+}
+
+
+def check_backend(backend: str, key: str = "backend") -> str:
+    """``backend`` when it is a registered name; otherwise a :class:`SettingError` naming ``key`` and the names."""
     if backend not in BACKENDS:
-        raise SettingError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise SettingError(key, f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return backend
 
 
+def backend_unavailable(backend: str) -> str | None:
+    """Why a registered backend cannot run here (:meth:`Backend.unavailable`); None when it can, or for a name
+    that is not a generation backend (GRPO's ``paged`` rollouts)."""
+    b = BACKENDS.get(backend)
+    return b.unavailable() if b is not None else None
+
+
+def require_backend(backend: str, fix: str) -> Backend:
+    """The registered backend, checked that it can run here; otherwise one line ending in ``fix``."""
+    b = BACKENDS[check_backend(backend)]
+    why = b.unavailable()
+    if why:
+        raise BackendMissing(f"backend '{backend}' {why}, {fix}")
+    return b
+
+
 def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto",
-                   kv_cache_gib: float | None = None, seed: int = 0, **vllm_kwargs: Any) -> Generator:
-    """A :class:`Generator` for ``backend`` ("hf" or "vllm").
-
-    hf: ``model_or_path`` is a loaded model or a saved folder / hub id (``modeling.load_for_generation``).
-    vllm: a folder / hub id; a missing vLLM is a one-line :class:`VLLMMissing` error, raised before any loading.
-    """
+                   kv_cache_gib: float | None = None, seed: int = 0, **kwargs: Any) -> Generator:
+    """A :class:`Generator` of a registered backend (:data:`BACKENDS`): ``model_or_path`` is a loaded model or a
+    saved folder / hub id (an engine backend takes only the latter); a missing package is a one-line
+    :class:`BackendMissing` error, raised before any loading. ``kwargs``: ``processes``, ``model_config``,
+    ``device`` and engine settings (see the backends' ``make``)."""
     check_backend(backend)
-    if backend == "vllm":
-        if not isinstance(model_or_path, str):
-            raise MathRecipeError("backend 'vllm' loads the model itself: pass a saved folder or hub id, not a model")
-        return VLLMGenerator(model_or_path, seed=seed, **vllm_kwargs)
-    from mathrecipe.modeling import load_for_generation
-
-    model = load_for_generation(model_or_path) if isinstance(model_or_path, str) else model_or_path
-    return HFGenerator(model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib)
+    return BACKENDS[backend].make(model_or_path, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib, seed=seed,
+                                  **kwargs)
 
 
 def open_generator(backend: str, model: str, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,

@@ -25,10 +25,9 @@ from mathrecipe.evaluate.generation import (
     HFGenerator,
     SamplingSettings,
     SettingError,
-    VLLMMissing,
-    check_backend,
     check_batch_size,
     open_generator,
+    require_backend,
 )
 from mathrecipe.evaluate.identity import fingerprint_changes, model_fingerprint
 from mathrecipe.evaluate.metrics import accuracy_at_budgets, budget_grid, summarize
@@ -103,13 +102,7 @@ def _check_ints(name: str, values: Sequence[int] | None, minimum: int = 1) -> li
 
 
 def _require_backend(backend: str) -> None:
-    check_backend(backend)
-    if backend == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise VLLMMissing("backend 'vllm' needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' "
-                              "(GPU machines), or use --backend hf") from None
+    require_backend(backend, "or use --backend hf")
 
 
 def _conflicts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
