@@ -205,29 +205,36 @@ def _sft_work(recipe: Recipe, n: int, seq: int) -> dict[str, Any]:
     return work
 
 
+def _training_plan(stage: str, recipe: Recipe, shape: ModelShape, target: Target, optim: str, optim_key: str,
+                   rows: str, notes: list[str]) -> tuple[StagePlan, StageLaunch, bool, bool]:
+    """What SFT and GRPO share: the launch, precision and checkpointing on the target, the setup line (layout,
+    precision, checkpointing, optimizer, ``rows``), ``notes`` then the optimizer's, and the training state per
+    GPU (weights, gradients, master weights, moments, the layout's extras). Returns (plan, launch, mixed, gc)."""
+    s = getattr(recipe, stage)
+    launch = stage_launch(recipe, stage)
+    mixed, gc = resolve_flags(s.precision, s.gradient_checkpointing, target.gpu)
+    plan = StagePlan(stage, f"{_shard_label(launch, target.gpus)}, {'bf16' if mixed else 'fp32'}, "
+                            f"{'gradient checkpointing' if gc else 'no checkpointing'}, {optim}, {rows}",
+                     usable_gib=target.usable_gib, notes=notes + _optimizer_note(optim_key, optim))
+    plan.items += _gib(train_state_bytes(shape.params, launch, target.gpus, mixed, optim))
+    plan.items += _gib(state_extra_bytes(shape, launch, target.gpus, mixed))
+    return plan, launch, mixed, gc
+
+
 def plan_sft(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
     """SFT: training state + extras + activations of batch_size packed rows of max_length tokens."""
     s = recipe.sft
-    n = target.gpus
-    launch = stage_launch(recipe, "sft")
-    mixed, gc = resolve_flags(s.precision, s.gradient_checkpointing, target.gpu)
-    act = 2 if mixed else 4
     seq = s.max_length or shape.max_positions or 32768
     eager = recipe.model.attn_implementation == "eager"
-    plan = StagePlan("sft", f"{_shard_label(launch, n)}, {'bf16' if mixed else 'fp32'}, "
-                            f"{'gradient checkpointing' if gc else 'no checkpointing'}, {s.optim}, "
-                            f"{s.batch_size} x {seq}-token {'packed ' if s.packing else ''}rows",
-                     usable_gib=target.usable_gib)
-    if not s.max_length:
-        plan.notes.append(f"sft.max_length is unset: planned at {seq} tokens per row")
-    plan.notes += _optimizer_note("sft.optim", s.optim)
-    plan.items += _gib(train_state_bytes(shape.params, launch, n, mixed, s.optim))
-    plan.items += _gib(state_extra_bytes(shape, launch, n, mixed))
+    unset = [] if s.max_length else [f"sft.max_length is unset: planned at {seq} tokens per row"]
+    plan, _, mixed, gc = _training_plan("sft", recipe, shape, target, s.optim, "sft.optim",
+                                        f"{s.batch_size} x {seq}-token {'packed ' if s.packing else ''}rows", unset)
+    act = 2 if mixed else 4
     plan.items += _gib(activation_bytes(shape, s.batch_size, seq, act, gc, eager))
     plan.notes.append(checkpointing_note(shape, s.batch_size, seq, act, eager))
     if target.gpu:
         plan.items.append(("CUDA context", CUDA_CONTEXT_GIB, "all"))
-    plan.work = _sft_work(recipe, n, seq)
+    plan.work = _sft_work(recipe, target.gpus, seq)
     return plan
 
 
@@ -248,22 +255,16 @@ def plan_grpo(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
     """GRPO: training state + reference model + activations + the rollout (see the module docstring)."""
     g = recipe.grpo
     n = target.gpus
-    launch = stage_launch(recipe, "grpo")
-    mixed, gc = resolve_flags(g.precision, g.gradient_checkpointing, target.gpu)
-    act = 2 if mixed else 4
     optim = str(g.extra.get("optim", "adamw_torch_fused"))
     seq = PROMPT_TOKENS + g.max_completion_length
     colocate = g.backend == "vllm" and g.vllm_mode == "colocate"
     sleep = bool(g.extra.get("vllm_enable_sleep_mode", False))
     rollout = {"vllm": f"vLLM {g.vllm_mode}" + (" with sleep mode" if colocate and sleep else ""),
                "hf": "HF generate", "paged": "paged generate"}[g.backend]
-    plan = StagePlan("grpo", f"{_shard_label(launch, n)}, {'bf16' if mixed else 'fp32'}, "
-                             f"{'gradient checkpointing' if gc else 'no checkpointing'}, {optim}, {rollout}, "
-                             f"{g.batch_size} x ({PROMPT_TOKENS} + {g.max_completion_length})-token sequences",
-                     usable_gib=target.usable_gib)
-    plan.notes += _optimizer_note("grpo.extra.optim", optim)
-    plan.items += _gib(train_state_bytes(shape.params, launch, n, mixed, optim))
-    plan.items += _gib(state_extra_bytes(shape, launch, n, mixed))
+    plan, launch, mixed, gc = _training_plan(
+        "grpo", recipe, shape, target, optim, "grpo.extra.optim",
+        f"{rollout}, {g.batch_size} x ({PROMPT_TOKENS} + {g.max_completion_length})-token sequences", [])
+    act = 2 if mixed else 4
     if g.beta > 0:
         ref = (2 if mixed else 4) * shape.params / (n if launch.zero_stage == 3 else 1)
         plan.items.append(("reference model", ref / GIB, "all"))
