@@ -69,7 +69,7 @@ def _model(kind: str, tmp: Path) -> tuple[Any, Any]:
         from mathrecipe.realmodel import real_model_dir
 
         path = real_model_dir()
-    # fp32 on CPU, as evaluation loads a model there (mathrecipe.evaluate.generation.load_hf_model)
+    # fp32 on CPU, as evaluation loads a model there (mathrecipe.modeling.load_for_generation)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
 
@@ -77,7 +77,8 @@ def generation_child(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     """Time one setting in this process: tokens generated per second, after a warm-up batch."""
     import torch
 
-    from mathrecipe.evaluate.generation import HFGenerator, SamplingSettings, prompt_ids
+    from mathrecipe.evaluate.generation import HFGenerator, SamplingSettings
+    from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [json.loads(x) for x in (SHARED / "benchmarks" / "gsm8k_test.jsonl").read_text().splitlines()]
@@ -203,7 +204,7 @@ def bench_grading(repeats: int) -> dict[str, Any]:
 
 
 def bench_box_offsets(repeats: int, min_tokens: int = 32_000) -> dict[str, Any]:
-    from mathrecipe.evaluate.generation import answer_token_offsets
+    from mathrecipe.evaluate.samples import answer_token_offsets
     from mathrecipe.grading import boxed_spans
     from mathrecipe.toy import build_tokenizer
 

@@ -476,7 +476,8 @@ def test_progress_moves_per_finished_sequence_not_per_generate_call(tiny_model_d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mathrecipe.evaluate.generation import SamplingSettings, prompt_ids
+    from mathrecipe.evaluate.generation import SamplingSettings
+    from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 
     tok, model = AutoTokenizer.from_pretrained(tiny_model_dir), AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     bias = torch.zeros(model.config.vocab_size)

@@ -85,7 +85,8 @@ def test_two_process_cpu_launch_splits_and_gathers(tiny_model_dir, toy_splits, t
     # a KV budget that holds two sequences: several auto-sized generate calls per rank, whatever the prompt length
     from transformers import AutoConfig, AutoTokenizer
 
-    from mathrecipe.evaluate.generation import kv_bytes_per_token, prompt_ids
+    from mathrecipe.memory import kv_bytes_per_token
+    from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 
     longest = max(map(len, prompt_ids(AutoTokenizer.from_pretrained(tiny_model_dir), [p["problem"] for p in problems])))
     gib = 2.5 * kv_bytes_per_token(AutoConfig.from_pretrained(tiny_model_dir), 4) * (longest + 16) / 2**30
@@ -111,7 +112,7 @@ def test_two_process_cpu_launch_splits_and_gathers(tiny_model_dir, toy_splits, t
 def test_saved_model_with_the_vllm_backend(tiny_model_dir, tiny_tokenizer, toy_splits, monkeypatch):
     from test_generation import FakeVLLM
 
-    from mathrecipe.evaluate.generation import prompt_ids
+    from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 
     fake = FakeVLLM(tiny_tokenizer, answer="7").install(monkeypatch)
     problems = _problems(toy_splits, 3)

@@ -4,20 +4,18 @@ import types
 
 import pytest
 
+from mathrecipe.evaluate.generation import BackendMissing as VLLMMissing
 from mathrecipe.evaluate.generation import (
     HFGenerator,
     SamplingSettings,
     SettingError,
     VLLMGenerator,
-    VLLMMissing,
     _finish,
-    answer_token_offsets,
-    auto_batch_size,
-    kv_bytes_per_token,
     make_generator,
-    prompt_ids,
-    static_cache_bytes,
 )
+from mathrecipe.evaluate.samples import answer_token_offsets
+from mathrecipe.memory import auto_batch_size, kv_bytes_per_token, static_cache_bytes
+from mathrecipe.prompts import batch_prompt_ids as prompt_ids
 from mathrecipe.prompts import render_prompt
 
 PROBLEMS = ["Compute 12 + 13.", "Compute 40 - 11 + 20.", "Compute 99 - 50."]
@@ -262,3 +260,42 @@ def test_eval_cli_vllm_backend_sends_the_hf_prompt_ids(tiny_model_dir, tiny_toke
     assert sent == prompt_ids(tiny_tokenizer, ["Compute 10 + 10.", "Compute 30 - 10."])
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["config"]["backend"] == "vllm" and summary["benchmarks"]["b"]["accuracy"] == 1.0
+
+
+def test_a_backend_is_one_registry_entry(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Issue 19: adding a generation backend is one entry in generation.BACKENDS (its constructor, availability
+    and memory model); the recipe, ``eval --backend``, ``mathrecipe plan`` and the run's pre-flight read it."""
+    from mathrecipe.cli import main
+    from mathrecipe.evaluate import generation as gen_mod
+    from mathrecipe.plan import check_fits
+    from mathrecipe.recipe import RecipeError, load_recipe
+
+    made = []
+
+    def make(model_or_path, tokenizer, **kw):
+        made.append(model_or_path)
+        return gen_mod.BACKENDS["hf"].make(model_or_path, tokenizer, **kw)
+
+    monkeypatch.setitem(gen_mod.BACKENDS, "echo", gen_mod.Backend("echo", "Echo", "a test engine", make,
+                                                                  gpu_share=0.5))
+    monkeypatch.setitem(gen_mod.BACKENDS, "absent", gen_mod.Backend(
+        "absent", "Absent", "never installed", make, requires="mathrecipe_no_such_module", needs="absent-pkg"))
+    with pytest.raises(RecipeError, match="eval.backend: must be one of 'hf', 'vllm', 'echo', 'absent'; got 'tgi'"):
+        load_recipe(None, ["eval.backend=tgi"])
+    ev = check_fits(load_recipe(None, ["eval.backend=echo"]), gpus=1, gpu_mem_gib=24).stage("eval")
+    assert ev.setup.startswith("Echo (0.5 of the card)") and ev.items == [("Echo share (0.5 x card)", 12.0, "all")]
+    assert main(["run", f"output_dir={tmp_path / 'run'}", "eval.backend=absent"]) == 2  # the run's pre-flight
+    assert capsys.readouterr().err.strip() == ("mathrecipe: error: eval.backend=absent needs absent-pkg, or set "
+                                               "eval.backend=hf")
+
+    bench = tmp_path / "b.jsonl"
+    bench.write_text('{"id": 1, "problem": "Compute 10 + 10.", "answer": "20"}\n')
+    out = tmp_path / "o"
+    assert main(["-q", "eval", "--model", str(tiny_model_dir), "--benchmarks", str(bench), "--out", str(out),
+                 "--backend", "echo", "--samples", "1", "--max-new-tokens", "4"]) == 0
+    assert made == [str(tiny_model_dir)] and json.loads((out / "summary.json").read_text())["config"]["backend"] == "echo"
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tiny_model_dir), "--benchmarks", str(bench), "--out", str(tmp_path / "p"),
+                 "--backend", "absent"]) == 2
+    assert capsys.readouterr().err.strip() == ("mathrecipe: error: backend 'absent' needs absent-pkg, or use "
+                                               "--backend hf")

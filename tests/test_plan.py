@@ -8,21 +8,17 @@ from pathlib import Path
 import pytest
 
 from mathrecipe.launch import StageLaunch
+from mathrecipe.memory import GIB, activation_bytes, auto_eval_batch_size, eval_batch_bytes, train_state_bytes
 from mathrecipe.plan import (
     BUILTIN_SHAPES,
     CUDA_CONTEXT_GIB,
-    GIB,
     Target,
-    activation_bytes,
     add_plan_parser,
-    auto_eval_batch_size,
     check_fits,
-    eval_batch_bytes,
     plan_recipe,
     render,
     resolve_shape,
     shape_from_config,
-    train_state_bytes,
 )
 from mathrecipe.recipe import RecipeError, load_recipe
 
@@ -82,6 +78,40 @@ def test_parameter_formula_matches_a_real_model(kind, tmp_path):
     shape = resolve_shape(load_recipe(None, [f"model.name_or_path={tmp_path}", "data.source=files",
                                              "data.sft_path=x", "data.grpo_path=x", "data.eval_path=x"]))
     assert shape.params == real
+
+
+def test_parameters_are_counted_exactly_where_a_config_is_at_hand(tmp_path):
+    """19.5: a config at hand is built on the meta device and counted, so a layout the shape formula does not know
+    (Llama with attention and MLP biases: o_proj and MLP biases) still gets the model's own parameter count."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=96, vocab_size=300, attention_bias=True, mlp_bias=True)
+    torch.manual_seed(0)
+    real = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+    cfg.save_pretrained(tmp_path)
+    shape = resolve_shape(load_recipe(None, [f"model.name_or_path={tmp_path}", "data.source=files",
+                                             "data.sft_path=x", "data.grpo_path=x", "data.eval_path=x"]))
+    assert shape.params == real
+    assert dataclasses.replace(shape, counted_params=None).params != real  # the formula alone is off here
+
+
+def test_a_fix_is_set_as_an_override_would_be(monkeypatch):
+    """19.5: the fix search sets a candidate through the recipe's own override path (set, build, validate), so a
+    setting the recipe itself would refuse is never offered: ZeRO-3 fits this SFT on 4 x 16 GiB, but with
+    sft.save_only_model=true DeepSpeed could not resume (recipe.validate refuses the pair)."""
+    probe = ["model.name_or_path=Qwen/Qwen2.5-1.5B", "data.source=files", "data.sft_path=x", "data.grpo_path=x",
+             "data.eval_path=x", "sft.batch_size=1", "sft.max_length=2048", "sft.precision=bf16",
+             "grpo.enabled=false", "sft.gradient_checkpointing=true", "sft.optim=paged_adamw_8bit"]
+    zero3 = "sft.deepspeed=recipes/accelerate/deepspeed_zero3.json"
+    monkeypatch.chdir(ROOT)  # the ZeRO-3 candidate is the repository's file
+    fixes = check_fits(load_recipe(None, probe), gpus=4, gpu_mem_gib=16).stage("sft").fixes
+    assert len(fixes) == 1 and fixes[0].startswith(zero3)
+    refused = check_fits(load_recipe(None, [*probe, "sft.save_only_model=true"]), gpus=4, gpu_mem_gib=16)
+    assert refused.stage("sft").fits is False and not any(zero3 in f for f in refused.stage("sft").fixes)
 
 
 def test_toy_shape_matches_the_toy_model(tiny_model_dir):

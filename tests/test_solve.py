@@ -6,6 +6,7 @@ import pytest
 
 from mathrecipe.cli import main as _mathrecipe_main
 from mathrecipe.evaluate.generation import Completion, SamplingSettings
+from mathrecipe.prompts import prompt_tokens
 from mathrecipe.solve import cli as solve_cli
 from mathrecipe.solve.answers import Tally, int_answer
 from mathrecipe.solve.cli import read_problems
@@ -842,7 +843,7 @@ def test_a_huge_problem_is_measured_on_a_prefix(tiny_tokenizer):
             return self.tok(texts, **kw)
 
     huge = "Compute 27 + 30 - 47. " * 240_000  # 5.3 MB: 3,360,000 tokens (counted once, whole)
-    (ids, n), (ids2, n2) = solve_cli.prompt_tokens(Counting(tiny_tokenizer), [huge, "Compute 1 + 2."], None, 1024)
+    (ids, n), (ids2, n2) = prompt_tokens(Counting(tiny_tokenizer), [huge, "Compute 1 + 2."], None, 1024)
     assert ids is None and 3.0e6 < n < 3.7e6 and max(seen) < 9 * 1024  # an estimate, from a prefix + template
     assert ids2 is not None and n2 == len(ids2) < 100
 
@@ -947,7 +948,7 @@ def test_cpu_threads_are_kept_only_when_they_make_calls_faster(tiny_tokenizer, m
     gen = ThreadBound(tiny_tokenizer, {"problem 0": [trace(4, 9)] * 4}, clock=clock, call_s=0.05, step_s=0.01)
     solver = Solver(gen, tiny_tokenizer, settings(samples=4), SolveOptions(time_budget_s=60), clock=clock,
                     started_at=clock.now)
-    prompt = __import__("mathrecipe.evaluate.generation", fromlist=["prompt_ids"]).prompt_ids(
+    prompt = __import__("mathrecipe.prompts", fromlist=["batch_prompt_ids"]).batch_prompt_ids(
         tiny_tokenizer, ["Compute problem 0."])[0]
     got = solver.calibrate_cpu_threads(prompt)
     assert got["threads"] == keeps and threads["n"] == keeps and solver.warm

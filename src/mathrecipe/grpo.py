@@ -23,10 +23,8 @@ from mathrecipe.hardware import has_cuda, precision_kwargs
 from mathrecipe.modeling import load_model_and_tokenizer, load_tokenizer, resolve_model
 from mathrecipe.prompts import (
     build_messages,
-    describe_overlong,
-    messages_ids,
+    checked_prompt_ids,
     model_context,
-    overlong_prompts,
 )
 from mathrecipe.recipe import GRPO_TO_TRL, GRPO_VLLM_TO_TRL, Recipe, trl_fields
 from mathrecipe.rewards import Accuracy, RewardContext, build_reward, length_percentile
@@ -181,15 +179,12 @@ def grpo_args(recipe: Recipe, out: Path) -> dict[str, Any]:
     return {**kwargs, **g.extra}
 
 
-ROLLOUT_PROMPT_TOKENS = 1024  # prompt allowance when sizing a rollout cache (the recipe does not bound prompts)
-
-
 def _static_cache_fits(recipe: Recipe) -> bool:
     """CPU rollouts use a preallocated KV cache (no per-token torch.cat; 1.64x faster generation at full length on
     the toy, equal at the ~45 tokens a trained toy policy writes: bench/results/toy_experiments.md) when the full
-    cache, grpo.batch_size x (prompt allowance + max_completion_length) tokens in fp32, fits the CPU KV budget. A
-    model whose shape is unknown without a download keeps the growing cache."""
-    from mathrecipe.evaluate.generation import CPU_KV_CACHE_GIB
+    cache, grpo.batch_size x (prompt allowance + max_completion_length) tokens in fp32, fits the CPU KV budget
+    (:mod:`mathrecipe.memory`). A model whose shape is unknown without a download keeps the growing cache."""
+    from mathrecipe.memory import CPU_KV_CACHE_GIB, PROMPT_TOKENS, static_cache_fits
     from mathrecipe.plan import resolve_shape
     from mathrecipe.recipe import RecipeError
 
@@ -198,8 +193,7 @@ def _static_cache_fits(recipe: Recipe) -> bool:
     except RecipeError:
         return False
     g = recipe.grpo
-    need = g.batch_size * (ROLLOUT_PROMPT_TOKENS + g.max_completion_length) * shape.kv_bytes_per_token(4)
-    return need <= CPU_KV_CACHE_GIB * 2**30
+    return static_cache_fits(shape, 4, g.batch_size, PROMPT_TOKENS + g.max_completion_length, CPU_KV_CACHE_GIB)
 
 
 # --------------------------------------------------------------------------------------------- callbacks
@@ -469,15 +463,11 @@ def check_prompt_lengths(dataset: Any, tokenizer: Any, config: Any, max_completi
     + ``grpo.max_completion_length`` > the model's context. TRL 1.16 neither cuts nor skips such a prompt: its
     rollouts run past the model's positions (garbage, or out of memory)."""
     context = model_context(config)
-    if context is None:
-        return
-    lengths = [len(messages_ids(tokenizer, p)) for p in dataset["prompt"]]
-    over = overlong_prompts(lengths, max_completion_length, context)
-    if over:
-        raise DataError(describe_overlong(
-            f"{source} (max_new_tokens = grpo.max_completion_length)", [i + 1 for i in over],
-            [lengths[i] for i in over], max_completion_length, context,
-            "drop or shorten those rows, or lower grpo.max_completion_length"))
+    if context is not None:
+        prompts = dataset["prompt"]
+        checked_prompt_ids(tokenizer, prompts, range(1, len(prompts) + 1), None, max_completion_length, context,
+                           f"{source} (max_new_tokens = grpo.max_completion_length)",
+                           "drop or shorten those rows, or lower grpo.max_completion_length", error=DataError)
 
 
 def check_grpo_data(recipe: Recipe, data_path: str | Path, model_path: str) -> Any:

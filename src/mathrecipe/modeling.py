@@ -17,7 +17,10 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,24 +244,69 @@ def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
     return AutoTokenizer.from_pretrained(resolve_model(path), trust_remote_code=cfg.trust_remote_code)
 
 
-def load_model_and_tokenizer(path: str, cfg: ModelConfig, training: bool = False,
-                             dtype: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF folder or hub id, with the recipe's attention and remote-code settings.
+def load_model(path: str, cfg: ModelConfig, training: bool = False, dtype: Any = None, device: Any = None) -> Any:
+    """The one model loader: the causal LM of a model folder, hub id or GGUF file (:func:`resolve_model`) with the
+    recipe's attention and remote-code settings, its tied weights declared (:func:`declare_tied_weights`).
 
     ``training=True`` loads fp32 master weights (see the module docstring); otherwise ``dtype`` (default: the
-    checkpoint's own, ``"auto"``).
+    checkpoint's own, ``"auto"``). Moved to ``device`` when one is given.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(path)
-    tokenizer = load_tokenizer(path, cfg)
     model = AutoModelForCausalLM.from_pretrained(
-        path, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
+        resolve_model(path), attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
         dtype=torch.float32 if training else (dtype or "auto"),
     )
     declare_tied_weights(model)
-    return model, tokenizer
+    return model if device is None else model.to(device)
+
+
+def load_model_and_tokenizer(path: str, cfg: ModelConfig, training: bool = False,
+                             dtype: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF folder or hub id: :func:`load_model` and :func:`load_tokenizer`."""
+    path = resolve_model(path)
+    tokenizer = load_tokenizer(path, cfg)
+    return load_model(path, cfg, training=training, dtype=dtype), tokenizer
+
+
+def load_for_generation(path: str, cfg: ModelConfig | None = None, device: Any = None) -> Any:
+    """A saved causal LM for generation (:func:`load_model`): bf16 on CUDA (fp32 elsewhere), on ``device``
+    (default: cuda if any)."""
+    import torch
+
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return load_model(path, cfg or ModelConfig(), dtype=dtype, device=device)
+
+
+@contextmanager
+def loading_errors(model: str, what: str = "--model") -> Iterator[None]:
+    """What transformers and torch raise for a model they cannot read, as one line naming ``what``: a folder
+    without weights or tokenizer files, an unknown hub id or architecture (OSError, ValueError), or weights torch
+    refuses to unpickle."""
+    try:
+        yield
+    except MathRecipeError:
+        raise
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{what} {model}: cannot be loaded ({first})") from e
+    except pickle.UnpicklingError as e:  # torch's weights_only load refused a pickle holding more than tensors
+        raise ModelError(f"{what} {model}: its pickled weights (pytorch_model.bin) hold Python objects that torch "
+                         "refuses to load, since unpickling them could run code; use a safetensors copy of the "
+                         "model from a source you trust") from e
+
+
+def open_tokenizer(model: str, what: str = "--model") -> tuple[Any, int | None]:
+    """(tokenizer, context window in tokens or None) of a saved folder or hub id, without loading the weights: what
+    the prompt-length check needs, in seconds. One that cannot be read is one line naming ``what``."""
+    from transformers import AutoConfig
+
+    from mathrecipe.prompts import model_context
+
+    with loading_errors(model, what):
+        return load_tokenizer(model, ModelConfig()), model_context(AutoConfig.from_pretrained(resolve_model(model)))
 
 
 def declare_tied_weights(model: Any) -> set[str]:

@@ -102,14 +102,13 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
                                   "ones: set data.dev_path (or sft.select=last)")
             sets["data.dev_path"] = d.dev_path
         check_problem_sets(recipe, sets)
+    from mathrecipe.evaluate.generation import backend_unavailable
+
     for key, backend, used in (("eval.backend", recipe.eval.backend, True),
                                ("grpo.backend", recipe.grpo.backend, do_grpo)):
-        if backend == "vllm" and used:
-            try:
-                import vllm  # noqa: F401
-            except ImportError as e:
-                raise RecipeError(f"{key}=vllm needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' "
-                                  f"on a GPU machine, or set {key}=hf") from e
+        why = backend_unavailable(backend) if used else None
+        if why:
+            raise RecipeError(f"{key}={backend} {why}, or set {key}=hf")
     from mathrecipe.hardware import precision_kwargs
 
     for key, stage in (("sft", recipe.sft), ("grpo", recipe.grpo)):

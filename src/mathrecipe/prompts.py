@@ -19,8 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mathrecipe.errors import MathRecipeError
+
 # The paper's system prompt (arXiv 2507.08267, and DeepSeek-R1's recommended instruction).
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+# Closes the reasoning: the format reward wants the box before it, --stop-at-think stops there, the toy writes it.
+THINK_END = "</think>"
 
 Message = dict[str, str]
 _SENTINEL = "MATHRECIPE_SENTINEL_7f3a"
@@ -64,6 +68,13 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
 def prompt_ids(tokenizer: Any, problem: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[int]:
     """The prompt's token ids, as SFT trains on them, GRPO samples from them and evaluation generates from them."""
     return encode_text(tokenizer, render_prompt(tokenizer, problem, system_prompt))
+
+
+def batch_prompt_ids(tokenizer: Any, problems: Sequence[str],
+                     system_prompt: str | None = SYSTEM_PROMPT) -> list[list[int]]:
+    """:func:`prompt_ids` of many problems in one tokenizer call: what every generation backend is given."""
+    texts = [render_prompt(tokenizer, p, system_prompt) for p in problems]
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def messages_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
@@ -189,10 +200,59 @@ def overlong_prompts(prompt_lengths: Sequence[int], max_new_tokens: int, context
     return [i for i, n in enumerate(prompt_lengths) if n + max_new_tokens > context]
 
 
-def describe_overlong(where: str, rows: Sequence[Any], prompt_lengths: Sequence[int], max_new_tokens: int,
+def describe_overlong(where: str, rows: Sequence[Any], prompt_lengths: Sequence[int | str], max_new_tokens: int,
                       context: int, fix: str) -> str:
     """One line naming how many prompts do not fit, the first row, and the fix. ``rows`` are row labels (ids or
     1-based row numbers) of the over-long prompts, ``prompt_lengths`` their lengths."""
     first = f"{rows[0]} ({prompt_lengths[0]} prompt tokens)" if rows else ""
     return (f"{where}: {len(rows)} prompt(s) + max_new_tokens={max_new_tokens} exceed the model's context of "
             f"{context} tokens (first: row {first}); {fix}")
+
+
+CHARS_PER_TOKEN_CAP = 8  # more characters per token than real tokenizers average on any text (English: ~4)
+Prompt = str | Sequence[Message]  # a problem (rendered with the system prompt) or the conversation itself
+
+
+def prompt_tokens(tokenizer: Any, prompts: Sequence[Prompt], system_prompt: str | None,
+                  context: int | None) -> list[tuple[list[int] | None, int]]:
+    """(token ids, prompt tokens) per prompt, through the chat template; ids are None where the count is an
+    estimate from a prefix. The one prompt-length measurement: ``eval``, the in-run evaluation, GRPO's data check
+    (:func:`checked_prompt_ids`) and ``solve`` (which skips what does not fit) all use it.
+
+    A problem longer than CHARS_PER_TOKEN_CAP x ``context`` characters is measured on that prefix first: when the
+    prefix alone holds more tokens than the context, the whole prompt cannot fit either (its tokens are at least
+    the prefix's), and its count is estimated as the prefix's x (characters / prefix characters). This keeps a 5 MB
+    problem to a short tokenisation: whole, it took 38 s and 1.8 GB with the toy tokenizer. Conversations (message
+    lists) are counted whole.
+    """
+    out: list[tuple[list[int] | None, int] | None] = [None] * len(prompts)
+    cap = CHARS_PER_TOKEN_CAP * context if context else None
+    whole = []
+    for i, p in enumerate(prompts):
+        if cap is not None and isinstance(p, str) and len(p) > cap:
+            n = len(batch_prompt_ids(tokenizer, [p[:cap]], system_prompt)[0])
+            if n > cap // CHARS_PER_TOKEN_CAP:
+                out[i] = (None, n * len(p) // cap)
+                continue
+        whole.append(i)
+    texts = [render_prompt(tokenizer, p, system_prompt) if isinstance(p, str) else render_messages(tokenizer, p)
+             for p in (prompts[i] for i in whole)]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # one batch
+    for i, ids in zip(whole, encoded):
+        out[i] = (list(ids), len(ids))
+    return out  # type: ignore[return-value]
+
+
+def checked_prompt_ids(tokenizer: Any, prompts: Sequence[Prompt], labels: Sequence[Any], system_prompt: str | None,
+                       max_new_tokens: int, context: int | None, where: str, fix: str,
+                       error: type[Exception] = MathRecipeError) -> list[list[int]]:
+    """The token ids of every prompt (:func:`prompt_tokens`), after checking that prompt + ``max_new_tokens``
+    fits the model's ``context`` (:func:`overlong_prompts`); otherwise ``error`` with one line naming how many do
+    not fit and the first (:func:`describe_overlong`; ``labels`` name the prompts, ``where`` the input, ``fix`` the
+    way out). Counts estimated from a prefix are shown as "about N"."""
+    measured = prompt_tokens(tokenizer, prompts, system_prompt, context)
+    over = overlong_prompts([n for _, n in measured], max_new_tokens, context)
+    if over:
+        lengths = [n if ids is not None else f"about {n}" for ids, n in (measured[i] for i in over)]
+        raise error(describe_overlong(where, [labels[i] for i in over], lengths, max_new_tokens, context, fix))
+    return [ids for ids, _ in measured]  # type: ignore[misc]

@@ -428,7 +428,10 @@ def validate(r: Recipe) -> None:
     need(g.epsilon_high is None or g.epsilon_high >= g.epsilon,
          f"grpo.epsilon_high={g.epsilon_high} is below grpo.epsilon={g.epsilon}: clip-higher widens the upper clip "
          "range; set it >= grpo.epsilon, or null")
+    from mathrecipe.evaluate.generation import BACKENDS  # the generation backends (a light import)
+
     e = r.eval
+    need(e.backend in BACKENDS, f"eval.backend: must be one of {', '.join(map(repr, BACKENDS))}; got {e.backend!r}")
     need(e.samples >= 1, f"eval.samples must be >= 1, got {e.samples}")
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {e.max_new_tokens}")
     need(e.batch_size == "auto" or e.batch_size >= 1, f"eval.batch_size must be >= 1 or auto, got {e.batch_size}")

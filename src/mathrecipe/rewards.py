@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mathrecipe.grading import Grader, default_grader, extract_answer
+from mathrecipe.prompts import THINK_END
 
 Unit = Literal["tokens", "chars"]
-THINK_END = "</think>"
 
 
 def completion_text(completion: Any) -> str:

@@ -246,8 +246,9 @@ class EvalConfig:
     kv_cache_gib: float | None = field(default=None, metadata={"help": (
         "KV-cache budget per device in GiB for batch_size auto (null: a share of the measured free GPU memory; 4 "
         "on CPU)")})
-    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": (
-        "hf (transformers, any device) or vllm (GPU). Paper recipes: vllm")})
+    backend: str = field(default="hf", metadata={"help": (
+        "a generation backend (mathrecipe.evaluate.generation.BACKENDS): hf (transformers, any device) or vllm "
+        "(GPU). Paper recipes: vllm")})
     stop_at_think: bool = field(default=False, metadata={"help": (
         "stop each sample at </think> and take the boxed answer from the reasoning (the paper's AIMO inference)")})
 

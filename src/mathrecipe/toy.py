@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.prompts import SYSTEM_PROMPT, THINK_END
 
-THINK, THINK_END, BOXED = "<think>", "</think>", "\\boxed{"
+THINK, BOXED = "<think>", "\\boxed{"
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
 
 CHAT_TEMPLATE = (

@@ -2,7 +2,7 @@
 
 ``mathrecipe eval``, the in-run evaluation (SFT epochs, after GRPO) and any script use it the same way::
 
-    ids = prompt_ids(tokenizer, [p["problem"] for p in problems], system_prompt)   # the chat template, as training
+    ids = batch_prompt_ids(tokenizer, [p["problem"] for p in problems], system_prompt)  # chat template (prompts)
     gen = make_generator("hf", model_or_path, tokenizer, batch_size="auto")
     completions = gen.generate(ids, SamplingSettings(samples=4, temperature=0.6, top_p=0.95, max_new_tokens=2048))
     completions[i][j].text, .token_ids, .finished       # problem i, sample j
@@ -17,17 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from mathrecipe import memory
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.prompts import SYSTEM_PROMPT, render_prompt
+from mathrecipe.memory import auto_batch_size, default_kv_cache_gib
+from mathrecipe.prompts import THINK_END
 
-THINK_END = "</think>"
 BatchSize = int | Literal["auto"]
-
-CPU_KV_CACHE_GIB = 4.0  # batch_size=auto on CPU: a fixed budget (host memory is shared with everything else)
-# batch_size=auto on a GPU: this share of the memory free after the model is loaded goes to the KV cache; the rest
-# covers prefill activations, logits and sampling buffers (chosen, not yet measured on a GPU; see the bench notes).
-GPU_KV_CACHE_SHARE = 0.6
-
+VLLM_GPU_SHARE = 0.9  # vLLM's default gpu_memory_utilization
 
 class SettingError(MathRecipeError):
     """A sampling setting out of range; ``key`` names it (the CLI shows it as its flag)."""
@@ -86,47 +82,7 @@ class Generator(Protocol):
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]: ...
 
 
-def prompt_ids(tokenizer: Any, problems: Sequence[str], system_prompt: str | None = SYSTEM_PROMPT) -> list[list[int]]:
-    """Token ids of each problem's prompt: the system prompt and the tokenizer's own chat template (``prompts``),
-    encoded without adding special tokens (the template already writes any BOS, as in training)."""
-    texts = [render_prompt(tokenizer, p, system_prompt) for p in problems]
-    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
 # ------------------------------------------------------------------------------------------ batch size
-
-
-def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
-    """KV-cache bytes one token takes: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes."""
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return 2 * c.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-
-
-def auto_batch_size(config: Any, dtype_bytes: int, tokens_per_sequence: int, kv_cache_gib: float) -> int:
-    """The largest batch whose KV cache fits the budget: floor(kv_cache_gib * 2^30 / (kv_bytes_per_token x
-    (prompt + max_new_tokens))), at least 1."""
-    per_seq = kv_bytes_per_token(config, dtype_bytes) * tokens_per_sequence
-    return max(1, int(kv_cache_gib * 2**30 // per_seq))
-
-
-def static_cache_bytes(config: Any, dtype_bytes: int, batch: int, tokens_per_sequence: int) -> int:
-    """Bytes a preallocated KV cache takes: batch x tokens_per_sequence x :func:`kv_bytes_per_token`."""
-    return batch * tokens_per_sequence * kv_bytes_per_token(config, dtype_bytes)
-
-
-def default_kv_cache_gib(device: Any) -> float:
-    """KV budget when none is set: on CUDA, GPU_KV_CACHE_SHARE of the device's free memory; elsewhere a fixed
-    CPU_KV_CACHE_GIB."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return GPU_KV_CACHE_SHARE * free / 2**30
-    return CPU_KV_CACHE_GIB
 
 
 def check_batch_size(value: Any, key: str = "batch_size") -> BatchSize:
@@ -260,7 +216,7 @@ class HFGenerator:
         if p.device.type != "cpu":
             return False
         gib = self.kv_cache_gib if self.kv_cache_gib is not None else default_kv_cache_gib(p.device)
-        return static_cache_bytes(self.model.config, p.element_size(), batch, tokens_per_sequence) <= gib * 2**30
+        return memory.static_cache_fits(self.model.config, p.element_size(), batch, tokens_per_sequence, gib)
 
     def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings,
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
@@ -314,23 +270,20 @@ class HFGenerator:
 # ---------------------------------------------------------------------------------------------- vLLM
 
 
-class VLLMMissing(MathRecipeError, RuntimeError):
-    """vLLM was asked for but is not installed."""
+class BackendMissing(MathRecipeError, RuntimeError):
+    """A backend was asked for whose package is not installed."""
 
 
 class VLLMGenerator:
     """Generation with vLLM (``pip install 'mathrecipe[vllm]'``, GPU): same settings and outputs as
     :class:`HFGenerator`. Prompts go in as ``TokensPrompt`` token ids, so vLLM adds no special tokens."""
 
-    def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, seed: int = 0, **llm_kwargs: Any) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise VLLMMissing(
-                "backend 'vllm' needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' (GPU machines), "
-                "or use the hf backend"
-            ) from e
+    def __init__(self, model_path: str, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = VLLM_GPU_SHARE, max_model_len: int | None = None, seed: int = 0,
+                 **llm_kwargs: Any) -> None:
+        require_backend("vllm", "or use the hf backend")
+        from vllm import LLM
+
         self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **llm_kwargs)
 
@@ -368,153 +321,113 @@ class VLLMGenerator:
         ]
 
 
-BACKENDS = ("hf", "vllm")
+# ------------------------------------------------------------------------------------------- the registry
 
 
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise SettingError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    return backend
+def _make_hf(model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
+             seed: int = 0, processes: int = 1, model_config: Any = None, device: Any = None) -> Generator:
+    """hf: a loaded model, or a saved folder / hub id loaded here (``modeling.load_for_generation``: the recipe's
+    ``model_config``, on ``device``). The seed travels in the sampling settings."""
+    from mathrecipe.modeling import load_for_generation
 
-
-def load_hf_model(path: str, device: Any = None, attn_implementation: str | None = None,
-                  trust_remote_code: bool = False) -> Any:
-    """A saved causal LM for generation: bf16 on CUDA (fp32 elsewhere), on ``device`` (default: cuda if any)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from mathrecipe.modeling import resolve_model
-
-    path = resolve_model(path, "model")  # a half-written folder or an unreachable hub id: one line, now
-    cuda = torch.cuda.is_available()
-    device = device if device is not None else ("cuda" if cuda else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32,
-        attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    return model.to(device)
-
-
-def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto",
-                   kv_cache_gib: float | None = None, seed: int = 0, **vllm_kwargs: Any) -> Generator:
-    """A :class:`Generator` for ``backend`` ("hf" or "vllm").
-
-    hf: ``model_or_path`` is a loaded model or a saved folder / hub id (loaded by :func:`load_hf_model`).
-    vllm: a folder / hub id; a missing vLLM is a one-line :class:`VLLMMissing` error, raised before any loading.
-    """
-    check_backend(backend)
-    if backend == "vllm":
-        if not isinstance(model_or_path, str):
-            raise MathRecipeError("backend 'vllm' loads the model itself: pass a saved folder or hub id, not a model")
-        return VLLMGenerator(model_or_path, seed=seed, **vllm_kwargs)
-    model = load_hf_model(model_or_path) if isinstance(model_or_path, str) else model_or_path
+    model = load_for_generation(model_or_path, model_config, device) if isinstance(model_or_path, str) \
+        else model_or_path
     return HFGenerator(model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib)
 
 
-def _cannot_load(model: str, e: Exception) -> MathRecipeError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return MathRecipeError(f"--model {model}: cannot be loaded ({first})")
+def _make_vllm(model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
+               seed: int = 0, processes: int = 1, model_config: Any = None, device: Any = None,
+               **llm_kwargs: Any) -> Generator:
+    """vllm: an engine per process that loads a saved folder / hub id itself (as TRL's colocated vLLM under a
+    multi-process launch: ``external_launcher``). vLLM sizes its own batches: ``batch_size`` and ``kv_cache_gib``
+    do not apply."""
+    if not isinstance(model_or_path, str):
+        raise MathRecipeError("backend 'vllm' loads the model itself: pass a saved folder or hub id, not a model")
+    if processes > 1:
+        llm_kwargs.setdefault("distributed_executor_backend", "external_launcher")
+    return VLLMGenerator(model_or_path, seed=seed, **llm_kwargs)
 
 
-def open_tokenizer(model: str) -> tuple[Any, int | None]:
-    """(tokenizer, context window in tokens or None) of a saved folder or hub id, without loading the weights: what
-    the prompt-length check needs, in seconds. A folder that cannot be read is one line naming ``--model``."""
-    from transformers import AutoConfig, AutoTokenizer
+@dataclass(frozen=True)
+class Backend:
+    """A generation backend: what it is, whether it can run here, how memory is planned for it, how it is made.
 
-    from mathrecipe.prompts import model_context
+    ``make(model_or_path, tokenizer, batch_size=, kv_cache_gib=, seed=, processes=, model_config=, device=)``
+    returns the :class:`Generator`. ``gpu_share`` is the memory model ``mathrecipe plan`` uses: an engine that
+    preallocates this share of the GPU (weights, runtime, KV cache: ``memory.engine_kv_room_gib``), or None for one
+    whose memory is the weights plus the KV cache of its batch (``eval.batch_size``, ``eval.kv_cache_gib``).
+    """
 
-    try:
-        return AutoTokenizer.from_pretrained(model), model_context(AutoConfig.from_pretrained(model))
-    except (OSError, ValueError) as e:
-        raise _cannot_load(model, e) from e
+    name: str
+    label: str  # how plan's output names it
+    summary: str  # for --help
+    make: Callable[..., Generator]
+    requires: str | None = None  # the module it imports (None: always available)
+    needs: str = ""  # what to install when it is missing, for the one-line error
+    gpu_share: float | None = None
+
+    def unavailable(self) -> str | None:
+        """Why it cannot run here ("needs X, which is not installed: pip install ..."), or None."""
+        if self.requires is None:
+            return None
+        try:
+            __import__(self.requires)
+        except ImportError:
+            return f"needs {self.needs}"
+        return None
+
+
+BACKENDS: dict[str, Backend] = {
+    "hf": Backend("hf", "HF generate", "transformers, any device", _make_hf),
+    "vllm": Backend("vllm", "vLLM", "GPU", _make_vllm, requires="vllm",
+                    needs="vLLM, which is not installed: pip install 'mathrecipe[vllm]' (GPU machines)",
+                    gpu_share=VLLM_GPU_SHARE),
+}
+
+
+def check_backend(backend: str, key: str = "backend") -> str:
+    """``backend`` when it is a registered name; otherwise a :class:`SettingError` naming ``key`` and the names."""
+    if backend not in BACKENDS:
+        raise SettingError(key, f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def backend_unavailable(backend: str) -> str | None:
+    """Why a registered backend cannot run here (:meth:`Backend.unavailable`); None when it can, or for a name
+    that is not a generation backend (GRPO's ``paged`` rollouts)."""
+    b = BACKENDS.get(backend)
+    return b.unavailable() if b is not None else None
+
+
+def require_backend(backend: str, fix: str) -> Backend:
+    """The registered backend, checked that it can run here; otherwise one line ending in ``fix``."""
+    b = BACKENDS[check_backend(backend)]
+    why = b.unavailable()
+    if why:
+        raise BackendMissing(f"backend '{backend}' {why}, {fix}")
+    return b
+
+
+def make_generator(backend: str, model_or_path: Any, tokenizer: Any, batch_size: BatchSize = "auto",
+                   kv_cache_gib: float | None = None, seed: int = 0, **kwargs: Any) -> Generator:
+    """A :class:`Generator` of a registered backend (:data:`BACKENDS`): ``model_or_path`` is a loaded model or a
+    saved folder / hub id (an engine backend takes only the latter); a missing package is a one-line
+    :class:`BackendMissing` error, raised before any loading. ``kwargs``: ``processes``, ``model_config``,
+    ``device`` and engine settings (see the backends' ``make``)."""
+    check_backend(backend)
+    return BACKENDS[backend].make(model_or_path, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib, seed=seed,
+                                  **kwargs)
 
 
 def open_generator(backend: str, model: str, batch_size: BatchSize = "auto", kv_cache_gib: float | None = None,
                    seed: int = 0, tokenizer: Any = None) -> tuple[Any, Generator]:
     """(tokenizer, generator) for a saved folder or hub id, as the ``eval`` and ``solve`` commands load it: a folder
     without weights or tokenizer files, an unknown hub id or architecture, or weights torch refuses to unpickle is
-    one line naming ``--model``. Pass ``tokenizer`` when it is already loaded."""
-    import pickle
+    one line naming ``--model`` (``modeling.loading_errors``). Pass ``tokenizer`` when it is already loaded."""
+    from mathrecipe.modeling import load_tokenizer, loading_errors
+    from mathrecipe.recipe import ModelConfig
 
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
+    with loading_errors(model):
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model, ModelConfig())
         return tokenizer, make_generator(backend, model, tokenizer, batch_size=batch_size, kv_cache_gib=kv_cache_gib,
                                          seed=seed)
-    except MathRecipeError:
-        raise
-    except (OSError, ValueError) as e:
-        raise _cannot_load(model, e) from e
-    except pickle.UnpicklingError as e:  # torch's weights_only load refused a pickle holding more than tensors
-        raise MathRecipeError(f"--model {model}: its pickled weights (pytorch_model.bin) hold Python objects that "
-                              "torch refuses to load, since unpickling them could run code; use a safetensors copy "
-                              "of the model from a source you trust") from e
-
-
-def longest_token_chars(tokenizer: Any) -> int:
-    """The most characters one token stands for, read off the vocabulary: a raw token string is never shorter than
-    the text it decodes to (byte-level BPE: one character a byte; SentencePiece: "▁" for a space, "<0x41>" for one
-    byte; WordPiece: "##" prefixes), so a text of c characters takes at least c / this many tokens."""
-    return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
-
-
-def checked_prompt_ids(tokenizer: Any, problems: Sequence[str], labels: Sequence[Any], system_prompt: str | None,
-                       max_new_tokens: int, context: int | None, where: str, fix: str) -> list[list[int]]:
-    """:func:`prompt_ids` of each problem, after checking that prompt + ``max_new_tokens`` fits the model's
-    ``context`` (``mathrecipe.prompts.overlong_prompts``); otherwise a one-line error naming how many do not fit
-    and the first (``describe_overlong``; ``labels`` name the problems). A prompt whose text alone proves it cannot
-    fit in the whole context -- ceil(characters / :func:`longest_token_chars`) tokens at least -- is refused without
-    being tokenized: a 5 MB problem would take half a minute and GBs of memory to tokenize, and far more to generate
-    from."""
-    from mathrecipe.prompts import describe_overlong, overlong_prompts, render_prompt
-
-    texts = [render_prompt(tokenizer, p, system_prompt) for p in problems]
-    if context is None:
-        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    widest = longest_token_chars(tokenizer)
-    at_least = [-(-len(t) // widest) for t in texts]
-    sure = set(overlong_prompts(at_least, 0, context))  # longer than the whole context: not worth counting
-    rest = [i for i in range(len(texts)) if i not in sure]
-    enc = tokenizer([texts[i] for i in rest], add_special_tokens=False)["input_ids"] if rest else []
-    ids: dict[int, list[int]] = {i: list(x) for i, x in zip(rest, enc)}
-    over = sorted(sure | {rest[j] for j in overlong_prompts([len(x) for x in enc], max_new_tokens, context)})
-    if over:
-        lengths = [f"at least {at_least[i]}" if i in sure else len(ids[i]) for i in over]
-        raise MathRecipeError(describe_overlong(where, [labels[i] for i in over], lengths, max_new_tokens, context,
-                                                fix))
-    return [ids[i] for i in range(len(texts))]
-
-
-def answer_token_offsets(token_ids: Sequence[int], char_ends: Sequence[int], tokenizer: Any) -> list[int]:
-    """For each character offset e of the completion's text (where an answer closes), how many tokens it takes to
-    reach it: the smallest k whose decoded prefix ids[:k] holds at least e characters.
-
-    One streaming decode (tokenizers' DecodeStream, linear in the tokens: bench/bench_eval.py measures it against
-    bisection with full decodes, which is quadratic); bisection only for tokenizers without a fast backend.
-    An offset past the decoded text maps to the last token.
-    """
-    order = sorted(range(len(char_ends)), key=lambda i: char_ends[i])
-    out = [len(token_ids)] * len(char_ends)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and order:
-        from tokenizers.decoders import DecodeStream
-
-        stream, n, j = DecodeStream(skip_special_tokens=True), 0, 0
-        for k, t in enumerate(token_ids, 1):
-            n += len(stream.step(backend, int(t)) or "")
-            while j < len(order) and n >= char_ends[order[j]]:
-                out[order[j]] = k
-                j += 1
-            if j == len(order):
-                break
-        return out
-    for i, e in enumerate(char_ends):
-        lo, hi = 1, max(1, len(token_ids))
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(tokenizer.decode(list(token_ids[:mid]), skip_special_tokens=True)) >= e:
-                hi = mid
-            else:
-                lo = mid + 1
-        out[i] = lo
-    return out

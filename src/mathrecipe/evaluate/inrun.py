@@ -18,19 +18,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.evaluate.generation import (
-    Generator,
-    HFGenerator,
-    SamplingSettings,
-    VLLMGenerator,
-    checked_prompt_ids,
-    load_hf_model,
-)
+from mathrecipe.evaluate.generation import Generator, HFGenerator, SamplingSettings, make_generator
 from mathrecipe.evaluate.metrics import summarize
 from mathrecipe.evaluate.samples import grade_completions
 from mathrecipe.evaluate.sampling import recipe_settings
 from mathrecipe.grading import Grader
-from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.prompts import SYSTEM_PROMPT, checked_prompt_ids
 
 Rows = list[dict[str, Any]]
 
@@ -143,27 +136,20 @@ def evaluate_for_recipe(recipe: Any, model: Any, tokenizer: Any, problems: Seque
 
 def evaluate_saved_model(recipe: Any, model_path: str, tokenizer: Any, problems: Sequence[Mapping[str, Any]],
                          desc: str) -> tuple[Rows, dict[str, Any]]:
-    """Evaluate a saved checkpoint with the recipe's eval settings and ``eval.backend`` (hf: loaded here on this
-    rank's device, bf16 on GPU; vllm: one engine per rank). Call it on every rank."""
+    """Evaluate a saved checkpoint with the recipe's eval settings and ``eval.backend`` (``generation.BACKENDS``;
+    hf: loaded here on this rank's device, bf16 on GPU; vllm: one engine per rank). Call it on every rank."""
     import torch
 
     rank, world = dist_info()
     e = recipe.eval
-    model = None
-    if e.backend == "vllm":
-        # as TRL's colocated vLLM: one engine per process, each generating its own prompts
-        extra = {"distributed_executor_backend": "external_launcher"} if world > 1 else {}
-        gen: Generator = VLLMGenerator(model_path, seed=recipe.seed + rank,
-                                       max_model_len=None, **extra)
-    else:
-        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
-                  else torch.device("cpu"))
-        model = load_hf_model(model_path, device, recipe.model.attn_implementation, recipe.model.trust_remote_code)
-        gen = HFGenerator(model, tokenizer, batch_size=e.batch_size, kv_cache_gib=e.kv_cache_gib)
+    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
+              else torch.device("cpu"))
+    gen = make_generator(e.backend, model_path, tokenizer, batch_size=e.batch_size, kv_cache_gib=e.kv_cache_gib,
+                         seed=recipe.seed + rank, processes=world, model_config=recipe.model, device=device)
     try:
         return evaluate_model(gen, tokenizer, problems, recipe_settings(recipe), recipe.data.system_prompt,
                               desc=desc)
     finally:
-        del gen, model
+        del gen
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -25,12 +25,11 @@ from mathrecipe.evaluate.generation import (
     HFGenerator,
     SamplingSettings,
     SettingError,
-    VLLMMissing,
-    check_backend,
     check_batch_size,
-    checked_prompt_ids,
     open_generator,
-    open_tokenizer,
+)
+from mathrecipe.evaluate.generation import (
+    require_backend as _require_installed,
 )
 from mathrecipe.evaluate.identity import fingerprint_changes, model_fingerprint
 from mathrecipe.evaluate.metrics import accuracy_at_budgets, budget_grid, summarize
@@ -45,7 +44,8 @@ from mathrecipe.evaluate.samples import (
 )
 from mathrecipe.files import atomic_write_text
 from mathrecipe.grading import Grader, default_grader
-from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.modeling import open_tokenizer
+from mathrecipe.prompts import SYSTEM_PROMPT, checked_prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,8 @@ def _check_ints(name: str, values: Sequence[int] | None, minimum: int = 1) -> li
 
 
 def require_backend(backend: str) -> None:
-    check_backend(backend)
-    if backend == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise VLLMMissing("backend 'vllm' needs vLLM, which is not installed: pip install 'mathrecipe[vllm]' "
-                              "(GPU machines), or use --backend hf") from None
+    """A known generation backend whose packages are installed, or one line naming the fix."""
+    _require_installed(backend, "or use --backend hf")
 
 
 def _conflicts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

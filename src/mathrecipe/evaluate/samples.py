@@ -6,7 +6,8 @@ One JSON object per line, one line per sample::
     completion, tokens, finished the generated text, its length in tokens, False when cut at max_new_tokens
     extracted, answer, correct   the final (last boxed) answer, the gold answer, the grader's verdict
     boxes                        [[tokens, correct], ...] for every complete non-empty \\boxed{} in order: the token
-                                 count at which it closes and whether its content is correct (budget accuracy)
+                                 count at which it closes (:func:`answer_token_offsets`) and whether its content is
+                                 correct (budget accuracy)
 
 The file only grows by whole chunks of appended lines; a process killed mid-write leaves at most one cut-off last
 line, which :func:`read_samples` detects and :func:`compact` removes (atomically) before anything is appended.
@@ -22,13 +23,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mathrecipe.evaluate.generation import Completion, answer_token_offsets
+from mathrecipe.evaluate.generation import Completion
 from mathrecipe.files import atomic_write_text, naming
 from mathrecipe.grading import Grader, boxed_spans, default_grader
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (benchmark, str(id))
+
+
+def answer_token_offsets(token_ids: Sequence[int], char_ends: Sequence[int], tokenizer: Any) -> list[int]:
+    """For each character offset e of the completion's text (where an answer closes), how many tokens it takes to
+    reach it: the smallest k whose decoded prefix ids[:k] holds at least e characters.
+
+    One streaming decode (tokenizers' DecodeStream, linear in the tokens: bench/bench_eval.py measures it against
+    bisection with full decodes, which is quadratic); bisection only for tokenizers without a fast backend.
+    An offset past the decoded text maps to the last token.
+    """
+    order = sorted(range(len(char_ends)), key=lambda i: char_ends[i])
+    out = [len(token_ids)] * len(char_ends)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and order:
+        from tokenizers.decoders import DecodeStream
+
+        stream, n, j = DecodeStream(skip_special_tokens=True), 0, 0
+        for k, t in enumerate(token_ids, 1):
+            n += len(stream.step(backend, int(t)) or "")
+            while j < len(order) and n >= char_ends[order[j]]:
+                out[order[j]] = k
+                j += 1
+            if j == len(order):
+                break
+        return out
+    for i, e in enumerate(char_ends):
+        lo, hi = 1, max(1, len(token_ids))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tokenizer.decode(list(token_ids[:mid]), skip_special_tokens=True)) >= e:
+                hi = mid
+            else:
+                lo = mid + 1
+        out[i] = lo
+    return out
 
 
 def grade_completions(

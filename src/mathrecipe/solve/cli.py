@@ -49,33 +49,6 @@ def read_problems(source: str, problem_column: str = "problem", answer_column: s
 # ------------------------------------------------------------------------------------------------ prompts
 
 TOO_LONG = "prompt too long"
-CHARS_PER_TOKEN_CAP = 8  # more characters per token than real tokenizers average on any text (English: ~4)
-
-
-def prompt_tokens(tokenizer: Any, problems: Sequence[str], system_prompt: str | None,
-                  context: int | None) -> list[tuple[list[int] | None, int]]:
-    """(token ids, prompt tokens) per problem; ids are None where the count is an estimate from a prefix.
-
-    A problem longer than CHARS_PER_TOKEN_CAP x ``context`` characters is measured on that prefix first: when the
-    prefix alone holds more tokens than the context, the whole prompt cannot fit either (its tokens are at least
-    the prefix's), and its count is estimated as the prefix's x (characters / prefix characters). This keeps a 5 MB
-    problem to a short tokenisation: whole, it took 38 s and 1.8 GB with the toy tokenizer.
-    """
-    from mathrecipe.evaluate.generation import prompt_ids
-
-    out: list[tuple[list[int] | None, int] | None] = [None] * len(problems)
-    cap = CHARS_PER_TOKEN_CAP * context if context else None
-    whole = []
-    for i, text in enumerate(problems):
-        if cap is not None and len(text) > cap:
-            n = len(prompt_ids(tokenizer, [text[:cap]], system_prompt)[0])
-            if n > cap // CHARS_PER_TOKEN_CAP:
-                out[i] = (None, n * len(text) // cap)
-                continue
-        whole.append(i)
-    for i, ids in zip(whole, prompt_ids(tokenizer, [problems[i] for i in whole], system_prompt)):  # one batch
-        out[i] = (ids, len(ids))
-    return out  # type: ignore[return-value]
 
 
 def unsolved_row(pid: str, stop: str, **extra: Any) -> dict[str, Any]:
@@ -88,7 +61,7 @@ def too_long_row(pid: str, prompt_tokens: int, exact: bool, context: int) -> dic
     """The row of a problem skipped because its prompt and max new tokens exceed the context."""
     row = unsolved_row(pid, TOO_LONG, prompt_tokens=prompt_tokens, context=context)
     if not exact:
-        row["prompt_tokens_estimated"] = True  # from a prefix: see prompt_tokens
+        row["prompt_tokens_estimated"] = True  # from a prefix: see prompts.prompt_tokens
     return row
 
 
@@ -187,7 +160,7 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
     from tqdm.auto import tqdm
 
     from mathrecipe.evaluate.generation import open_generator
-    from mathrecipe.prompts import describe_overlong, overlong_prompts
+    from mathrecipe.prompts import describe_overlong, overlong_prompts, prompt_tokens
 
     started_at = time.monotonic() if started_at is None else started_at
     out = Path(out_dir)

@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.evaluate.generation import THINK_END, Generator, SamplingSettings, prompt_ids
+from mathrecipe.evaluate.generation import Generator, SamplingSettings
 from mathrecipe.grading import boxed_spans, extract_answer
-from mathrecipe.prompts import SYSTEM_PROMPT
+from mathrecipe.prompts import SYSTEM_PROMPT, THINK_END, batch_prompt_ids
 from mathrecipe.solve.answers import INT_FORMAT, Tally, Vote, check_answer_format
 from mathrecipe.solve.policy import (
     DECIDED,
@@ -332,11 +332,11 @@ class Solver:
               on_call: Callable[[], None] | None = None,
               prompts: Sequence[list[int]] | None = None) -> list[ProblemResult]:
         """Answer ``problems`` (dicts with ``id`` and ``problem``) in order; ``on_problem`` after each one.
-        ``prompts``: their token ids when the caller has them already (default: :func:`prompt_ids`)."""
+        ``prompts``: their token ids when the caller has them already (default: ``prompts.batch_prompt_ids``)."""
         if self.started_at is None:
             self.started_at = self.clock()
         ids = (list(prompts) if prompts is not None
-               else prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt))
+               else batch_prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt))
         if ids and (self.opts.time_budget_s is not None or self.opts.per_problem_s is not None) and not self.warm:
             # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels, a cache at the
             # wave's batch): measured, it would make the time bound think every call that slow. Not timed (the
