@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from mathrecipe.grpo import Accuracy, HealthMonitor
+from mathrecipe.health import HealthMonitor
 from mathrecipe.recipe import load_recipe
+from mathrecipe.rewards import Accuracy
 
 TINY = ["data.toy.n_sft=16", "data.toy.n_test=4", "data.toy.n_rl=32", "data.toy.n_dev=4",
         "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
@@ -85,7 +86,7 @@ def test_the_report_says_plainly_what_could_not_be_judged():
 def test_health_is_saved_in_each_checkpoint_and_restored_on_resume(tmp_path):
     """on_save writes the rows so far into the checkpoint; restore keeps the rows up to its step (a row written
     after the save, lost in a kill, is trained again), the alarms raised by then, and so the entropy baseline."""
-    from mathrecipe.grpo import HEALTH_FILE
+    from mathrecipe.health import HEALTH_FILE
 
     m = _monitor("health.window=2")
     _feed(m, [{"truncation": 0.9, "entropy": 2.0}, {"truncation": 0.9, "entropy": 2.5}])

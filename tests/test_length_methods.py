@@ -188,7 +188,8 @@ def test_each_methods_trl_options_reach_the_trainer(method, tmp_path, tiny_model
 def test_batch_scaling_logs_equal_reward_groups_per_prompt():
     """Under scale_rewards=batch, TRL's frac_reward_zero_std is whether the whole batch's std is 0; the monitor
     logs the share of prompt groups whose weighted totals are all equal, and the health monitor reads that one."""
-    from mathrecipe.grpo import HEALTH_KEYS, HealthMonitor, accuracy_reward
+    from mathrecipe.grpo import accuracy_reward
+    from mathrecipe.health import HEALTH_KEYS, HealthMonitor
 
     assert equal_groups([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5], 4) == 0.5
     r = _recipe("dler", "rewards.truncation.limit=30")

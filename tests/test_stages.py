@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from mathrecipe.grpo import CollapseGuard, build_rewards, last_safe_step
+from mathrecipe.grpo import build_rewards
 from mathrecipe.hardware import precision_kwargs
+from mathrecipe.health import CollapseGuard, last_safe_step
 from mathrecipe.recipe import load_recipe
 from mathrecipe.sft import select_epoch
 
@@ -66,7 +67,8 @@ def test_collapse_guard_window_follows_the_trainers_log_cadence():
 def test_health_stop_on_a_per_step_kl_trips_the_guard_for_that_step_only():
     """health.stop=true with logging_steps > 1: the health KL is per step (from the trainer's buffers), so a trip
     at step 5 measured only checkpoint-4; checkpoint-3 is kept."""
-    from mathrecipe.grpo import Accuracy, HealthMonitor
+    from mathrecipe.health import HealthMonitor
+    from mathrecipe.rewards import Accuracy
 
     recipe = load_recipe(None, ["health.stop=true", "grpo.max_kl=0.5", "grpo.logging_steps=4"])
     guard = CollapseGuard(max_kl=0.5)
