@@ -19,7 +19,7 @@ def shared_data() -> Path:
 def toy_splits():
     from mathrecipe.toy import make_toy_data
 
-    return make_toy_data(n_sft=200, n_test=20, n_rl=100, seed=1)
+    return make_toy_data(n_sft=200, n_test=20, n_grpo=100, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def _one_line(done):
 def test_missing_grpo_file_fails_in_seconds_before_sft(tmp_path, tiny_model_dir, shared_data):
     bench = shared_data / "benchmarks" / SHARED_BENCH
     done, took = _cli("run", f"output_dir={tmp_path / 'run'}", "data.source=files", f"data.sft_path={bench}",
-                      f"data.eval_path={bench}", "data.grpo_path=MISSING.jsonl",
+                      f"data.test_path={bench}", "data.grpo_path=MISSING.jsonl",
                       f"model.name_or_path={tiny_model_dir}")
     assert took < 5, took
     assert "data.grpo_path" in _one_line(done) and "no such file or folder" in done.stderr

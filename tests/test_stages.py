@@ -142,5 +142,5 @@ def test_cpu_rollouts_use_a_static_cache_only_when_it_fits(tmp_path):
     # the paper's 1.5B recipe with HF rollouts, 16 completions of 16k tokens: ~16 GB in fp32, the growing cache stays
     root = Path(__file__).resolve().parents[1]
     big = load_recipe(root / "recipes" / "paper" / "fast-math-r1-1.5b.yaml",
-                      ["grpo.backend=hf", "grpo.batch_size=16", "grpo.precision=auto"])
+                      ["grpo.backend=hf", "grpo.per_device_train_batch_size=16", "grpo.precision=auto"])
     assert "cache_implementation" not in grpo_args(big, tmp_path)
