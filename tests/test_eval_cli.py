@@ -4,6 +4,7 @@ import re
 import time
 
 import pytest
+from helpers import TINY_MODEL
 
 from mathrecipe.cli import build_parser, main
 from mathrecipe.evaluate import generation as gen_mod
@@ -376,7 +377,7 @@ def test_another_model_copied_to_the_same_path_is_refused(tiny_model_dir, ten, t
 
     m, other = tmp_path / "m", tmp_path / "other"
     shutil.copytree(tiny_model_dir, m)
-    build_toy_model_folder(other, toy_splits, seed=7, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    build_toy_model_folder(other, toy_splits, seed=7, **TINY_MODEL)
     out = tmp_path / "o"
     assert _eval(m, ten, out, "--limit", "5") == 0
     before = (out / "samples.jsonl").read_text()

@@ -4,14 +4,13 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.grpo import Accuracy, HealthMonitor
 from mathrecipe.recipe import load_recipe
 
-TINY = ["data.toy.n_sft=16", "data.toy.n_test=4", "data.toy.n_grpo=32", "data.toy.n_dev=4",
-        "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-        "sft.enabled=false", "eval.samples=1", "eval.max_new_tokens=8", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4",
-        "grpo.logging_steps=1"]
+TINY = tiny_run(16, 4, 32, 4, "sft.enabled=false", "eval.samples=1", "eval.max_new_tokens=8",
+                "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1")
 
 
 def _monitor(*overrides):

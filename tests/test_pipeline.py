@@ -3,18 +3,18 @@
 import json
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.cli import main
 from mathrecipe.recipe import load_recipe
 
-TINY = [
-    "data.toy.n_sft=48", "data.toy.n_test=6", "data.toy.n_grpo=32",
-    "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
+TINY = tiny_run(
+    48, 6, 32, None,  # the recipe's 100 dev problems
     "sft.epochs=2", "sft.per_device_train_batch_size=8", "sft.logging_steps=5",
     "grpo.max_steps=2", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1",
     "grpo.max_completion_length=40", "rewards.cosine.max_len=40",
     "eval.samples=2", "eval.max_new_tokens=40",
-]
+)
 
 
 def _error_line(stderr: str) -> str:

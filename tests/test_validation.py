@@ -5,13 +5,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = ["data.toy.n_sft=16", "data.toy.n_test=4", "data.toy.n_grpo=16", "data.toy.n_dev=4",
-        "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64"]
+TINY = tiny_run(16, 4, 16, 4)
 
 
 def _one_line_error(capsys, *words):
