@@ -353,7 +353,7 @@ def test_grade_cli_10k_rows_with_a_pathological_row(tmp_path, shared_data, capsy
     assert len(out) == 10_000 and out[1234]["correct"] is False
     assert out[0]["correct"] is True
     assert "graded 10000 rows" in capsys.readouterr().out
-    assert took < 600
+    assert took < 600  # a hang guard only (the pathological row is bounded by --timeout 2), not a speed bound
 
 
 # ------------------------------------------------------------------------------------- issue 22, items 2, 3, 5, 7, 8

@@ -1,6 +1,7 @@
 """Short end-to-end runs of every stage on a tiny model (seconds, not minutes)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import tiny_run
@@ -17,6 +18,10 @@ TINY = tiny_run(
 )
 
 
+def _samples(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 def _error_line(stderr: str) -> str:
     """The one ``mathrecipe: error:`` line a refused command prints (progress bars aside), and no traceback."""
     lines = [x for x in stderr.splitlines() if x.startswith("mathrecipe: error:")]
@@ -31,15 +36,22 @@ def test_run_all_stages_writes_report(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     epochs = report["sft"]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2]
-    for e in epochs:
-        assert 0 <= e["accuracy"] <= 1 and e["mean_tokens"] > 0 and 0 <= e["dev_accuracy"] <= 1
-    # chosen on the dev problems (disjoint from the held-out ones it reports)
+    for e in epochs:  # each epoch's numbers are those of its samples file (6 test problems x 2 samples)
+        rows = _samples(out / "sft" / f"eval-epoch{e['epoch']}.samples.jsonl")
+        assert len(rows) == 12
+        assert e["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
+        assert e["mean_tokens"] == pytest.approx(sum(r["tokens"] for r in rows) / 12)
+        # dev: 4 problems x 2 samples, so a mean of 8 verdicts (a multiple of 1/8 in [0, 1])
+        assert e["dev_accuracy"] * 8 == pytest.approx(round(e["dev_accuracy"] * 8)) and 0 <= e["dev_accuracy"] <= 1
+    # chosen on the dev problems (disjoint from the test problems it reports)
     best = max(epochs, key=lambda e: (e["dev_accuracy"], -e["epoch"]))
     assert report["sft"]["selected_epoch"] == best["epoch"] and report["sft"]["selected_by"] == "best dev accuracy"
     test_ids = {json.loads(x)["problem"] for x in (out / "data" / "test.jsonl").read_text().splitlines()}
     dev_ids = {json.loads(x)["problem"] for x in (out / "data" / "dev.jsonl").read_text().splitlines()}
     assert dev_ids and not dev_ids & test_ids
-    assert report["grpo"]["steps"] == 2 and 0 <= report["grpo"]["accuracy"] <= 1
+    grpo_rows = _samples(out / "eval" / "grpo.samples.jsonl")
+    assert report["grpo"]["steps"] == 2
+    assert report["grpo"]["accuracy"] == pytest.approx(sum(r["correct"] for r in grpo_rows) / len(grpo_rows))
     assert report["eval"] == {"n_problems": 6, "samples": 2, "temperature": load_recipe(None).eval.temperature,
                               "max_new_tokens": 40}
     for f in ["report.md", "report.png", "recipe.yaml", "data/sft/dataset_info.json", "data/grpo/dataset_info.json",
@@ -147,7 +159,8 @@ def test_paged_rollouts_are_refused_where_trl_would_cast_the_fp32_masters_to_bf1
 
     from mathrecipe.grpo import check_backend_precision
 
-    check_backend_precision(load_recipe(None, ["grpo.backend=paged"]))  # CPU here: fp32, nothing cast
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, whatever this one has
+    check_backend_precision(load_recipe(None, ["grpo.backend=paged"]))  # fp32: nothing cast
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert main(["run", "grpo.backend=paged", "sft.enabled=false"]) == 2
