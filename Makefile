@@ -46,7 +46,7 @@ rehearse: real-model
 	$(BIN)/mathrecipe data build recipes/rehearsal.yaml $(OVERRIDES)
 	$(BIN)/mathrecipe run recipes/rehearsal.yaml $(OVERRIDES) --restart
 	$(BIN)/mathrecipe solve --model $(REHEARSAL_OUT)/grpo/final --problems runs/rehearsal-sources/gsm8k-solve.jsonl \
-	    --recipe recipes/rehearsal.yaml --samples 4 --stop-at-think --answer-format any --time-budget 90s \
+	    --recipe recipes/rehearsal.yaml --samples 4 --stop-at-think --answer-format any --time-limit 90s \
 	    --out $(REHEARSAL_OUT)/solve
 
 bench: $(STAMP)

@@ -64,7 +64,7 @@ def _model(kind: str, tmp: Path) -> tuple[Any, Any]:
     if kind == "toy":
         from mathrecipe.toy import build_toy_model_folder, make_toy_data
 
-        path = build_toy_model_folder(tmp, make_toy_data(n_sft=500, n_test=8, n_rl=10, seed=0))
+        path = build_toy_model_folder(tmp, make_toy_data(n_sft=500, n_test=8, n_grpo=10, seed=0))
     else:
         from mathrecipe.realmodel import real_model_dir
 

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for condition, busy in (("quiet", 0), ("busy", args.busy)):
             for name, extra in configs.items():
                 budget_runs.setdefault((name, condition), []).append(run_row(
-                    name, ["--model", model, *base, "--time-budget", f"{budget:.2f}s", *extra], problems, fmt,
+                    name, ["--model", model, *base, "--time-limit", f"{budget:.2f}s", *extra], problems, fmt,
                     busy, work, budget))
     budget_rows = [summarize(name, runs, condition=condition, budget_s=budget,
                              within_budget=all(r["within_budget"] for r in runs),

@@ -90,8 +90,8 @@ def workload(model: str, tmp: Path, grpo_completion: int) -> tuple[Any, str, Pat
     from mathrecipe.data.io import write_jsonl
 
     recipe = load_recipe(ROOT / "recipes" / "rehearsal.yaml", [
-        f"output_dir={tmp}", f"model.name_or_path={model_path}", "sft.batch_size=4", "sft.packing=false",
-        "sft.gradient_accumulation_steps=1", "sft.extra={}", "grpo.num_generations=4", "grpo.batch_size=8",
+        f"output_dir={tmp}", f"model.name_or_path={model_path}", "sft.per_device_train_batch_size=4", "sft.packing=false",
+        "sft.gradient_accumulation_steps=1", "sft.extra={}", "grpo.num_generations=4", "grpo.per_device_train_batch_size=8",
         "grpo.gradient_accumulation_steps=1", f"grpo.max_completion_length={grpo_completion}",
         f"rewards.cosine.max_len={2 * grpo_completion}", "grpo.extra={}"])
     return recipe, model_path, write_jsonl(sft, tmp / "sft.jsonl"), write_jsonl(grpo, tmp / "grpo.jsonl")
@@ -238,7 +238,7 @@ def run_grpo(recipe: Any, model_path: str, data: Path, setting: str, steps: int,
                "backward + optimizer": (total - prep - loss) / n}
     return {"s_per_step": statistics.median(timer.times[1:]), "first_step_s": timer.times[0], "profile_s": profile,
             "flags": flags,
-            "completions_per_step": g.batch_size, "max_completion_length": g.max_completion_length}
+            "completions_per_step": g.per_device_train_batch_size, "max_completion_length": g.max_completion_length}
 
 
 def snapshot_after_first(spent: dict[str, float], snap: dict[str, float]) -> Any:

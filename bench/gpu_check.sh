@@ -80,9 +80,9 @@ if [ $DRY = 1 ]; then
   # Dry run: timings mean nothing, so everything runs at once (about 40 s on 2 idle cores).
   run_part tests "$TESTS_S" "$PYTHON" -m pytest --collect-only -q -p no:cacheprovider &
   run_part toy "$TOY_S" "$PYTHON" -m mathrecipe.cli run recipes/toy.yaml "output_dir=$WORK/toy" seed=0 \
-    data.toy.n_sft=16 data.toy.n_test=4 data.toy.n_rl=16 sft.epochs=1 sft.batch_size=16 grpo.max_steps=1 \
-    grpo.batch_size=8 grpo.max_completion_length=32 rewards.cosine.max_len=32 eval.samples=1 \
-    eval.max_new_tokens=32 eval.batch_size=8 &
+    data.toy.n_sft=16 data.toy.n_test=4 data.toy.n_grpo=16 sft.epochs=1 sft.per_device_train_batch_size=16 grpo.max_steps=1 \
+    grpo.per_device_train_batch_size=8 grpo.max_completion_length=32 rewards.cosine.max_len=32 eval.samples=1 \
+    eval.max_new_tokens=32 eval.generate_batch_size=8 &
   { run_part sft "$SFT_S" "$PYTHON" bench/gpu_probe.py sft --work "$WORK" --dry-run
     run_part grpo "$GRPO_S" "$PYTHON" bench/gpu_probe.py grpo --work "$WORK" --dry-run; } &
   wait

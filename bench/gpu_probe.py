@@ -254,7 +254,7 @@ def probe_sft(work: Path, dry_run: bool) -> dict[str, Any]:
     results = []
     for name, overrides in sft_variants(dry_run):
         recipe = load_recipe(None, [
-            f"output_dir={work / 'runs'}", "sft.epochs=1", "sft.batch_size=1", "sft.gradient_accumulation_steps=1",
+            f"output_dir={work / 'runs'}", "sft.epochs=1", "sft.per_device_train_batch_size=1", "sft.gradient_accumulation_steps=1",
             f"sft.max_length={seq}", "sft.packing=true", "sft.eval_each_epoch=false", "sft.save_only_model=true",
             "sft.warmup_steps=0", "sft.logging_steps=1", "data.system_prompt=null",
             "sft.extra={packing_strategy: wrapped}", *overrides])
@@ -295,10 +295,10 @@ def probe_grpo(work: Path, dry_run: bool) -> dict[str, Any]:
     prompts, gens, tokens = (2, 4, 16) if dry_run else (8, 8, 512)
     warmup, measured = (0, 1) if dry_run else (1, 2)
     model_dir = build_model_folder(work / "model", shape)
-    problems = make_toy_data(10, 10, prompts * (warmup + measured) * 2, seed=0).rl
+    problems = make_toy_data(10, 10, prompts * (warmup + measured) * 2, seed=0).grpo
     data = write_jsonl([{"prompt": p["problem"], "answer": p["answer"]} for p in problems], work / "grpo.jsonl")
     recipe = load_recipe(None, [
-        f"output_dir={work / 'runs'}", f"grpo.num_generations={gens}", f"grpo.batch_size={prompts * gens}",
+        f"output_dir={work / 'runs'}", f"grpo.num_generations={gens}", f"grpo.per_device_train_batch_size={prompts * gens}",
         "grpo.gradient_accumulation_steps=1", f"grpo.max_steps={warmup + measured}",
         f"grpo.max_completion_length={tokens}", f"rewards.cosine.max_len={tokens}", "grpo.max_kl=null",
         "grpo.logging_steps=1"])
@@ -393,7 +393,7 @@ def plan_estimate() -> dict[str, float]:
     from mathrecipe.recipe import load_recipe
 
     base = ["model.name_or_path=Qwen/Qwen2.5-1.5B", "data.source=files", "data.sft_path=x", "data.grpo_path=x",
-            "data.eval_path=x", "sft.batch_size=1", "sft.max_length=8192", "sft.packing=true", "sft.precision=bf16",
+            "data.test_path=x", "sft.per_device_train_batch_size=1", "sft.max_length=8192", "sft.packing=true", "sft.precision=bf16",
             "grpo.enabled=false"]
     target = Target(gpus=1, gpu_mem_gib=141, gpu=True)
     out = {}

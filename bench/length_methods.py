@@ -43,10 +43,10 @@ RECIPE = ROOT / "recipes" / "toy.yaml"
 
 # Tiny settings for a smoke test of this script (seconds per run; the numbers then mean nothing).
 QUICK = [
-    "data.toy.n_sft=48", "data.toy.n_test=6", "data.toy.n_rl=32", "data.toy.n_dev=4",
+    "data.toy.n_sft=48", "data.toy.n_test=6", "data.toy.n_grpo=32", "data.toy.n_dev=4",
     "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-    "sft.epochs=1", "sft.batch_size=8", "sft.logging_steps=2", "sft.warmup_steps=2",
-    "grpo.max_steps=2", "grpo.batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1",
+    "sft.epochs=1", "sft.per_device_train_batch_size=8", "sft.logging_steps=2", "sft.warmup_steps=2",
+    "grpo.max_steps=2", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1",
     "grpo.max_completion_length=40", "eval.samples=2", "eval.max_new_tokens=40",
 ]
 QUICK_COSINE = ["rewards.cosine.max_len=40"]  # only for methods with the cosine reward
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = sft_run / "sft" / Path(sft["selected_checkpoint"]).name  # recorded relative to where that run ran
     data = sft_run / "data"
     files = ["data.source=files", f"data.sft_path={data / 'sft'}", f"data.grpo_path={data / 'grpo'}",
-             f"data.eval_path={data / 'test.jsonl'}", f"data.dev_path={data / 'dev.jsonl'}", "sft.enabled=false",
+             f"data.test_path={data / 'test.jsonl'}", f"data.dev_path={data / 'dev.jsonl'}", "sft.enabled=false",
              f"model.name_or_path={ckpt}"]
     jobs = [(m, s) for m in methods for s in seeds]
     dirs = [work / f"{m}-s{s}" for m, s in jobs]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.time() - t0, "seeds": seeds, "start_model": str(ckpt), "sft_reused": bool(args.sft_run),
         "test_problems": first["eval"]["n_problems"], "samples": first["eval"]["samples"],
         "temperature": first["eval"]["temperature"],
-        "grpo": {k: g[k] for k in ("max_steps", "learning_rate", "batch_size", "num_generations", "beta", "temperature",
+        "grpo": {k: g[k] for k in ("max_steps", "learning_rate", "per_device_train_batch_size", "num_generations", "beta", "temperature",
                                    "max_completion_length", "loss_type")},
         "methods": {m: pooled([r for r in runs if r["method"] == m]) for m in methods},
         "runs": [{k: v for k, v in r.items() if not k.startswith(("acc_", "tok_")) and k != "ids"} for r in runs],

@@ -32,10 +32,10 @@ ROOT = HERE.parent
 
 # Tiny settings for a smoke test of this script (seconds per run; the verdicts are then meaningless).
 QUICK = [
-    "data.toy.n_sft=48", "data.toy.n_test=6", "data.toy.n_rl=32",
+    "data.toy.n_sft=48", "data.toy.n_test=6", "data.toy.n_grpo=32",
     "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-    "sft.epochs=2", "sft.batch_size=8", "sft.logging_steps=2", "sft.warmup_steps=2",
-    "grpo.max_steps=2", "grpo.batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1",
+    "sft.epochs=2", "sft.per_device_train_batch_size=8", "sft.logging_steps=2", "sft.warmup_steps=2",
+    "grpo.max_steps=2", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1",
     "grpo.max_completion_length=40", "rewards.cosine.max_len=40",
     "eval.samples=2", "eval.max_new_tokens=40",
 ]

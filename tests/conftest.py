@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real benchmark files live beside the checkout (never copied into the repo).
@@ -19,7 +20,7 @@ def shared_data() -> Path:
 def toy_splits():
     from mathrecipe.toy import make_toy_data
 
-    return make_toy_data(n_sft=200, n_test=20, n_rl=100, seed=1)
+    return make_toy_data(n_sft=200, n_test=20, n_grpo=100, seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,7 @@ def tiny_model_dir(tmp_path_factory, toy_splits) -> Path:
     from mathrecipe.toy import build_toy_model_folder
 
     out = tmp_path_factory.mktemp("tiny-model")
-    return build_toy_model_folder(out, toy_splits, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    return build_toy_model_folder(out, toy_splits, **TINY_MODEL)
 
 
 @pytest.fixture(scope="session")

@@ -203,8 +203,8 @@ def test_built_sets_train_through_the_stages(tmp_path, shared_data, tiny_model_d
     bench.write_text('{"id": "e1", "problem": "Compute 10 + 10.", "answer": "20"}\n')
     run = tmp_path / "run2"
     assert main(["-q", "run", f"output_dir={run}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
-                 f"data.sft_path={out / 'sft'}", f"data.grpo_path={out / 'grpo'}", f"data.eval_path={bench}",
-                 "sft.epochs=1", "sft.batch_size=4", "grpo.max_steps=1", "grpo.batch_size=8",
+                 f"data.sft_path={out / 'sft'}", f"data.grpo_path={out / 'grpo'}", f"data.test_path={bench}",
+                 "sft.epochs=1", "sft.per_device_train_batch_size=4", "grpo.max_steps=1", "grpo.per_device_train_batch_size=8",
                  "grpo.num_generations=4", "grpo.max_completion_length=16", "rewards.cosine.max_len=16",
                  "eval.samples=1", "eval.max_new_tokens=16"]) == 0
     report = json.loads((run / "report.json").read_text())

@@ -41,17 +41,17 @@ def run_dir(tmp_path):
 def test_compare_run_dir_prints_sft_vs_grpo_and_writes_the_plot(run_dir, capsys):
     assert main(["compare", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "## held-out" in out and "| SFT epoch 2 | 20 | 4 | 75.0" in out and "| GRPO | 20 | 4 | 80.0" in out
+    assert "## test" in out and "| SFT epoch 2 | 20 | 4 | 75.0" in out and "| GRPO | 20 | 4 | 80.0" in out
     assert "+5.0" in out and "-40 (-40, -40)" in out  # paired: +1 problem of 20, 40 tokens shorter on every one
     files = run_dir / "compare"
     assert (files / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads((files / "compare.json").read_text())
-    table = result["benchmarks"]["held-out"]["table"]
+    table = result["benchmarks"]["test"]["table"]
     assert [r["label"] for r in table] == ["SFT epoch 2", "GRPO"]
     diff = table[1]["vs_first"]
     assert diff["problems"] == 20 and diff["accuracy"][0] == pytest.approx(0.05)
     assert diff["accuracy"][1] <= 0.05 <= diff["accuracy"][2] and diff["mean_tokens"] == [-40.0, -40.0, -40.0]
-    curves = result["benchmarks"]["held-out"]["budget_curves"]
+    curves = result["benchmarks"]["test"]["budget_curves"]
     grpo = dict((b, a) for b, a in curves["GRPO"])
     assert grpo[max(grpo)] == pytest.approx(0.8) and min(grpo.values()) == 0.0  # budget below every box: 0
     sft = dict((b, a) for b, a in curves["SFT epoch 2"])
@@ -70,7 +70,7 @@ def test_compare_grpo_started_without_sft(tmp_path):
     _write(d / "eval" / "grpo.samples.jsonl", _rows({0, 1, 2}, 50))
     (d / "report.json").write_text(json.dumps({"start": {"name": "start model"}, "grpo": {}}))
     result = compare([d])
-    assert [r["label"] for r in result["benchmarks"]["held-out"]["table"]] == ["start model", "GRPO"]
+    assert [r["label"] for r in result["benchmarks"]["test"]["table"]] == ["start model", "GRPO"]
 
 
 def test_compare_eval_folders_per_benchmark(tmp_path, capsys):

@@ -14,7 +14,7 @@ from mathrecipe.evaluate.inrun import evaluate_for_recipe, evaluate_saved_model,
 from mathrecipe.recipe import load_recipe
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-EVAL = ["eval.samples=2", "eval.max_new_tokens=16", "eval.batch_size=auto", "eval.kv_cache_gib=0.0001"]
+EVAL = ["eval.samples=2", "eval.max_new_tokens=16", "eval.generate_batch_size=auto", "eval.kv_cache_gib=0.0001"]
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 7, 8])

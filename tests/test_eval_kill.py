@@ -18,7 +18,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def _args(model, bench, out):
     # batch 1 and 2 samples: chunks of 2 problems, so the file grows in several steps a kill can fall between
     return ["-q", "eval", "--model", str(model), "--benchmarks", str(bench), "--out", str(out), "--samples", "2",
-            "--max-new-tokens", "48", "--temperature", "1.0", "--batch-size", "1"]
+            "--max-new-tokens", "48", "--temperature", "1.0", "--generate-batch-size", "1"]
 
 
 def _lines(path):

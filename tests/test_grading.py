@@ -49,10 +49,11 @@ def test_boxed_spans_gives_every_box_and_its_end():
     assert t[:12].endswith("\\boxed{12}") and t[:34].endswith("{2}}")
 
 
-@pytest.mark.parametrize("box, bound", [("\\boxed{1} ", 0.05), ("\\boxed{\\frac{a}{b}}\\,", 0.1)])
+@pytest.mark.parametrize("box, bound", [("\\boxed{1} ", 0.3), ("\\boxed{\\frac{a}{b}}\\,", 0.2)])
 def test_extraction_is_linear(box, bound):
     # 80k characters of boxes (8,000 plain ones, or 3,809 with nested braces). The old scan searched the rest of
-    # the text again per box: 1.44 s and 0.40 s here on a loaded 2-core machine; this one 0.010 s and 0.021 s.
+    # the text again per box: 1.44 s and 0.40 s here on a loaded 2-core machine; this one 0.010 s and 0.021 s. The
+    # bound (the fastest of 5 runs) is 10-30x this scan's time and below the quadratic one's.
     text = box * (80_000 // len(box))
     assert len(boxed_spans(text)) == 80_000 // len(box)
     assert min(_timed(boxed_spans, text) for _ in range(5)) < bound
@@ -99,7 +100,8 @@ def test_pathological_input_returns_within_its_bound():
         t = time.monotonic()
         ok = g.verify_many(["1"], ["9^{9^{9^{9^{9}}}}"])
         assert ok == [False]
-        assert time.monotonic() - t < 2.0 + 1.0
+        # the bound is the behaviour (unbounded, this answer runs for minutes); 8 s of margin for a loaded machine
+        assert time.monotonic() - t < 2.0 + 8.0
 
 
 def test_overrunning_worker_is_killed_and_replaced():
@@ -108,7 +110,7 @@ def test_overrunning_worker_is_killed_and_replaced():
         g.verify_many(["1"], ["1.0"])  # start the worker outside the timed part
         t = time.monotonic()
         assert g.verify_many(["1"], [HANGS]) == [False]
-        assert time.monotonic() - t < 0.3 + 1.5
+        assert time.monotonic() - t < 0.3 + 8.0  # generous: g.timeouts says the hard kill ended it
         assert g.timeouts == 1
         assert g.verify_many(["\\frac{1}{2}"], ["0.5"]) == [True]  # the replacement works
         # An overrun says how loaded the machine was, not what the answer is: asked again, it is verified again.

@@ -4,15 +4,14 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.health import HealthMonitor
 from mathrecipe.recipe import load_recipe
 from mathrecipe.rewards import Accuracy
 
-TINY = ["data.toy.n_sft=16", "data.toy.n_test=4", "data.toy.n_rl=32", "data.toy.n_dev=4",
-        "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-        "sft.enabled=false", "eval.samples=1", "eval.max_new_tokens=8", "grpo.batch_size=8", "grpo.num_generations=4",
-        "grpo.logging_steps=1"]
+TINY = tiny_run(16, 4, 32, 4, "sft.enabled=false", "eval.samples=1", "eval.max_new_tokens=8",
+                "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1")
 
 
 def _monitor(*overrides):
@@ -140,7 +139,7 @@ def test_collapse_guard_restores_the_newest_policy_outside_the_tripping_window(t
     out = tmp_path / "run"
     # a briefly SFT-trained start varies its lengths, so the length rewards differ within groups and GRPO moves it
     args = [a for a in TINY if a != "sft.enabled=false"]
-    assert main(["-q", "run", f"output_dir={out}", *args, "data.toy.n_sft=64", "sft.epochs=2", "sft.batch_size=8",
+    assert main(["-q", "run", f"output_dir={out}", *args, "data.toy.n_sft=64", "sft.epochs=2", "sft.per_device_train_batch_size=8",
                  "sft.learning_rate=3e-3", "sft.warmup_steps=0", "grpo.max_steps=5", "grpo.max_completion_length=48",
                  "rewards.cosine.max_len=48", "grpo.learning_rate=1e-2", "grpo.lr_scheduler=constant_with_warmup",
                  "grpo.warmup_steps=2", "grpo.max_kl=1e-9", "grpo.save_steps=1"]) == 0

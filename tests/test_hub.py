@@ -36,11 +36,16 @@ def listening():
     s.close()
 
 
+# "Fails fast" is the behaviour under test: an unanswered hub costs huggingface_hub's retries (minutes); the bound
+# leaves a loaded 2-core machine a generous margin over the ~0.1 s these take.
+FAST_S = 20
+
+
 def one_line_error(fn, *args, **kwargs) -> str:
     t = time.perf_counter()
     with pytest.raises(MathRecipeError) as e:
         fn(*args, **kwargs)
-    assert time.perf_counter() - t < 5
+    assert time.perf_counter() - t < FAST_S
     msg = str(e.value)
     assert "\n" not in msg
     return msg
@@ -72,7 +77,7 @@ def test_missing_local_paths_fail_at_once_everywhere(name, tmp_path, capsys):
     t = time.perf_counter()
     source = json.dumps([{"kind": "openr1", "path": name}])
     assert main(["data", "build", f"data.build.sources={source}", "data.build.tokenizer=also/missing/tok"]) == 2
-    assert time.perf_counter() - t < 5
+    assert time.perf_counter() - t < FAST_S
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"mathrecipe: error: data.build.sources[0].path: {name}: no such file or folder")
     assert len(err.splitlines()) == 1
@@ -100,7 +105,7 @@ def test_unreachable_endpoint_fails_within_seconds(monkeypatch, capsys):
     t = time.perf_counter()
     source = json.dumps([{"kind": "openr1", "path": HUB_ID}])
     assert main(["data", "build", f"data.build.sources={source}", "data.build.tokenizer=gpt2"]) == 2
-    assert time.perf_counter() - t < 5
+    assert time.perf_counter() - t < FAST_S
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and HUB_ID in err
 
@@ -110,13 +115,13 @@ def test_a_hung_probe_is_abandoned_at_its_timeout(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://hung.example:8443")
 
     def hang(*args, **kwargs):
-        time.sleep(5)
+        time.sleep(60)  # in the probe's daemon thread, abandoned
         raise OSError("too late")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     t = time.perf_counter()
     why = hub.hub_unreachable(timeout=0.5)
-    assert time.perf_counter() - t < 2
+    assert time.perf_counter() - t < FAST_S  # the bound is the behaviour: far below the 60 s the connection hangs
     assert why == "hung.example:8443: no answer within 0.5 s"
 
 

@@ -81,8 +81,8 @@ def test_unknown_deepspeed_keys_are_named(tmp_path, cfg, expect):
 
 def test_deepspeed_batch_numbers_must_match_the_recipe(tmp_path):
     ds = _json(tmp_path, {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}})
-    msg = _err(validate_launch, load_recipe(None, [f"sft.deepspeed={ds}", "sft.batch_size=16"]))
-    assert "train_micro_batch_size_per_gpu=4 but sft.batch_size=16" in msg and '"auto"' in msg
+    msg = _err(validate_launch, load_recipe(None, [f"sft.deepspeed={ds}", "sft.per_device_train_batch_size=16"]))
+    assert "train_micro_batch_size_per_gpu=4 but sft.per_device_train_batch_size=16" in msg and '"auto"' in msg
     ds = _json(tmp_path, {"gradient_accumulation_steps": 2})
     msg = _err(validate_launch, load_recipe(None, [f"grpo.deepspeed={ds}"]))
     assert "gradient_accumulation_steps=2 but grpo.gradient_accumulation_steps=1" in msg
@@ -95,7 +95,7 @@ def test_deepspeed_batch_numbers_must_match_the_recipe(tmp_path):
                                        f"accelerate_config={acc}"]))
     # no process count known: the global batch must at least be a multiple of batch x accumulation
     msg = _err(validate_launch, load_recipe(None, [f"sft.deepspeed={_json(tmp_path, {'train_batch_size': 24})}"]))
-    assert "not a multiple of sft.batch_size x sft.gradient_accumulation_steps = 16" in msg
+    assert "not a multiple of sft.per_device_train_batch_size x sft.gradient_accumulation_steps = 16" in msg
 
 
 def test_deepspeed_precision_clipping_and_optimizer_blocks(tmp_path):
@@ -162,12 +162,12 @@ def test_world_size_must_match_the_accelerate_config(monkeypatch):
 
 
 def test_grpo_generation_batch_divisible_by_num_generations(monkeypatch):
-    r = load_recipe(None, ["grpo.extra={generation_batch_size: 12}", "grpo.batch_size=8"])
+    r = load_recipe(None, ["grpo.extra={generation_batch_size: 12}", "grpo.per_device_train_batch_size=8"])
     validate_launch(r)  # no process count known: TRL's check waits for the launch
     monkeypatch.setenv("WORLD_SIZE", "2")
     msg = _err(validate_launch, r)
     assert "grpo.num_generations=8 does not divide the global generation batch 12" in msg
-    ok = load_recipe(None, ["grpo.extra={generation_batch_size: 24}", "grpo.batch_size=8"])
+    ok = load_recipe(None, ["grpo.extra={generation_batch_size: 24}", "grpo.per_device_train_batch_size=8"])
     msg = _err(validate_launch, ok)  # 24 is divisible by 8 but not by 8 x 2 processes
-    assert "generation_batch_size=24 is not a multiple of grpo.batch_size x 2 processes = 16" in msg
-    validate_launch(load_recipe(None, ["grpo.extra={generation_batch_size: 32}", "grpo.batch_size=8"]))
+    assert "generation_batch_size=24 is not a multiple of grpo.per_device_train_batch_size x 2 processes = 16" in msg
+    validate_launch(load_recipe(None, ["grpo.extra={generation_batch_size: 32}", "grpo.per_device_train_batch_size=8"]))

@@ -13,7 +13,7 @@ from mathrecipe.recipe import RecipeError, load_recipe
 from mathrecipe.rewards import TruncationReward, length_percentile, scheduled_limit
 
 G = 4  # completions per prompt group in these tests
-BASE = ["grpo.num_generations=4", "grpo.batch_size=8"]
+BASE = ["grpo.num_generations=4", "grpo.per_device_train_batch_size=8"]
 OK = "<think>\n1 + 1 = 2\n\\boxed{2}\n</think>\nThe answer is \\boxed{2}."
 NO_BOX = "<think>\n1 + 1 = 2\n</think>\nThe answer is \\boxed{2}."  # correct, but no answer before </think>
 # one group: short correct, long correct, short wrong, long correct without the format (gold 2; "3" is wrong)
@@ -265,7 +265,7 @@ def test_compare_takes_several_grpo_runs_from_one_start_model_and_draws_the_pare
                                                    "grpo": {"accuracy": 0.9}}))
         (d / "recipe.yaml").write_text(yaml.safe_dump({"grpo": {"method": method}}))
     result = compare([tmp_path / "paper", tmp_path / "dler"], tmp_path / "cmp")
-    table = result["benchmarks"]["held-out"]["table"]
+    table = result["benchmarks"]["test"]["table"]
     assert [r["label"] for r in table] == ["paper: start model", "paper: GRPO", "dler: GRPO"]
     assert table[2]["vs_first"]["accuracy"][0] == pytest.approx(-0.1)  # 8 of 10 against the start's 9
     assert table[2]["vs_first"]["mean_tokens"][0] == pytest.approx(-40)

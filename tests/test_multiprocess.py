@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_run
 
 HERE = Path(__file__).resolve().parent
-TINY = ["data.toy.n_sft=32", "data.toy.n_test=6", "data.toy.n_rl=32", "data.toy.n_dev=4",
-        "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-        "sft.epochs=2", "sft.batch_size=4", "eval.samples=2", "eval.max_new_tokens=24", "grpo.batch_size=8",
-        "grpo.num_generations=4", "grpo.max_steps=2", "grpo.max_completion_length=24", "rewards.cosine.max_len=24"]
+TINY = tiny_run(32, 6, 32, 4, "sft.epochs=2", "sft.per_device_train_batch_size=4", "eval.samples=2",
+                "eval.max_new_tokens=24", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4",
+                "grpo.max_steps=2", "grpo.max_completion_length=24", "rewards.cosine.max_len=24")
 
 
 @pytest.mark.slow

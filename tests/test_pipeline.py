@@ -1,20 +1,25 @@
 """Short end-to-end runs of every stage on a tiny model (seconds, not minutes)."""
 
 import json
+from pathlib import Path
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.cli import main
 from mathrecipe.recipe import load_recipe
 
-TINY = [
-    "data.toy.n_sft=48", "data.toy.n_test=6", "data.toy.n_rl=32",
-    "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-    "sft.epochs=2", "sft.batch_size=8", "sft.logging_steps=5",
-    "grpo.max_steps=2", "grpo.batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1",
+TINY = tiny_run(
+    48, 6, 32, None,  # the recipe's 100 dev problems
+    "sft.epochs=2", "sft.per_device_train_batch_size=8", "sft.logging_steps=5",
+    "grpo.max_steps=2", "grpo.per_device_train_batch_size=8", "grpo.num_generations=4", "grpo.logging_steps=1",
     "grpo.max_completion_length=40", "rewards.cosine.max_len=40",
     "eval.samples=2", "eval.max_new_tokens=40",
-]
+)
+
+
+def _samples(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def _error_line(stderr: str) -> str:
@@ -31,15 +36,22 @@ def test_run_all_stages_writes_report(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     epochs = report["sft"]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2]
-    for e in epochs:
-        assert 0 <= e["accuracy"] <= 1 and e["mean_tokens"] > 0 and 0 <= e["dev_accuracy"] <= 1
-    # chosen on the dev problems (disjoint from the held-out ones it reports)
+    for e in epochs:  # each epoch's numbers are those of its samples file (6 test problems x 2 samples)
+        rows = _samples(out / "sft" / f"eval-epoch{e['epoch']}.samples.jsonl")
+        assert len(rows) == 12
+        assert e["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 12)
+        assert e["mean_tokens"] == pytest.approx(sum(r["tokens"] for r in rows) / 12)
+        # dev: 4 problems x 2 samples, so a mean of 8 verdicts (a multiple of 1/8 in [0, 1])
+        assert e["dev_accuracy"] * 8 == pytest.approx(round(e["dev_accuracy"] * 8)) and 0 <= e["dev_accuracy"] <= 1
+    # chosen on the dev problems (disjoint from the test problems it reports)
     best = max(epochs, key=lambda e: (e["dev_accuracy"], -e["epoch"]))
     assert report["sft"]["selected_epoch"] == best["epoch"] and report["sft"]["selected_by"] == "best dev accuracy"
     test_ids = {json.loads(x)["problem"] for x in (out / "data" / "test.jsonl").read_text().splitlines()}
     dev_ids = {json.loads(x)["problem"] for x in (out / "data" / "dev.jsonl").read_text().splitlines()}
     assert dev_ids and not dev_ids & test_ids
-    assert report["grpo"]["steps"] == 2 and 0 <= report["grpo"]["accuracy"] <= 1
+    grpo_rows = _samples(out / "eval" / "grpo.samples.jsonl")
+    assert report["grpo"]["steps"] == 2
+    assert report["grpo"]["accuracy"] == pytest.approx(sum(r["correct"] for r in grpo_rows) / len(grpo_rows))
     assert report["eval"] == {"n_problems": 6, "samples": 2, "temperature": load_recipe(None).eval.temperature,
                               "max_new_tokens": 40}
     for f in ["report.md", "report.png", "recipe.yaml", "data/sft/dataset_info.json", "data/grpo/dataset_info.json",
@@ -64,10 +76,10 @@ def test_grpo_stage_alone_from_a_checkpoint(tmp_path, tiny_model_dir):
     # a non-toy model with the toy data: point the recipe at files written by a first data step
     from mathrecipe.pipeline import prepare_data
 
-    paths = prepare_data(load_recipe(None, ["data.toy.n_sft=8", "data.toy.n_test=4", "data.toy.n_rl=16"]),
+    paths = prepare_data(load_recipe(None, ["data.toy.n_sft=8", "data.toy.n_test=4", "data.toy.n_grpo=16"]),
                          tmp_path / "data", str(tiny_model_dir))
     args = [f"output_dir={out}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
-            f"data.grpo_path={paths['grpo']}", f"data.eval_path={paths['test']}", "sft.enabled=false",
+            f"data.grpo_path={paths['grpo']}", f"data.test_path={paths['test']}", "sft.enabled=false",
             *[a for a in TINY if a.startswith(("grpo.", "rewards.", "eval."))]]
     assert main(["-q", "grpo", *args]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -117,7 +129,7 @@ def test_a_local_model_path_that_is_gone_is_never_sent_to_the_hub(tmp_path):
     with pytest.raises(MathRecipeError, match="no such file or folder"):
         load_tokenizer(str(gone), load_recipe(None).model)
     with pytest.raises(MathRecipeError, match="no such file or folder"):  # the toy data step counts tokens with it
-        prepare_data(load_recipe(None, ["data.toy.n_sft=8", "data.toy.n_test=2", "data.toy.n_rl=8"]),
+        prepare_data(load_recipe(None, ["data.toy.n_sft=8", "data.toy.n_test=2", "data.toy.n_grpo=8"]),
                      tmp_path / "data", str(gone))
 
 
@@ -131,7 +143,7 @@ def test_grpo_prompts_longer_than_the_context_are_refused_before_training(tmp_pa
     test = tmp_path / "test.jsonl"
     test.write_text('{"problem": "Compute 10 + 10.", "answer": "20"}\n')
     rc = main(["run", f"output_dir={tmp_path / 'o'}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
-               "sft.enabled=false", f"data.grpo_path={grpo}", f"data.eval_path={test}"])
+               "sft.enabled=false", f"data.grpo_path={grpo}", f"data.test_path={test}"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     err = _error_line(err)
@@ -147,7 +159,8 @@ def test_paged_rollouts_are_refused_where_trl_would_cast_the_fp32_masters_to_bf1
 
     from mathrecipe.grpo import check_backend_precision
 
-    check_backend_precision(load_recipe(None, ["grpo.backend=paged"]))  # CPU here: fp32, nothing cast
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, whatever this one has
+    check_backend_precision(load_recipe(None, ["grpo.backend=paged"]))  # fp32: nothing cast
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert main(["run", "grpo.backend=paged", "sft.enabled=false"]) == 2
@@ -163,7 +176,7 @@ def test_cli_errors_name_the_culprit(tmp_path, capsys, tiny_model_dir):
     grpo = tmp_path / "grpo.jsonl"
     grpo.write_text('{"prompt": "Compute 10 + 10.", "answer": "20"}\n')
     rc = main(["run", f"output_dir={tmp_path / 'o'}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
-               "sft.enabled=false", f"data.grpo_path={grpo}", f"data.eval_path={bad}"])
+               "sft.enabled=false", f"data.grpo_path={grpo}", f"data.test_path={bad}"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "missing column 'answer'" in err and str(bad) in err
@@ -176,7 +189,7 @@ def test_help_texts():
         assert e.value.code == 0
 
 
-@pytest.mark.parametrize("key", ["data.eval_path", "data.dev_path"])
+@pytest.mark.parametrize("key", ["data.test_path", "data.dev_path"])
 def test_held_out_prompts_too_long_are_refused_before_any_training(tmp_path, capsys, tiny_model_dir, key):
     """Issue 22.3 follow-up: a held-out or dev problem whose prompt plus eval.max_new_tokens exceeds the model's
     context (the tiny model's 1024 positions) is refused by the preflight, naming the key and the row; it used to be
@@ -192,11 +205,11 @@ def test_held_out_prompts_too_long_are_refused_before_any_training(tmp_path, cap
     long = fine + [{"id": "big", "problem": "Compute " + "1 + " * 600 + "1.", "answer": "601"}]
     for name, rows in (("fine.jsonl", fine), ("long.jsonl", long)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    paths = {"data.eval_path": tmp_path / "fine.jsonl", "data.dev_path": tmp_path / "fine.jsonl", key: tmp_path / "long.jsonl"}
+    paths = {"data.test_path": tmp_path / "fine.jsonl", "data.dev_path": tmp_path / "fine.jsonl", key: tmp_path / "long.jsonl"}
     out = tmp_path / "o"
     rc = main(["run", f"output_dir={out}", f"model.name_or_path={tiny_model_dir}", "data.source=files",
                f"data.sft_path={sft}", *(f"{k}={v}" for k, v in paths.items()), "grpo.enabled=false",
-               "sft.select=best", "sft.epochs=1", "sft.batch_size=8", "eval.max_new_tokens=16"])
+               "sft.select=best", "sft.epochs=1", "sft.per_device_train_batch_size=8", "eval.max_new_tokens=16"])
     assert rc == 2
     err = _error_line(capsys.readouterr().err)
     assert f"{key} {paths[key]}" in err and "row 2 (id big)" in err and "context of 1024 tokens" in err, err

@@ -28,11 +28,11 @@ PAPER = ROOT / "recipes" / "paper" / "fast-math-r1-14b.yaml"
 PAPER_LAUNCH = [f"accelerate_config={ACC / 'multi_gpu.yaml'}", f"sft.deepspeed={ACC / 'deepspeed_zero3.json'}",
                 f"grpo.deepspeed={ACC / 'deepspeed_zero2.json'}"]
 # The values the paper recipe must carry to fit 8 x H200 (requested from its owner; see the report).
-PAPER_FIT = ["grpo.extra.vllm_enable_sleep_mode=true", "eval.batch_size=auto"]
+PAPER_FIT = ["grpo.extra.vllm_enable_sleep_mode=true", "eval.generate_batch_size=auto"]
 H200 = dict(gpus=8, gpu_mem_gib=141)
 # the GPU probe's SFT setting: a Qwen2.5-1.5B shape, one packed 8,192-token row, bf16
 PROBE = ["model.name_or_path=Qwen/Qwen2.5-1.5B", "data.source=files", "data.sft_path=x", "data.grpo_path=x",
-         "data.eval_path=x", "sft.batch_size=1", "sft.max_length=8192", "sft.packing=true", "sft.precision=bf16"]
+         "data.test_path=x", "sft.per_device_train_batch_size=1", "sft.max_length=8192", "sft.packing=true", "sft.precision=bf16"]
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,7 @@ def test_parameter_formula_matches_a_real_model(kind, tmp_path):
     real = sum(p.numel() for p in model.parameters())
     model.config.save_pretrained(tmp_path)
     shape = resolve_shape(load_recipe(None, [f"model.name_or_path={tmp_path}", "data.source=files",
-                                             "data.sft_path=x", "data.grpo_path=x", "data.eval_path=x"]))
+                                             "data.sft_path=x", "data.grpo_path=x", "data.test_path=x"]))
     assert shape.params == real
 
 
@@ -94,7 +94,7 @@ def test_parameters_are_counted_exactly_where_a_config_is_at_hand(tmp_path):
     real = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
     cfg.save_pretrained(tmp_path)
     shape = resolve_shape(load_recipe(None, [f"model.name_or_path={tmp_path}", "data.source=files",
-                                             "data.sft_path=x", "data.grpo_path=x", "data.eval_path=x"]))
+                                             "data.sft_path=x", "data.grpo_path=x", "data.test_path=x"]))
     assert shape.params == real
     assert dataclasses.replace(shape, counted_params=None).params != real  # the formula alone is off here
 
@@ -104,7 +104,7 @@ def test_a_fix_is_set_as_an_override_would_be(monkeypatch):
     setting the recipe itself would refuse is never offered: ZeRO-3 fits this SFT on 4 x 16 GiB, but with
     sft.save_only_model=true DeepSpeed could not resume (recipe.validate refuses the pair)."""
     probe = ["model.name_or_path=Qwen/Qwen2.5-1.5B", "data.source=files", "data.sft_path=x", "data.grpo_path=x",
-             "data.eval_path=x", "sft.batch_size=1", "sft.max_length=2048", "sft.precision=bf16",
+             "data.test_path=x", "sft.per_device_train_batch_size=1", "sft.max_length=2048", "sft.precision=bf16",
              "grpo.enabled=false", "sft.gradient_checkpointing=true", "sft.optim=paged_adamw_8bit"]
     zero3 = "sft.deepspeed=recipes/accelerate/deepspeed_zero3.json"
     monkeypatch.chdir(ROOT)  # the ZeRO-3 candidate is the repository's file
@@ -127,7 +127,7 @@ def test_toy_shape_matches_the_toy_model(tiny_model_dir):
 def test_unknown_model_and_moe_are_one_line_errors(tmp_path):
     with pytest.raises(RecipeError, match="no config.json there and not a built-in shape") as e:
         resolve_shape(load_recipe(None, ["model.name_or_path=nobody/none-7B", "data.source=files",
-                                         "data.sft_path=x", "data.grpo_path=x", "data.eval_path=x"]))
+                                         "data.sft_path=x", "data.grpo_path=x", "data.test_path=x"]))
     assert "\n" not in str(e.value)
     with pytest.raises(RecipeError, match="mixture-of-experts"):
         shape_from_config({"hidden_size": 8, "num_local_experts": 8}, "moe")
@@ -178,7 +178,7 @@ def test_paper_sft_fits_on_8_h200_with_zero3():
 
 def test_shipped_paper_recipe_fits_8_h200_and_exits_0():
     """`mathrecipe plan recipes/paper/fast-math-r1-14b.yaml --gpus 8 --gpu-mem 141` exits 0 as shipped, and with the
-    HF backend evaluating, `eval.batch_size: auto` picks a batch that fits."""
+    HF backend evaluating, `eval.generate_batch_size: auto` picks a batch that fits."""
     assert run_plan([str(PAPER), "--gpus", "8", "--gpu-mem", "141"]) == 0
     assert check_fits(load_recipe(PAPER), **H200).failures() == []
     plan = check_fits(load_recipe(PAPER, PAPER_LAUNCH + PAPER_FIT + ["eval.backend=hf"]), **H200)
@@ -189,13 +189,13 @@ def test_shipped_paper_recipe_fits_8_h200_and_exits_0():
 def test_paper_grpo_without_sleep_mode_and_eval_batch_64_do_not_fit():
     plan = check_fits(load_recipe(PAPER, [*PAPER_LAUNCH, "grpo.extra.optim=paged_adamw_8bit",
                                           "grpo.extra.vllm_enable_sleep_mode=false", "eval.backend=hf",
-                                          "eval.batch_size=64"]), **H200)
+                                          "eval.generate_batch_size=64"]), **H200)
     failures = plan.failures()
     grpo = next(f for f in failures if f.startswith("grpo:"))
     assert "grpo.extra.vllm_enable_sleep_mode=true" in grpo and "GiB over" in grpo
     ev = next(f for f in failures if f.startswith("eval:"))
     # 64 sequences x 33,280 tokens x 192 KiB = 390 GiB of KV cache; auto picks what fits
-    assert "eval.batch_size=auto" in ev and "batch 17" in ev
+    assert "eval.generate_batch_size=auto" in ev and "batch 17" in ev
 
 
 def test_one_24gib_gpu_cannot_fit_the_14b(capsys):
@@ -218,7 +218,7 @@ def test_eval_auto_batch_is_the_largest_that_fits_the_kv_budget():
     per = eval_batch_bytes(shape, 512 + 32768)
     assert auto_eval_batch_size(shape, 512 + 32768, 10 * per / GIB) == 10
     assert auto_eval_batch_size(shape, 512 + 32768, 10.99 * per / GIB) == 10
-    r = load_recipe(PAPER, [*PAPER_LAUNCH, "eval.backend=hf", "eval.batch_size=auto", "eval.kv_cache_gib=60"])
+    r = load_recipe(PAPER, [*PAPER_LAUNCH, "eval.backend=hf", "eval.generate_batch_size=auto", "eval.kv_cache_gib=60"])
     ev = check_fits(r, **H200).stage("eval")
     assert ev.work["auto_batch_size"] == math.floor(60 * GIB / per) == 9
     assert "batch 9" in ev.setup
@@ -238,12 +238,12 @@ def test_cpu_plan_has_estimates_and_work_but_no_verdict():
     assert [s.stage for s in plan.stages] == ["sft", "grpo", "eval"]
     assert all(s.fits is None for s in plan.stages) and plan.failures() == []
     sft = plan.stage("sft")
-    per_epoch = math.ceil(r.data.toy.n_sft / r.sft.batch_size)
+    per_epoch = math.ceil(r.data.toy.n_sft / r.sft.per_device_train_batch_size)
     assert sft.work["steps_per_epoch"] == per_epoch and sft.work["optimizer_steps"] == per_epoch * r.sft.epochs
     assert "fp32" in sft.setup and "no checkpointing" in sft.setup  # CPU defaults
     grpo = plan.stage("grpo").work
     assert grpo["completions_per_step"] == 64 and grpo["prompts_per_step"] == 8
-    assert plan.stage("eval").work["generate_calls"] == math.ceil(r.data.toy.n_test * r.eval.samples / r.eval.batch_size)
+    assert plan.stage("eval").work["generate_calls"] == math.ceil(r.data.toy.n_test * r.eval.samples / r.eval.generate_batch_size)
     assert "total per process" in render(plan)
 
 
@@ -254,8 +254,8 @@ def test_packed_steps_come_from_the_built_set(tmp_path):
              "trace_tokens": t} for t in (100, 200, 300, 50)]
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "sft"))
     r = load_recipe(None, ["data.source=files", f"data.sft_path={tmp_path / 'sft'}", "data.grpo_path=x",
-                           "data.eval_path=x", "model.name_or_path=Qwen/Qwen2.5-1.5B", "sft.max_length=256",
-                           "sft.packing=true", "sft.batch_size=1", "sft.epochs=2"])
+                           "data.test_path=x", "model.name_or_path=Qwen/Qwen2.5-1.5B", "sft.max_length=256",
+                           "sft.packing=true", "sft.per_device_train_batch_size=1", "sft.epochs=2"])
     work = check_fits(r, gpus=1).stage("sft").work
     # 100 + 200 + min(300, 256) + 50 = 606 tokens -> 3 packed rows of 256 -> 3 steps per epoch
     assert work["rows"] == 4 and work["steps_per_epoch"] == 3 and work["optimizer_steps"] == 6

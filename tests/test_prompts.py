@@ -125,7 +125,7 @@ def test_inspect_json_shows_the_trained_reasoning(name, tmp_path, capsys):
     ev = tmp_path / "test.jsonl"
     ev.write_text(json.dumps({"problem": "Compute 1 + 1.", "answer": "2"}) + "\n")
     assert main(["inspect", f"model.name_or_path={folder}", "data.source=files", f"data.sft_path={data}",
-                 f"data.eval_path={ev}", "grpo.enabled=false", f"output_dir={tmp_path / 'run'}", "--json"]) == 0
+                 f"data.test_path={ev}", "grpo.enabled=false", f"output_dir={tmp_path / 'run'}", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert "Wait, 45 - 12 = 33" in rec["sft"]["trained_text"] and rec["sft"]["trained_text"].endswith(
         "The answer is \\boxed{63}." + ("<｜end▁of▁sentence｜>" if name.startswith("deepseek") else "<|im_end|>"))

@@ -105,7 +105,7 @@ def test_r1_shaped_trace_frames_a_human_solution_and_boxes_the_gold_answer():
 # sizes, the model and data paths, and what a CPU cannot run. Everything else must stay the paper's.
 REHEARSAL_CHANGES = {
     "output_dir", "accelerate_config", "model.name_or_path", "model.attn_implementation",
-    "data.sft_path", "data.grpo_path", "data.eval_path", "data.build.output_dir", "data.build.tokenizer",
+    "data.sft_path", "data.grpo_path", "data.test_path", "data.build.output_dir", "data.build.tokenizer",
     "data.build.sources.openr1.path", "data.build.sources.openr1.sample.long_min_tokens",
     "data.build.sources.openr1.sample.n_long", "data.build.sources.light_r1.path",
     "data.build.sources.light_r1.data_files", *(f"data.build.sources.openr1_hard.{k}" for k in (
@@ -175,7 +175,7 @@ def test_a_gguf_model_path_serves_data_build_and_the_rollout_plan(real_model, tm
             for p, s, a in (("What is 2 + 3?", "2 + 3 = 5.", "5"), ("What is 4 times 6?", "4 x 6 = 24.", "24"))]
     src = _write_jsonl(tmp_path / "openr1.jsonl", rows)
     recipe = load_recipe(None, [
-        f"model.name_or_path={gguf_path()}", "data.source=files", f"data.eval_path={src}", "sft.enabled=false",
+        f"model.name_or_path={gguf_path()}", "data.source=files", f"data.test_path={src}", "sft.enabled=false",
         "grpo.enabled=false", f"data.build.output_dir={tmp_path / 'built'}",
         "data.build.sources=" + json.dumps([{"kind": "openr1", "path": str(src),
                                              "sample": {"long_min_tokens": 0, "n_long": None}}]),
@@ -206,16 +206,16 @@ def _recipe(tmp_path: Path, real_model: Path, out: Path) -> Path:
         "data": {"source": "files", "sft_path": str(_write_jsonl(data / "sft.jsonl", _sft_rows(4))),
                  "grpo_path": str(_write_jsonl(data / "grpo.jsonl", [{"prompt": "What is 6 + 1?", "answer": "7"},
                                                                       {"prompt": "What is 3 * 3?", "answer": "9"}])),
-                 "eval_path": str(_write_jsonl(data / "eval.jsonl", [{"id": "w7", "problem": BOXING[0][0],
+                 "test_path": str(_write_jsonl(data / "eval.jsonl", [{"id": "w7", "problem": BOXING[0][0],
                                                                       "answer": BOXING[0][1]}]))},
-        "sft": {"epochs": 1, "batch_size": 2, "learning_rate": 1e-4, "warmup_steps": 0, "max_length": 256,
+        "sft": {"epochs": 1, "per_device_train_batch_size": 2, "learning_rate": 1e-4, "warmup_steps": 0, "max_length": 256,
                 "eval_each_epoch": False, "save_only_model": True, "logging_steps": 1},
         # plain SGD keeps no optimizer state: the resumable checkpoint is 0.5 GB, not 1.6 GB (the resume path is
         # the same: optimizer, scheduler and RNG files are saved and restored)
-        "grpo": {"num_generations": 2, "batch_size": 2, "max_steps": 1, "save_steps": 1, "learning_rate": 1e-5,
+        "grpo": {"num_generations": 2, "per_device_train_batch_size": 2, "max_steps": 1, "save_steps": 1, "learning_rate": 1e-5,
                  "max_completion_length": 16, "logging_steps": 1, "extra": {"optim": "sgd"}},
         "rewards": {"cosine": {"max_len": 16, "unit": "tokens"}},
-        "eval": {"samples": 1, "temperature": 0.0, "max_new_tokens": 16, "batch_size": 4},
+        "eval": {"samples": 1, "temperature": 0.0, "max_new_tokens": 16, "generate_batch_size": 4},
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -292,7 +292,7 @@ def test_eval_extracts_grades_and_counts_tokens_of_real_generations(real_model, 
     bench = _write_jsonl(tmp_path / "boxing.jsonl", [{"id": f"b{i}", "problem": p, "answer": a}
                                                      for i, (p, a) in enumerate(BOXING)])
     assert main(["-q", "eval", "--model", str(real_model), "--benchmarks", str(bench), "--samples", "1",
-                 "--temperature", "0", "--max-new-tokens", "24", "--batch-size", "2", "--out",
+                 "--temperature", "0", "--max-new-tokens", "24", "--generate-batch-size", "2", "--out",
                  str(tmp_path / "o")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "o" / "samples.jsonl").read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(real_model)

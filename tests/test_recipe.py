@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mathrecipe.recipe import Recipe, RecipeError, load_recipe, parse_override
 
@@ -67,7 +68,7 @@ def test_missing_recipe_file_and_bad_yaml(tmp_path):
 
 def test_files_source_needs_paths():
     with pytest.raises(RecipeError, match="data.sft_path"):
-        load_recipe(None, ["data.source=files", "model.name_or_path=some/model", "data.eval_path=x.jsonl"])
+        load_recipe(None, ["data.source=files", "model.name_or_path=some/model", "data.test_path=x.jsonl"])
 
 
 # ------------------------------------------------------------------------------------ every key documented
@@ -127,3 +128,60 @@ def test_inspect_keys_prints_section_key_type_default_and_meaning(capsys):
     assert {"output_dir", "sft.epochs", "rewards.cosine.min_value_wrong", "health.window"} <= set(keys)
     assert main(["inspect", "--keys", "sft.epoch"]) == 2
     assert "--keys sft.epoch: no recipe key" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- one name per concept (19.9)
+OLD_KEYS = {  # written out, not read from RENAMED_KEYS: this is what recipes of the previous release spelled
+    "sft.batch_size": "sft.per_device_train_batch_size",
+    "grpo.batch_size": "grpo.per_device_train_batch_size",
+    "eval.batch_size": "eval.generate_batch_size",
+    "data.build.batch_size": "data.build.map_batch_size",
+    "data.eval_path": "data.test_path",
+    "data.toy.n_rl": "data.toy.n_grpo",
+}
+
+
+@pytest.mark.parametrize("old,new", sorted(OLD_KEYS.items()))
+def test_a_renamed_key_is_one_line_naming_the_new_key(old, new, tmp_path, capsys):
+    """In a recipe file and as an override, the old spelling is refused in one line (exit 2) that names the new
+    key; the new key holds the same setting (its value reaches the recipe)."""
+    from mathrecipe.cli import main
+
+    tree: dict = {}
+    node = tree
+    *parents, leaf = old.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    value = "x.jsonl" if new == "data.test_path" else 8
+    node[leaf] = value
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(yaml.safe_dump(tree))
+    for argv in (["plan", str(recipe)], ["plan", str(ROOT / "recipes" / "toy.yaml"), f"{old}={value}"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mathrecipe: error:") and f"'{new}'" in err[0], err
+    files = ["data.source=files", "model.name_or_path=m", "sft.enabled=false", "grpo.enabled=false"]
+    node = load_recipe(None, [f"{new}={value}"] + (files if new == "data.test_path" else []))
+    for part in new.split("."):
+        node = getattr(node, part)
+    assert node == value
+
+
+def test_a_run_recorded_under_the_old_names_resumes(tmp_path):
+    """A run folder whose recipe.yaml was written before the renames holds the same settings under the old names:
+    resuming it is not refused as 'made with other settings'."""
+    from mathrecipe.preflight import check_output_dir
+
+    recipe = load_recipe(None, [f"output_dir={tmp_path}"])
+    old = recipe.to_dict()
+    for old_key, new_key in OLD_KEYS.items():
+        *parents, new_leaf = new_key.split(".")
+        node = old
+        for p in parents:
+            node = node[p]
+        node[old_key.split(".")[-1]] = node.pop(new_leaf)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert check_output_dir(recipe, tmp_path) == recipe.to_dict()
+    changed = load_recipe(None, [f"output_dir={tmp_path}", "sft.per_device_train_batch_size=3"])
+    with pytest.raises(Exception, match="sft.per_device_train_batch_size"):  # a real change is still refused
+        check_output_dir(changed, tmp_path)

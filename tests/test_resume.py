@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
 
-TINY = ["data.toy.n_sft=64", "data.toy.n_test=4", "data.toy.n_rl=32", "data.toy.n_dev=4",
-        "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-        "sft.batch_size=4", "sft.logging_steps=4", "sft.epochs=3", "eval.samples=1", "eval.max_new_tokens=24",
-        "grpo.batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=24", "rewards.cosine.max_len=24",
-        "grpo.logging_steps=1"]
+TINY = tiny_run(64, 4, 32, 4, "sft.per_device_train_batch_size=4", "sft.logging_steps=4", "sft.epochs=3",
+                "eval.samples=1", "eval.max_new_tokens=24", "grpo.per_device_train_batch_size=8",
+                "grpo.num_generations=4", "grpo.max_completion_length=24", "rewards.cosine.max_len=24",
+                "grpo.logging_steps=1")
 
 
 def _cmd(out, *extra):

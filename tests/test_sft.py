@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.checkpoints import COMPLETE_MARKER
 from mathrecipe.cli import main
 
 # 32 toy rows / batch 4 = 8 optimizer steps per epoch
-TINY = ["data.toy.n_sft=32", "data.toy.n_test=4", "data.toy.n_rl=8", "data.toy.n_dev=4",
-        "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64",
-        "sft.batch_size=4", "sft.logging_steps=1", "eval.samples=1", "eval.max_new_tokens=16", "grpo.enabled=false"]
+TINY = tiny_run(32, 4, 8, 4, "sft.per_device_train_batch_size=4", "sft.logging_steps=1", "eval.samples=1",
+                "eval.max_new_tokens=16", "grpo.enabled=false")
 STEPS_PER_EPOCH = 8
 
 

@@ -158,14 +158,14 @@ def test_tally_any_pools_by_grader_equivalence():
 
 
 def test_durations():
-    assert parse_duration("5h", "--time-budget") == 18000
+    assert parse_duration("5h", "--time-limit") == 18000
     assert parse_duration("6m", "--per-problem") == 360
-    assert parse_duration("1h30m", "--time-budget") == 5400
-    assert parse_duration("90s", "--time-budget") == 90
-    assert parse_duration("300", "--time-budget") == 300
+    assert parse_duration("1h30m", "--time-limit") == 5400
+    assert parse_duration("90s", "--time-limit") == 90
+    assert parse_duration("300", "--time-limit") == 300
     for bad in ("5x", "h", "-5m", "0", ""):
-        with pytest.raises(solve_cli.MathRecipeError, match="--time-budget"):
-            parse_duration(bad, "--time-budget")
+        with pytest.raises(solve_cli.MathRecipeError, match="--time-limit"):
+            parse_duration(bad, "--time-limit")
 
 
 def test_share_and_samples_when_behind():
@@ -337,7 +337,7 @@ def test_global_clock_never_overruns_and_shares_saved_time(tiny_tokenizer):
     for i in range(20):
         plan[f"problem {i}."] = [trace(i)] * 8 if i % 2 == 0 else [trace(100 + j, 8) for j in range(8)]
     budget, used, answered = 5.0, {}, {}
-    for opts in (SolveOptions(time_budget_s=budget, chunk_tokens=32),
+    for opts in (SolveOptions(time_limit_s=budget, chunk_tokens=32),
                  SolveOptions(per_problem_s=budget / 20, chunk_tokens=32)):
         clock = FakeClock()
         gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
@@ -359,7 +359,7 @@ def test_global_clock_never_overruns_and_shares_saved_time(tiny_tokenizer):
     clock = FakeClock()
     gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
     solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
-                    SolveOptions(time_budget_s=0.3, chunk_tokens=16), clock=clock, started_at=clock.now)
+                    SolveOptions(time_limit_s=0.3, chunk_tokens=16), clock=clock, started_at=clock.now)
     results = solver.solve(problems(20))
     assert clock.now - 1000.0 <= 0.3
     skipped = [r for r in results if r.stop == "no time"]
@@ -384,7 +384,7 @@ def test_slow_calls_borrow_from_later_shares_but_never_pass_the_budget(tiny_toke
         clock = FakeClock()
         gen = Spiky(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
         solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
-                        SolveOptions(time_budget_s=budget, chunk_tokens=16), clock=clock, started_at=clock.now)
+                        SolveOptions(time_limit_s=budget, chunk_tokens=16), clock=clock, started_at=clock.now)
         results = solver.solve(problems(12))
         assert clock.now - 1000.0 <= budget and len(results) == 12
         assert sum(r.answer is not None for r in results) >= 3
@@ -405,7 +405,7 @@ def test_samples_planned_fewer_when_behind(tiny_tokenizer):
     clock = FakeClock()
     gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
     solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(
-        time_budget_s=1.5, wave=2, chunk_tokens=160), clock=clock, started_at=clock.now)
+        time_limit_s=1.5, wave=2, chunk_tokens=160), clock=clock, started_at=clock.now)
     results = solver.solve(problems(6))
     assert results[0].planned == 8 and 6 <= min(r.planned for r in results[1:]) < 8
     assert clock.now - 1000.0 <= 1.5
@@ -484,7 +484,7 @@ def test_python_m_solve_is_the_one_main_with_its_error_handling(tiny_model_dir, 
 def test_solve_command_on_a_tiny_model(tiny_model_dir, toy_problems, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["-q", "--model", str(tiny_model_dir), "--problems", str(toy_problems), "--samples", "3",
-               "--max-new-tokens", "24", "--per-problem", "20s", "--out", str(out), "--batch-size", "8"])
+               "--max-new-tokens", "24", "--per-problem", "20s", "--out", str(out), "--generate-batch-size", "8"])
     assert rc == 0
     lines = (out / "answers.csv").read_text().splitlines()
     assert lines[0] == "id,answer" and [x.split(",")[0] for x in lines[1:]] == ["t0", "t1", "t2", "t3"]
@@ -519,8 +519,10 @@ def test_solve_command_reads_stdin(tiny_model_dir, tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--time-budget", "5x"], "--time-budget '5x': expected a duration"),
-    (["--time-budget", "1h", "--per-problem", "6m"], "--time-budget and --per-problem are exclusive"),
+    (["--time-limit", "5x"], "--time-limit '5x': expected a duration"),
+    (["--time-limit", "1h", "--per-problem", "6m"], "--time-limit and --per-problem are exclusive"),
+    (["--time-budget", "1h"], "--time-budget is now --time-limit"),  # old spellings: "budget" is tokens now
+    (["--batch-size", "8"], "--batch-size is now --generate-batch-size"),
     (["--answer-format", "float"], "--answer-format must be one of int0-999, any"),
     (["--samples", "0"], "--samples must be >= 1"),
     (["--min-lead", "0"], "--min-lead must be an integer >= 1"),
@@ -619,7 +621,7 @@ def test_a_slow_machine_answers_some_problems_fully_instead_of_cutting_every_sam
     clock = FakeClock()
     gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.01)
     solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
-                    SolveOptions(time_budget_s=15.0), clock=clock, started_at=clock.now)
+                    SolveOptions(time_limit_s=15.0), clock=clock, started_at=clock.now)
     results = solver.solve(problems(30))
     assert clock.now - 1000.0 <= 15.0
     answered = [r for r in results if r.answer is not None]
@@ -631,7 +633,7 @@ def test_a_slow_machine_answers_some_problems_fully_instead_of_cutting_every_sam
     clock = FakeClock()
     gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.01)
     equal = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
-                   SolveOptions(time_budget_s=15.0, share="equal"), clock=clock, started_at=clock.now)
+                   SolveOptions(time_limit_s=15.0, share="equal"), clock=clock, started_at=clock.now)
     results = equal.solve(problems(30))
     assert clock.now - 1000.0 <= 15.0 and sum(r.answer is not None for r in results) < len(answered)
     assert all(r.seconds <= 0.5 + 1e-9 for r in results)
@@ -678,7 +680,7 @@ def _many_problems(path, n):
 @pytest.mark.slow
 def test_the_process_never_outlives_its_budget(tiny_model_dir, tmp_path):
     """Issue 17.5: measured from outside, the whole `mathrecipe solve` process -- interpreter start, imports, model
-    loading, solving, writing, exit -- ends within --time-budget, with work left that could fill it. The budget is
+    loading, solving, writing, exit -- ends within --time-limit, with work left that could fill it. The budget is
     sized from this machine's own time to start, load and solve one problem (a loaded machine starts slowly)."""
     import subprocess
     import time
@@ -691,7 +693,7 @@ def test_the_process_never_outlives_its_budget(tiny_model_dir, tmp_path):
     budget = max(12.0, 2 * (time.monotonic() - t))
     out = tmp_path / "out"
     cmd, env = _solve_command("--model", str(tiny_model_dir), "--problems", str(problems_file), "--samples", "4",
-                              "--max-new-tokens", "96", "--time-budget", f"{budget:.1f}s", "--out", str(out))
+                              "--max-new-tokens", "96", "--time-limit", f"{budget:.1f}s", "--out", str(out))
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
@@ -719,7 +721,7 @@ def test_kill_9_then_rerun_keeps_every_answer(tiny_model_dir, tmp_path):
     problems_file = _many_problems(tmp_path / "p.jsonl", 400)
     out = tmp_path / "out"
     common = ["--model", str(tiny_model_dir), "--problems", str(problems_file), "--samples", "2",
-              "--max-new-tokens", "16", "--time-budget", "1h", "--out", str(out)]
+              "--max-new-tokens", "16", "--time-limit", "1h", "--out", str(out)]
     cmd, env = _solve_command(*common)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -902,7 +904,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     assert read_problems(str(tmp_path / "p.csv")) == [{"id": "1", "problem": "x"}]
 
 
-@pytest.mark.parametrize("flag", ["--per-problem", "--time-budget"])
+@pytest.mark.parametrize("flag", ["--per-problem", "--time-limit"])
 def test_a_negative_duration_is_one_line(tmp_path, tiny_model_dir, toy_problems, capsys, flag):
     """Issue 22.7: argparse took "-3m" for an option ("expected one argument")."""
     from mathrecipe.cli import main as mathrecipe_main
@@ -946,7 +948,7 @@ def test_cpu_threads_are_kept_only_when_they_make_calls_faster(tiny_tokenizer, m
 
     clock = FakeClock()
     gen = ThreadBound(tiny_tokenizer, {"problem 0": [trace(4, 9)] * 4}, clock=clock, call_s=0.05, step_s=0.01)
-    solver = Solver(gen, tiny_tokenizer, settings(samples=4), SolveOptions(time_budget_s=60), clock=clock,
+    solver = Solver(gen, tiny_tokenizer, settings(samples=4), SolveOptions(time_limit_s=60), clock=clock,
                     started_at=clock.now)
     prompt = __import__("mathrecipe.prompts", fromlist=["batch_prompt_ids"]).batch_prompt_ids(
         tiny_tokenizer, ["Compute problem 0."])[0]
@@ -965,7 +967,7 @@ def test_a_borrowing_problem_stops_at_its_first_answer(tiny_tokenizer):
             for i in range(12)}
     clock = FakeClock()
     gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.01)
-    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(time_budget_s=12.0),
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(time_limit_s=12.0),
                     clock=clock, started_at=clock.now)
     results = solver.solve(problems(12))
     assert clock.now - 1000.0 <= 12.0

@@ -129,20 +129,51 @@ def test_gpu_checkpointing_follows_the_memory_plan(monkeypatch):
     assert checkpointing_needed(load_recipe(None), "sft") is True
 
 
-def test_liger_is_off_without_cuda_or_the_package():
-    from mathrecipe.hardware import liger_supported
+def _fake_liger(monkeypatch, installed: bool) -> None:
+    """liger-kernel installed (a stand-in module patching llama and qwen2) or absent, whatever this machine has."""
+    import importlib.machinery
+    import sys
+    import types
 
-    assert liger_supported("llama") is False  # CPU here (and liger-kernel is a GPU extra)
-    assert liger_supported(None) is False
+    if not installed:
+        monkeypatch.setitem(sys.modules, "liger_kernel", None)  # find_spec -> None, import -> ImportError
+        return
+    names = ["liger_kernel", "liger_kernel.transformers", "liger_kernel.transformers.monkey_patch"]
+    for name in names:
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules[names[-1]].MODEL_TYPE_TO_APPLY_LIGER_FN = {"llama": None, "qwen2": None}
 
 
-def test_cpu_rollouts_use_a_static_cache_only_when_it_fits(tmp_path):
+@pytest.mark.parametrize("cuda, installed, model_type, expected", [
+    (True, True, "llama", True),  # every condition holds
+    (True, True, "qwen2", True),
+    (True, True, "toy-llama-x", False),  # a model type liger does not patch
+    (True, True, None, False),  # model type unknown
+    (False, True, "llama", False),  # no CUDA
+    (True, False, "llama", False),  # liger-kernel not installed (a GPU extra)
+])
+def test_liger_needs_cuda_the_package_and_a_patched_model_type(monkeypatch, cuda, installed, model_type, expected):
+    """The rule with the environment mocked, so it holds on any machine (a GPU one with liger installed too)."""
+    import mathrecipe.hardware as hardware
+
+    monkeypatch.setattr(hardware, "has_cuda", lambda: cuda)
+    _fake_liger(monkeypatch, installed)
+    assert hardware.liger_supported(model_type) is expected
+
+
+def test_cpu_rollouts_use_a_static_cache_only_when_it_fits(tmp_path, monkeypatch):
+    import torch
+
     from mathrecipe.grpo import grpo_args
     from mathrecipe.recipe import load_recipe
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU rollouts, whatever this machine has
 
     assert grpo_args(load_recipe(None), tmp_path)["cache_implementation"] == "static"  # the toy: ~0.3 GB
     # the paper's 1.5B recipe with HF rollouts, 16 completions of 16k tokens: ~16 GB in fp32, the growing cache stays
     root = Path(__file__).resolve().parents[1]
     big = load_recipe(root / "recipes" / "paper" / "fast-math-r1-1.5b.yaml",
-                      ["grpo.backend=hf", "grpo.batch_size=16", "grpo.precision=auto"])
+                      ["grpo.backend=hf", "grpo.per_device_train_batch_size=16", "grpo.precision=auto"])
     assert "cache_implementation" not in grpo_args(big, tmp_path)

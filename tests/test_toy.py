@@ -12,7 +12,7 @@ def test_task_is_seeded_and_test_set_held_out():
     assert a == b
     test = {r["problem"] for r in a.test}
     assert not test & {r["problem"] for r in a.sft}
-    assert not test & {r["problem"] for r in a.rl}
+    assert not test & {r["problem"] for r in a.grpo}
     assert len(test) == 30
 
 

@@ -31,9 +31,9 @@ def test_bf16_checkpoint_trains_with_fp32_master_weights(tmp_path):
     ev.write_text(json.dumps({"problem": "Compute 1 + 1.", "answer": "2"}) + "\n")
     out = tmp_path / "run"
     assert main(["-q", "sft", f"model.name_or_path={folder}", "data.source=files",
-                 f"data.sft_path={_sft_rows(tmp_path / 'sft.jsonl')}", f"data.eval_path={ev}", "grpo.enabled=false",
+                 f"data.sft_path={_sft_rows(tmp_path / 'sft.jsonl')}", f"data.test_path={ev}", "grpo.enabled=false",
                  f"output_dir={out}", "sft.learning_rate=1e-5", "sft.warmup_steps=0", "sft.lr_scheduler=constant",
-                 "sft.batch_size=2", "sft.epochs=1", "sft.eval_each_epoch=false", "sft.weight_decay=0"]) == 0
+                 "sft.per_device_train_batch_size=2", "sft.epochs=1", "sft.eval_each_epoch=false", "sft.weight_decay=0"]) == 0
     trained = AutoModelForCausalLM.from_pretrained(out / "sft" / "checkpoint-20", dtype=torch.float32)
     after = trained.state_dict()
     moved = sum(int((after[k].float() != before[k]).sum()) for k in before)

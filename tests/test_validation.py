@@ -1,17 +1,16 @@
 """Mistakes that used to surface after hours of training stop before the first step, as one line naming the keys."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_run
 
 from mathrecipe.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = ["data.toy.n_sft=16", "data.toy.n_test=4", "data.toy.n_rl=16", "data.toy.n_dev=4",
-        "model.toy.hidden_size=32", "model.toy.num_layers=1", "model.toy.num_heads=2", "model.toy.intermediate_size=64"]
+TINY = tiny_run(16, 4, 16, 4)
 
 
 def _one_line_error(capsys, *words):
@@ -34,9 +33,8 @@ def _one_line_error(capsys, *words):
 ])
 def test_bad_settings_stop_before_anything_runs(tmp_path, capsys, overrides, words):
     out = tmp_path / "run"
-    t = time.monotonic()
     assert main(["run", f"output_dir={out}", *TINY, *overrides]) == 2
-    assert time.monotonic() - t < 10
+    assert not out.exists()  # refused before anything ran or was written (not a wall-clock bound: 2 busy cores)
     _one_line_error(capsys, *words)
     assert not (out / "sft").exists()
 
@@ -47,7 +45,7 @@ def test_select_best_with_files_needs_a_dev_set(tmp_path, capsys):
     sft = tmp_path / "sft.jsonl"
     sft.write_text(json.dumps({"prompt": "Compute 1 + 1.", "completion": "\\boxed{2}"}) + "\n")
     assert main(["run", f"output_dir={tmp_path / 'o'}", "model.name_or_path=" + str(tmp_path), "data.source=files",
-                 f"data.sft_path={sft}", f"data.eval_path={ev}", "grpo.enabled=false", "sft.select=best"]) == 2
+                 f"data.sft_path={sft}", f"data.test_path={ev}", "grpo.enabled=false", "sft.select=best"]) == 2
     # the model folder is checked first: it has no weights
     _one_line_error(capsys, "missing", "weights")
 
@@ -80,7 +78,7 @@ def test_a_stage_given_another_system_prompt_than_its_data_was_built_with_stops(
     paths = prepare_data(load_recipe(None, TINY), tmp_path / "data", str(tiny_model_dir))
     assert main(["run", f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}",
                  "data.source=files", f"data.sft_path={paths['sft']}", f"data.grpo_path={paths['grpo']}",
-                 f"data.eval_path={paths['test']}", "data.system_prompt=Think hard."]) == 2
+                 f"data.test_path={paths['test']}", "data.system_prompt=Think hard."]) == 2
     err = _one_line_error(capsys, "Think hard.", "Please reason step by step", "data.system_prompt")
     assert "SFT data" in err
     assert not (tmp_path / "run" / "sft").exists()
@@ -92,7 +90,7 @@ def test_a_stage_given_another_system_prompt_than_its_data_was_built_with_stops(
 def test_overrides_after_an_option_are_taken(tmp_path, capsys):
     # 22.7: `plan recipes/toy.yaml --gpus 1 sft.epochs=2` and `run ... --restart output_dir=...` were rejected
     toy = str(ROOT / "recipes" / "toy.yaml")
-    assert main(["plan", toy, "--gpus", "1", "sft.epochs=2", "--json", "sft.batch_size=8"]) == 0
+    assert main(["plan", toy, "--gpus", "1", "sft.epochs=2", "--json", "sft.per_device_train_batch_size=8"]) == 0
     work = json.loads(capsys.readouterr().out)["stages"][0]["work"]
     assert (work["epochs"], work["sequences_per_step"]) == (2, 8)
     # an override after --restart reaches the recipe: the recipe's own check answers, not argparse's usage error
@@ -137,7 +135,7 @@ def _files_run(tmp_path, sft_file, *extra):
     bench = tmp_path / "test.jsonl"
     bench.write_text(json.dumps({"problem": "Compute 1 + 1.", "answer": "2"}) + "\n")
     return main(["-q", "sft", f"output_dir={tmp_path / 'run'}", "data.source=files", f"data.sft_path={sft_file}",
-                 f"data.eval_path={bench}", "grpo.enabled=false", *extra])
+                 f"data.test_path={bench}", "grpo.enabled=false", *extra])
 
 
 def test_sft_data_that_is_not_utf8_or_empty_is_one_line(tmp_path, capsys, tiny_model_dir):

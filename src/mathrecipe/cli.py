@@ -167,8 +167,14 @@ def merge_positionals(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mathrecipe.errors import MathRecipeError, environment_message
+
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except MathRecipeError as e:  # a renamed flag (evaluate.sampling.RenamedFlag): one line naming the new one
+        print(f"mathrecipe: error: {e}", file=sys.stderr)
+        return 2
     left = merge_positionals(args, extra)
     if left:
         parser.error(f"unrecognized arguments: {' '.join(left)}")
@@ -176,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from mathrecipe.errors import MathRecipeError, environment_message
 
     try:
         return int(args.func(args) or 0)

@@ -181,8 +181,8 @@ def grpo_args(recipe: Recipe, out: Path) -> dict[str, Any]:
 def _static_cache_fits(recipe: Recipe) -> bool:
     """CPU rollouts use a preallocated KV cache (no per-token torch.cat; 1.64x faster generation at full length on
     the toy, equal at the ~45 tokens a trained toy policy writes: bench/results/toy_experiments.md) when the full
-    cache, grpo.batch_size x (prompt allowance + max_completion_length) tokens in fp32, fits the CPU KV budget
-    (:mod:`mathrecipe.memory`). A model whose shape is unknown without a download keeps the growing cache."""
+    cache, grpo.per_device_train_batch_size x (prompt allowance + max_completion_length) tokens in fp32, fits the CPU
+    KV-cache memory (:mod:`mathrecipe.memory`). A model whose shape is unknown without a download keeps the growing cache."""
     from mathrecipe.memory import CPU_KV_CACHE_GIB, PROMPT_TOKENS, static_cache_fits
     from mathrecipe.plan import resolve_shape
     from mathrecipe.recipe import RecipeError
@@ -192,7 +192,8 @@ def _static_cache_fits(recipe: Recipe) -> bool:
     except RecipeError:
         return False
     g = recipe.grpo
-    return static_cache_fits(shape, 4, g.batch_size, PROMPT_TOKENS + g.max_completion_length, CPU_KV_CACHE_GIB)
+    return static_cache_fits(shape, 4, g.per_device_train_batch_size, PROMPT_TOKENS + g.max_completion_length,
+                             CPU_KV_CACHE_GIB)
 
 
 # ------------------------------------------------------------------------------------------------- stage

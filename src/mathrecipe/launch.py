@@ -240,7 +240,7 @@ def grpo_generation_batch(recipe: Recipe, processes: int) -> int:
     if g.extra.get("generation_batch_size") is not None:
         return int(g.extra["generation_batch_size"])
     spg = g.extra.get("steps_per_generation") or g.gradient_accumulation_steps
-    return g.batch_size * processes * int(spg)
+    return g.per_device_train_batch_size * processes * int(spg)
 
 
 def _check_stage(recipe: Recipe, stage: str, procs: int | None) -> None:
@@ -254,7 +254,7 @@ def _check_stage(recipe: Recipe, stage: str, procs: int | None) -> None:
         return
     where = f"{stage}.deepspeed={s.deepspeed}"
     checks = [
-        ("train_micro_batch_size_per_gpu", s.batch_size, f"{stage}.batch_size"),
+        ("train_micro_batch_size_per_gpu", s.per_device_train_batch_size, f"{stage}.per_device_train_batch_size"),
         ("gradient_accumulation_steps", s.gradient_accumulation_steps, f"{stage}.gradient_accumulation_steps"),
     ]
     for ds_key, want, rkey in checks:
@@ -262,14 +262,15 @@ def _check_stage(recipe: Recipe, stage: str, procs: int | None) -> None:
         if got is not None and got != want:
             raise RecipeError(f"{where}: {ds_key}={got} but {rkey}={want}; set it to \"auto\" (or {want})")
     tbs = _explicit(ds, "train_batch_size")
-    per = s.batch_size * s.gradient_accumulation_steps
+    per = s.per_device_train_batch_size * s.gradient_accumulation_steps
     if tbs is not None:
         if procs is not None and tbs != per * procs:
-            raise RecipeError(f"{where}: train_batch_size={tbs} but {stage}.batch_size x "
+            raise RecipeError(f"{where}: train_batch_size={tbs} but {stage}.per_device_train_batch_size x "
                               f"{stage}.gradient_accumulation_steps x {procs} processes = {per * procs}; "
                               "set it to \"auto\"")
         if procs is None and tbs % per:
-            raise RecipeError(f"{where}: train_batch_size={tbs} is not a multiple of {stage}.batch_size x "
+            raise RecipeError(f"{where}: train_batch_size={tbs} is not a multiple of "
+                              f"{stage}.per_device_train_batch_size x "
                               f"{stage}.gradient_accumulation_steps = {per}; set it to \"auto\"")
     for block in ("bf16", "fp16"):
         enabled = _explicit(ds, f"{block}.enabled")
@@ -321,7 +322,9 @@ def validate_launch(recipe: Recipe) -> None:
         gen = grpo_generation_batch(recipe, procs)
         if gen % g.num_generations:
             raise RecipeError(f"grpo.num_generations={g.num_generations} does not divide the global generation "
-                              f"batch {gen} ({procs} processes); change grpo.batch_size or the process count")
-        if g.extra.get("generation_batch_size") is not None and gen % (g.batch_size * procs):
-            raise RecipeError(f"grpo.extra.generation_batch_size={gen} is not a multiple of grpo.batch_size x "
-                              f"{procs} processes = {g.batch_size * procs}; change one of them")
+                              f"batch {gen} ({procs} processes); change grpo.per_device_train_batch_size or the "
+                              "process count")
+        if g.extra.get("generation_batch_size") is not None and gen % (g.per_device_train_batch_size * procs):
+            raise RecipeError(f"grpo.extra.generation_batch_size={gen} is not a multiple of "
+                              "grpo.per_device_train_batch_size x "
+                              f"{procs} processes = {g.per_device_train_batch_size * procs}; change one of them")

@@ -6,15 +6,15 @@ K key/value heads, d head dimension, V vocabulary, b sequences per micro-batch o
 activation value (2 for bf16/fp16, 4 for fp32). Sizes in GiB (2**30 bytes).
 
 KV cache: 2 * L * K * d * a bytes per token (keys and values of every layer): 192 KiB per token for a 14B Qwen2.5
-shape in bf16, 6.1 GiB for one 33k-token sequence. A generated sequence of t tokens holds t of them; where a budget
+shape in bf16, 6.1 GiB for one 33k-token sequence. A generated sequence of t tokens holds t of them; where the memory
 must also hold the decode step's last-position fp32 logits and probabilities, a sequence costs V * 8 bytes more.
 
-Batch sizing (``batch_size: auto``): the most sequences of (prompt + max_new_tokens) tokens whose memory fits a
-budget, floor(budget / bytes per sequence). At generation the budget is the KV budget (``kv_cache_gib``; unset:
+Batch sizing (``generate_batch_size: auto``): the most sequences of (prompt + max_new_tokens) tokens whose memory fits
+M GiB, floor(M / bytes per sequence). At generation M is the KV-cache memory (``kv_cache_gib``; unset:
 GPU_KV_CACHE_SHARE of the memory free after loading on a GPU, CPU_KV_CACHE_GIB on a CPU) and the prompts are at hand
 (their longest counts), at least 1. Where prompts are not at hand (``mathrecipe plan``, GRPO's rollout cache) a
-prompt counts PROMPT_TOKENS tokens. On a CPU a preallocated (static) KV cache is used when its full size fits the KV
-budget.
+prompt counts PROMPT_TOKENS tokens. On a CPU a preallocated (static) KV cache is used when its full size fits the KV-cache
+memory.
 
 Training state, bytes per parameter (trainable weights are fp32 master weights, compute is bf16):
 
@@ -54,8 +54,8 @@ if TYPE_CHECKING:
 GIB = 2**30
 PROMPT_TOKENS = 512  # the one prompt allowance where prompts are not at hand: the paper's max prompt length
 DECODE_LOGITS_BYTES = 8  # per vocabulary entry: the last position's fp32 logits and probabilities
-CPU_KV_CACHE_GIB = 4.0  # KV budget on CPU: a fixed budget (host memory is shared with everything else)
-# KV budget on a GPU: this share of the memory free after the model is loaded; the rest covers prefill activations,
+CPU_KV_CACHE_GIB = 4.0  # KV-cache memory on CPU: fixed (host memory is shared with everything else)
+# KV-cache memory on a GPU: this share of the memory free after the model is loaded; the rest covers prefill activations,
 # logits and sampling buffers (chosen, not yet measured on a GPU; see the bench notes).
 GPU_KV_CACHE_SHARE = 0.6
 ENGINE_RUNTIME_GIB = 2.0  # vLLM's activations, sampler and CUDA graphs inside its share (approximate)
@@ -138,17 +138,17 @@ def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
 
 def sequence_bytes(kv_per_token: int, tokens: int, vocab: int = 0) -> int:
     """Bytes one generated sequence holds: tokens x ``kv_per_token`` of KV cache, plus vocab x DECODE_LOGITS_BYTES
-    where the budget must also hold the decode logits (``vocab=0``: a KV-only budget)."""
+    where the memory must also hold the decode logits (``vocab=0``: the KV cache only)."""
     return tokens * kv_per_token + vocab * DECODE_LOGITS_BYTES
 
 
-def sequences_that_fit(budget_gib: float, per_sequence: float) -> int:
-    """floor(budget_gib x 2^30 / per_sequence): how many sequences a budget holds (0 or less: none)."""
-    return int(budget_gib * GIB // per_sequence)
+def sequences_that_fit(gib: float, per_sequence: float) -> int:
+    """floor(gib x 2^30 / per_sequence): how many sequences gib GiB hold (0 or less: none)."""
+    return int(gib * GIB // per_sequence)
 
 
 def auto_batch_size(config: Any, dtype_bytes: int, tokens_per_sequence: int, kv_cache_gib: float) -> int:
-    """``batch_size=auto`` at generation: the most sequences whose KV cache fits the KV budget, at least 1:
+    """``generate_batch_size=auto`` at generation: the most sequences whose KV cache fits the KV-cache memory, at least 1:
     max(1, floor(kv_cache_gib * 2^30 / (kv_bytes_per_token x (prompt + max_new_tokens))))."""
     per = sequence_bytes(kv_bytes_per_token(config, dtype_bytes), tokens_per_sequence)
     return max(1, sequences_that_fit(kv_cache_gib, per))
@@ -161,12 +161,13 @@ def static_cache_bytes(config: Any, dtype_bytes: int, batch: int, tokens_per_seq
 
 def static_cache_fits(config: Any, dtype_bytes: int, batch: int, tokens_per_sequence: int,
                       kv_cache_gib: float) -> bool:
-    """Whether a preallocated KV cache of ``batch`` sequences fits the KV budget: static_cache_bytes <= budget."""
+    """Whether a preallocated KV cache of ``batch`` sequences fits the KV-cache memory:
+    static_cache_bytes <= kv_cache_gib."""
     return static_cache_bytes(config, dtype_bytes, batch, tokens_per_sequence) <= kv_cache_gib * GIB
 
 
 def default_kv_cache_gib(device: Any) -> float:
-    """KV budget when none is set: on CUDA, GPU_KV_CACHE_SHARE of the device's free memory; elsewhere a fixed
+    """KV-cache memory (GiB) when none is set: on CUDA, GPU_KV_CACHE_SHARE of the device's free memory; elsewhere a fixed
     CPU_KV_CACHE_GIB."""
     import torch
 
@@ -178,15 +179,15 @@ def default_kv_cache_gib(device: Any) -> float:
 
 
 def eval_batch_bytes(shape: ModelShape, seq: int, dtype_bytes: int = 2) -> float:
-    """Bytes per generated sequence where the budget is all memory left after the weights (``mathrecipe plan``):
+    """Bytes per generated sequence where the limit is all memory left after the weights (``mathrecipe plan``):
     :func:`sequence_bytes` with the decode logits."""
     return sequence_bytes(shape.kv_bytes_per_token(dtype_bytes), seq, shape.vocab)
 
 
-def auto_eval_batch_size(shape: ModelShape, seq: int, budget_gib: float, dtype_bytes: int = 2) -> int:
-    """``eval.batch_size: auto`` as planned: the most sequences of ``seq`` tokens (:func:`eval_batch_bytes`) that
-    fit ``budget_gib``; 0 when not one does."""
-    return max(0, sequences_that_fit(budget_gib, eval_batch_bytes(shape, seq, dtype_bytes)))
+def auto_eval_batch_size(shape: ModelShape, seq: int, gib: float, dtype_bytes: int = 2) -> int:
+    """``eval.generate_batch_size: auto`` as planned: the most sequences of ``seq`` tokens (:func:`eval_batch_bytes`) that
+    fit ``gib``; 0 when not one does."""
+    return max(0, sequences_that_fit(gib, eval_batch_bytes(shape, seq, dtype_bytes)))
 
 
 def engine_kv_room_gib(share_gib: float, params: int, tensor_parallel: int = 1) -> float:

@@ -2,7 +2,7 @@
 
 output_dir/
   recipe.yaml            the resolved recipe (after overrides); a rerun with other settings is refused
-  data/                  sft/, grpo/ (datasets folders), test.jsonl (held out), dev.jsonl (epoch selection)
+  data/                  sft/, grpo/ (datasets folders), test.jsonl (the test problems), dev.jsonl (epoch selection)
   model-init/            the starting model (toy: built here)
   sft/checkpoint-*/      one HF checkpoint per epoch (complete ones carry mathrecipe_complete.json);
                          epochs.jsonl, eval-epoch*.samples.jsonl, DONE.json when the stage finished
@@ -12,7 +12,7 @@ output_dir/
 
 This module orchestrates only. Everything a run needs is checked before any compute (``mathrecipe.preflight``, which
 also decides whether the output folder may be resumed); the toy's model and data are built by ``mathrecipe.toy``;
-held-out problems come through the one problem loader (``mathrecipe.data.problems``). A rerun of the same command
+test and dev problems come through the one problem loader (``mathrecipe.data.problems``). A rerun of the same command
 resumes: finished stages are skipped, an interrupted stage continues from its last complete checkpoint. Under a
 multi-process launch every rank trains and evaluates its share; rank 0 alone writes the shared files, the others
 wait at barriers.
@@ -37,9 +37,9 @@ from mathrecipe.preflight import (
     adopt_moved_run,
     check_output_dir,
     check_restart,
-    held_out_problems,
     preflight,
     recorded_output_dir,
+    run_problems,
 )
 from mathrecipe.recipe import Recipe
 from mathrecipe.report import verdicts, write_report
@@ -56,11 +56,11 @@ def prepare_model(recipe: Recipe, out: Path) -> str:
 
 
 def prepare_data(recipe: Recipe, out: Path, tokenizer_path: str | None = None) -> dict[str, Path]:
-    """The SFT, GRPO, held-out and dev sets the stages read: the recipe's paths, or (toy) generated and built into
+    """The SFT, GRPO, test and dev sets the stages read: the recipe's paths, or (toy) generated and built into
     ``out`` by the same code as ``mathrecipe data build``, counting trace tokens with ``tokenizer_path``."""
     d = recipe.data
     if d.source == "files":
-        return {k: Path(v) for k, v in (("sft", d.sft_path), ("grpo", d.grpo_path), ("test", d.eval_path),
+        return {k: Path(v) for k, v in (("sft", d.sft_path), ("grpo", d.grpo_path), ("test", d.test_path),
                                         ("dev", d.dev_path)) if v}
     if tokenizer_path is None:
         raise ValueError("the toy data step counts trace tokens: pass the toy model's folder as tokenizer_path")
@@ -112,7 +112,7 @@ def bind_grpo_start(out: Path, start: str, state: Any) -> None:
 
 
 def evaluate_checkpoint(recipe: Recipe, model_path: str, problems: list[dict], out: Path, name: str) -> dict:
-    """Evaluate one saved model on the held-out problems (every rank its share, ``eval.backend``); rank 0 writes
+    """Evaluate one saved model on the test problems (every rank its share, ``eval.backend``); rank 0 writes
     samples and summary. A summary already on disk (an earlier, interrupted run) is reused."""
     from mathrecipe.evaluate.inrun import evaluate_saved_model
     from mathrecipe.modeling import load_tokenizer
@@ -192,8 +192,8 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
     if not state.is_main_process:
         model_path = prepare_model(recipe, out / "model-init")
         paths = prepare_data(recipe, out / "data", model_path)
-    problems = held_out_problems(recipe, paths["test"])
-    dev = held_out_problems(recipe, paths["dev"], "data.dev_path") if "dev" in paths else None
+    problems = run_problems(recipe, paths["test"])
+    dev = run_problems(recipe, paths["dev"], "data.dev_path") if "dev" in paths else None
     e = recipe.eval
     report: dict[str, Any] = {
         "eval": {"n_problems": len(problems), "samples": e.samples, "temperature": e.temperature,

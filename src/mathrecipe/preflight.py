@@ -14,7 +14,7 @@ import yaml
 from mathrecipe.data.io import load_table, require_columns, require_nonempty, write_jsonl
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.files import atomic_write_json
-from mathrecipe.recipe import MOVED, Recipe, RecipeError
+from mathrecipe.recipe import MOVED, RENAMED_KEYS, Recipe, RecipeError
 from mathrecipe.toy import DONE
 
 # recipe keys that may change between an interrupted run and its resumption without invalidating it: the folder is
@@ -43,8 +43,8 @@ def _require_path(value: str | None, key: str) -> None:
         resolve(value, key, "Give a local .jsonl/.parquet file or a saved dataset folder.")
 
 
-def held_out_problems(recipe: Recipe, path: str | Path, key: str = "data.eval_path") -> list[dict[str, Any]]:
-    """The held-out (or dev) problems of a run through the one problem loader, with the recipe's columns."""
+def run_problems(recipe: Recipe, path: str | Path, key: str = "data.test_path") -> list[dict[str, Any]]:
+    """The test (or dev) problems of a run through the one problem loader, with the recipe's columns."""
     from mathrecipe.data.problems import load_problems
 
     return load_problems(path, key, problem_column=recipe.data.problem_column,
@@ -52,7 +52,7 @@ def held_out_problems(recipe: Recipe, path: str | Path, key: str = "data.eval_pa
 
 
 def check_problem_sets(recipe: Recipe, sets: dict[str, str]) -> None:
-    """The held-out and dev problems (``{recipe key: path}``): their columns and fields, then every prompt plus
+    """The test and dev problems (``{recipe key: path}``): their columns and fields, then every prompt plus
     ``eval.max_new_tokens`` against the start model's context -- now, not when the in-run evaluation meets them
     after an epoch of training. The same check as the evaluation's (``inrun.problem_prompt_ids``)."""
     from transformers import AutoConfig
@@ -61,7 +61,7 @@ def check_problem_sets(recipe: Recipe, sets: dict[str, str]) -> None:
     from mathrecipe.modeling import load_tokenizer, resolve_model
     from mathrecipe.prompts import model_context
 
-    loaded = {key: held_out_problems(recipe, path, key) for key, path in sets.items()}
+    loaded = {key: run_problems(recipe, path, key) for key, path in sets.items()}
     path = resolve_model(recipe.model.name_or_path, "model.name_or_path")
     context = model_context(AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code))
     tokenizer = load_tokenizer(path, recipe.model)
@@ -81,7 +81,7 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
     d = recipe.data
     if d.source == "files":
         for key, value, needed in (("data.sft_path", d.sft_path, do_sft), ("data.grpo_path", d.grpo_path, do_grpo),
-                                   ("data.eval_path", d.eval_path, True),
+                                   ("data.test_path", d.test_path, True),
                                    ("data.dev_path", d.dev_path, do_sft and recipe.sft.select == "best")):
             if needed:
                 _require_path(value, key)
@@ -95,7 +95,7 @@ def preflight(recipe: Recipe, stages: tuple[str, ...]) -> None:
             from mathrecipe.grpo import check_grpo_data
 
             check_grpo_data(recipe, d.grpo_path, recipe.model.name_or_path)
-        sets = {"data.eval_path": d.eval_path}
+        sets = {"data.test_path": d.test_path}
         if do_sft and recipe.sft.select == "best":
             if not d.dev_path:
                 raise RecipeError("sft.select=best picks the epoch on development problems apart from the reported "
@@ -140,7 +140,7 @@ def input_paths(recipe: Recipe) -> dict[str, str | None]:
     """Every file or folder a run reads, by recipe key: the model, the data files and the launch configs."""
     d, s, g = recipe.data, recipe.sft, recipe.grpo
     return {"model.name_or_path": recipe.model.name_or_path, "data.sft_path": d.sft_path,
-            "data.grpo_path": d.grpo_path, "data.eval_path": d.eval_path, "data.dev_path": d.dev_path,
+            "data.grpo_path": d.grpo_path, "data.test_path": d.test_path, "data.dev_path": d.dev_path,
             "sft.deepspeed": s.deepspeed, "sft.fsdp": s.fsdp, "grpo.deepspeed": g.deepspeed, "grpo.fsdp": g.fsdp,
             "accelerate_config": recipe.accelerate_config}
 
@@ -180,7 +180,9 @@ def check_output_dir(recipe: Recipe, out: Path, stages: tuple[str, ...] = ("sft"
             return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
         return {prefix[:-1]: tree}
 
-    a, b = flat(old), flat(settings)
+    # a run recorded before a key was renamed holds its old name: the same setting, not another one
+    a = {RENAMED_KEYS.get(k, k): v for k, v in flat(old).items()}
+    b = flat(settings)
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if "model.name_or_path" in diff and _own_checkpoint(recipe, out, stages):
         diff.remove("model.name_or_path")

@@ -48,8 +48,9 @@ class GRPOConfig:
         "the length-control method: its rewards and the TRL options it sets (mathrecipe.methods.METHODS: paper, "
         "no-format, no-cosine, no-length, dler, thinkprune, custom); the run's recipe.yaml shows what it set")})
     num_generations: int = field(default=8, metadata={"help": "completions sampled per prompt (the group). Paper: 8"})
-    batch_size: int = field(default=64, metadata={"help": (
-        "completions per device per optimizer micro-step; num_generations divides it. Paper: 2 (x 8 accumulation)")})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": (
+        "completions per device per micro-step (TRL's field of this name); num_generations divides it x "
+        "gradient_accumulation_steps. Paper: 2 (x 8 accumulation)")})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-steps per optimizer step. Paper: 8"})
     max_steps: int = field(default=80, metadata={"help": "optimizer steps of stage 2. Paper: 50"})
     learning_rate: float = field(default=2.5e-5, metadata={"help": (
@@ -212,8 +213,23 @@ def did_you_mean(name: str, names: Any, prefix: str = "") -> str:
     return f"did you mean '{prefix}{close[0]}'? " if close else ""
 
 
+# Keys renamed so that each concept has one name (README "Names"): old key -> new key. An old recipe spelling is
+# one line naming the new key; a run folder recorded under the old names still resumes (preflight reads it through
+# this table).
+RENAMED_KEYS: dict[str, str] = {
+    "sft.batch_size": "sft.per_device_train_batch_size",
+    "grpo.batch_size": "grpo.per_device_train_batch_size",
+    "eval.batch_size": "eval.generate_batch_size",
+    "data.build.batch_size": "data.build.map_batch_size",
+    "data.eval_path": "data.test_path",
+    "data.toy.n_rl": "data.toy.n_grpo",
+}
 # Keys that were renamed or moved: the old spelling is one line naming the new one.
-RENAMED: dict[str, str] = {**MOVED}
+RENAMED: dict[str, str] = {
+    **MOVED,
+    **{old: f"recipe key '{old}' is now '{new}' (one name per concept); rename it in the recipe or override"
+       for old, new in RENAMED_KEYS.items()},
+}
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
@@ -298,7 +314,7 @@ def reward_options(rewards: dict[str, Any]) -> dict[str, Any]:
 # The one map from recipe keys to TRL config fields: the stage argument builders (sft.sft_args, grpo.grpo_args) copy
 # these values, the ownership tables below refuse them in *.extra, and the tests check they reach TRL.
 SFT_TO_TRL = {
-    "sft.epochs": "num_train_epochs", "sft.batch_size": "per_device_train_batch_size",
+    "sft.epochs": "num_train_epochs", "sft.per_device_train_batch_size": "per_device_train_batch_size",
     "sft.gradient_accumulation_steps": "gradient_accumulation_steps", "sft.learning_rate": "learning_rate",
     "sft.lr_scheduler": "lr_scheduler_type", "sft.warmup_steps": "warmup_steps", "sft.weight_decay": "weight_decay",
     "sft.max_length": "max_length", "sft.packing": "packing", "sft.optim": "optim",
@@ -306,7 +322,8 @@ SFT_TO_TRL = {
     "seed": "seed", "sft.deepspeed": "deepspeed",
 }
 GRPO_TO_TRL = {
-    "grpo.batch_size": "per_device_train_batch_size", "grpo.gradient_accumulation_steps": "gradient_accumulation_steps",
+    "grpo.per_device_train_batch_size": "per_device_train_batch_size",
+    "grpo.gradient_accumulation_steps": "gradient_accumulation_steps",
     "grpo.num_generations": "num_generations", "grpo.max_completion_length": "max_completion_length",
     "grpo.max_steps": "max_steps", "grpo.learning_rate": "learning_rate", "grpo.lr_scheduler": "lr_scheduler_type",
     "grpo.warmup_steps": "warmup_steps", "grpo.beta": "beta", "grpo.epsilon": "epsilon",
@@ -368,16 +385,17 @@ def validate(r: Recipe) -> None:
             raise RecipeError(msg)
 
     need(r.sft.epochs >= 1, f"sft.epochs must be >= 1, got {r.sft.epochs}")
-    need(r.sft.batch_size >= 1, f"sft.batch_size must be >= 1, got {r.sft.batch_size}")
+    need(r.sft.per_device_train_batch_size >= 1,
+         f"sft.per_device_train_batch_size must be >= 1, got {r.sft.per_device_train_batch_size}")
     need(r.sft.learning_rate > 0, f"sft.learning_rate must be > 0, got {r.sft.learning_rate}")
     g = r.grpo
     need(g.num_generations >= 2, f"grpo.num_generations must be >= 2 (GRPO compares completions), got {g.num_generations}")
-    gen_batch = g.batch_size * g.gradient_accumulation_steps
+    gen_batch = g.per_device_train_batch_size * g.gradient_accumulation_steps
     need(
         gen_batch % g.num_generations == 0,
         f"grpo.num_generations={g.num_generations} does not divide the per-device generation batch "
-        f"grpo.batch_size x grpo.gradient_accumulation_steps = {gen_batch}; "
-        f"set grpo.batch_size to a multiple of {g.num_generations}",
+        f"grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps = {gen_batch}; "
+        f"set grpo.per_device_train_batch_size to a multiple of {g.num_generations}",
     )
     need(g.max_steps >= 1, f"grpo.max_steps must be >= 1, got {g.max_steps}")
     need(g.learning_rate > 0, f"grpo.learning_rate must be > 0, got {g.learning_rate}")
@@ -434,7 +452,8 @@ def validate(r: Recipe) -> None:
     need(e.backend in BACKENDS, f"eval.backend: must be one of {', '.join(map(repr, BACKENDS))}; got {e.backend!r}")
     need(e.samples >= 1, f"eval.samples must be >= 1, got {e.samples}")
     need(e.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {e.max_new_tokens}")
-    need(e.batch_size == "auto" or e.batch_size >= 1, f"eval.batch_size must be >= 1 or auto, got {e.batch_size}")
+    need(e.generate_batch_size == "auto" or e.generate_batch_size >= 1,
+         f"eval.generate_batch_size must be >= 1 or auto, got {e.generate_batch_size}")
     need(e.temperature >= 0, f"eval.temperature must be >= 0 (0 = greedy), got {e.temperature}")
     need(0 < e.top_p <= 1, f"eval.top_p must be in (0, 1], got {e.top_p}")
     need(e.min_p is None or 0 <= e.min_p < 1, f"eval.min_p must be null or in [0, 1), got {e.min_p}")
@@ -443,19 +462,19 @@ def validate(r: Recipe) -> None:
     d = r.data
     if d.source == "files":
         need(
-            any([d.sft_path, d.grpo_path, d.eval_path]),
-            "data.source=files needs data.sft_path, data.grpo_path and/or data.eval_path",
+            any([d.sft_path, d.grpo_path, d.test_path]),
+            "data.source=files needs data.sft_path, data.grpo_path and/or data.test_path",
         )
         need(not (r.sft.enabled and not d.sft_path), "sft.enabled is true but data.sft_path is not set")
         need(not (r.grpo.enabled and not d.grpo_path), "grpo.enabled is true but data.grpo_path is not set")
-        need(d.eval_path is not None, "data.source=files needs data.eval_path (the held-out problems)")
+        need(d.test_path is not None, "data.source=files needs data.test_path (the test problems, held out)")
     b = d.build
     need(b.ngram >= 1, f"data.build.ngram must be >= 1, got {b.ngram}")
     need(0 <= b.min_overlap <= 1, f"data.build.min_overlap must be in [0, 1], got {b.min_overlap}")
     need(b.num_proc >= 1, f"data.build.num_proc must be >= 1, got {b.num_proc}")
     validate_sources(b.sources)
     if d.source == "toy":
-        stray = [k for k in ("sft_path", "grpo_path", "eval_path", "dev_path") if getattr(d, k)]
+        stray = [k for k in ("sft_path", "grpo_path", "test_path", "dev_path") if getattr(d, k)]
         need(not stray, f"data.{stray[0] if stray else ''} is read only with data.source=files (the toy generates its "
                         "data): set data.source=files, or drop the path")
     if r.model.name_or_path == "toy":

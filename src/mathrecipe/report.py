@@ -64,7 +64,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ev = report.get("eval", {})
     lines = ["# mathrecipe run report", ""]
     lines.append(
-        f"Held-out problems: {ev.get('n_problems', '?')}, samples per problem: {ev.get('samples', '?')} "
+        f"Test problems: {ev.get('n_problems', '?')}, samples per problem: {ev.get('samples', '?')} "
         f"(temperature {ev.get('temperature', '?')}); accuracy = mean pass@1 over samples."
     )
     sft = report.get("sft")
@@ -186,7 +186,7 @@ def report_figure(report: dict[str, Any]) -> Any:
         ax1.set_ylim(0, 1)
         ax1.set_xlabel("SFT epoch")
         ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax1.set_ylabel("held-out accuracy", color="tab:blue")
+        ax1.set_ylabel("test accuracy", color="tab:blue")
         twin = ax1.twinx()
         twin.plot(ep, [e["mean_tokens"] for e in sft["epochs"] if "accuracy" in e], "s--", color="tab:orange")
         twin.set_ylabel("mean completion tokens", color="tab:orange")

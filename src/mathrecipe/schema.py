@@ -61,14 +61,14 @@ class ToyDataConfig:
     """The toy task's splits ("Compute a +- b +- c", seeded by the recipe's seed), used with ``data.source: toy``."""
 
     n_sft: int = field(default=1200, metadata={"help": "SFT problems, each with one teacher trace"})
-    n_test: int = field(default=200, metadata={"help": "held-out problems reported by the in-run evaluation"})
-    n_rl: int = field(default=3000, metadata={"help": "GRPO problems (prompts with answers)"})
+    n_test: int = field(default=200, metadata={"help": "test problems (held out) reported by the in-run evaluation"})
+    n_grpo: int = field(default=3000, metadata={"help": "GRPO problems (prompts with answers)"})
     verbose_fraction: float = field(default=0.7, metadata={"help": (
         "share of teacher traces padded with redundant 'Wait, let me verify.' re-checks (0-1): the length GRPO "
         "learns to cut")})
     max_verify_blocks: int = field(default=2, metadata={"help": "most re-check blocks in a padded trace"})
     n_dev: int = field(default=100, metadata={"help": (
-        "development problems for sft.select=best, disjoint from the reported held-out ones")})
+        "development problems for sft.select=best, disjoint from the reported test problems")})
 
 
 @dataclass
@@ -142,7 +142,8 @@ class BuildConfig:
         "0: any shared n-gram drops a problem; s > 0: only one holding share s of a benchmark item's n-grams, or "
         "whose own n-grams are share s that item's (ignores boilerplate). Paper recipes: 0.5")})
     num_proc: int = field(default=1, metadata={"help": "processes for the datasets maps. Paper recipes: 8"})
-    batch_size: int = field(default=1000, metadata={"help": "rows per batch of the datasets maps (tokenizing)"})
+    map_batch_size: int = field(default=1000, metadata={"help": (
+        "rows per batch of the datasets maps (datasets.map's batch_size; tokenizing)")})
 
 
 @dataclass
@@ -157,12 +158,13 @@ class DataConfig:
         "(built by data build)")})
     grpo_path: str | None = field(default=None, metadata={"help": (
         "GRPO rows: prompt (messages or text) and answer. Paper recipes: data/fast-math-r1/grpo")})
-    eval_path: str | None = field(default=None, metadata={"help": (
-        "held-out problems (problem, answer) the in-run evaluation reports. Paper recipes: HuggingFaceH4/aime_2024")})
+    test_path: str | None = field(default=None, metadata={"help": (
+        "test problems (problem, answer; held out) the in-run evaluation reports. Paper recipes: "
+        "HuggingFaceH4/aime_2024")})
     dev_path: str | None = field(default=None, metadata={"help": (
-        "development problems (problem, answer): sft.select=best picks the epoch on these, not on eval_path")})
-    problem_column: str = field(default="problem", metadata={"help": "problem column of eval_path and dev_path"})
-    answer_column: str = field(default="answer", metadata={"help": "answer column of eval_path and dev_path"})
+        "development problems (problem, answer): sft.select=best picks the epoch on these, not on test_path")})
+    problem_column: str = field(default="problem", metadata={"help": "problem column of test_path and dev_path"})
+    answer_column: str = field(default="answer", metadata={"help": "answer column of test_path and dev_path"})
     system_prompt: str | None = field(default=SYSTEM_PROMPT, metadata={"help": (
         "the system turn of every prompt (SFT, GRPO, evaluation); null or '': none. Paper recipes: this default "
         "(the GRPO-only recipes: their scripts' Qwen prompt)")})
@@ -178,8 +180,8 @@ class SFTConfig:
 
     enabled: bool = field(default=True, metadata={"help": "run stage 1. Paper: false in the GRPO-only recipes"})
     epochs: int = field(default=10, metadata={"help": "training epochs (TRL num_train_epochs). Paper: 10"})
-    batch_size: int = field(default=16, metadata={"help": (
-        "sequences (packed blocks with packing) per device per step (TRL per_device_train_batch_size). Paper: 1")})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": (
+        "sequences (packed blocks with packing) per device per micro-step (TRL's field of this name). Paper: 1")})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": (
         "micro-batches per optimizer step. Paper: 8 (x 8 GPUs: 64 blocks a step)")})
     learning_rate: float = field(default=1.5e-3, metadata={"help": "peak learning rate. Paper: 1e-5"})
@@ -195,7 +197,7 @@ class SFTConfig:
         "the epoch GRPO starts from: the last, or the best on data.dev_path (data.toy.n_dev). Paper: the authors "
         "picked about epoch 9 of 10 by hand")})
     eval_each_epoch: bool = field(default=True, metadata={"help": (
-        "evaluate the held-out problems after every epoch. Paper recipes: false (mathrecipe eval on checkpoints)")})
+        "evaluate the test problems after every epoch. Paper recipes: false (mathrecipe eval on checkpoints)")})
     save_steps: int | None = field(default=None, metadata={"help": (
         "extra resume points every this many steps within an epoch (a checkpoint is saved every epoch anyway)")})
     save_only_model: bool = field(default=False, metadata={"help": (
@@ -240,12 +242,12 @@ class EvalConfig:
         "drop tokens less likely than P x the most likely one (0 <= P < 1; null = off)")})
     max_new_tokens: int = field(default=160, metadata={"help": (
         "most new tokens per sample. Paper recipes: 32768 (the paper's largest token budget)")})
-    batch_size: int | Literal["auto"] = field(default=400, metadata={"help": (
-        "sequences per generate() call (hf backend), or auto: the most the KV-cache budget holds. Paper recipes: "
-        "auto")})
+    generate_batch_size: int | Literal["auto"] = field(default=400, metadata={"help": (
+        "sequences per generate() call (hf backend), or auto: the most whose KV cache fits kv_cache_gib. Paper "
+        "recipes: auto")})
     kv_cache_gib: float | None = field(default=None, metadata={"help": (
-        "KV-cache budget per device in GiB for batch_size auto (null: a share of the measured free GPU memory; 4 "
-        "on CPU)")})
+        "KV-cache memory per device in GiB for generate_batch_size auto (null: a share of the measured free GPU "
+        "memory; 4 on CPU)")})
     backend: str = field(default="hf", metadata={"help": (
         "a generation backend (mathrecipe.evaluate.generation.BACKENDS): hf (transformers, any device) or vllm "
         "(GPU). Paper recipes: vllm")})

@@ -1,4 +1,5 @@
-"""Stage 1: long full-parameter SFT on the whole assistant turn, and a held-out evaluation after every epoch.
+"""Stage 1: long full-parameter SFT on the whole assistant turn, and an evaluation on the test problems after every
+epoch.
 
 recipe -> data (tokenised here: prompt ids as GRPO/eval see them, then trace + end-of-turn) -> model (fp32 master
 weights) -> SFTTrainer -> train (checkpoint + eval each epoch; resumable) -> select epoch -> report section.
@@ -172,7 +173,7 @@ def _epoch_end(state: Any) -> int | None:
 
 
 class EpochEval(TrainerCallback):
-    """After every epoch: make sure its checkpoint is saved, THEN evaluate on the held-out problems (and the dev
+    """After every epoch: make sure its checkpoint is saved, THEN evaluate on the test problems (and the dev
     problems when selecting the best epoch) and write the epoch's row to ``epochs.jsonl``.
 
     Save first, so a kill during the evaluation loses the evaluation only, not the epoch's training: the rerun
@@ -248,7 +249,7 @@ class EpochEval(TrainerCallback):
 def select_epoch(epochs: list[dict[str, Any]], how: str) -> dict[str, Any]:
     """The epoch GRPO starts from: the last, or the best DEV accuracy (the earliest among ties).
 
-    The best epoch is chosen on development problems disjoint from the reported held-out ones: choosing on the
+    The best epoch is chosen on development problems disjoint from the reported test problems: choosing on the
     reported problems would bias the reported number upward.
     """
     if not epochs:

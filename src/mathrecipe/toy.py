@@ -85,19 +85,19 @@ def teacher_trace(p: ToyProblem, verify_blocks: int = 0) -> str:
 class ToySplits:
     sft: list[dict[str, str]]  # problem, answer, response
     test: list[dict[str, str]]  # problem, answer
-    rl: list[dict[str, str]]  # problem, answer
+    grpo: list[dict[str, str]]  # problem, answer
 
 
 def make_toy_data(
     n_sft: int = 2000,
     n_test: int = 200,
-    n_rl: int = 3000,
+    n_grpo: int = 3000,
     verbose_fraction: float = 0.5,
     max_verify_blocks: int = 3,
     seed: int = 0,
     carries: bool = False,
 ) -> ToySplits:
-    """Seeded splits. The held-out test problems appear in neither training split.
+    """Seeded splits. The test problems appear in neither training split.
 
     ``carries=True`` allows carries and borrows (the first toy design; its SFT breakthrough hinged on the machine).
     """
@@ -121,7 +121,7 @@ def make_toy_data(
 
     test = fresh(n_test)  # drawn first so training never sees them
     sft = fresh(n_sft)
-    rl = fresh(n_rl)
+    grpo = fresh(n_grpo)
     sft_rows = []
     for p in sft:
         k = rng.randint(1, max_verify_blocks) if rng.random() < verbose_fraction else 0
@@ -129,7 +129,7 @@ def make_toy_data(
     return ToySplits(
         sft=sft_rows,
         test=[{"problem": p.problem, "answer": p.answer} for p in test],
-        rl=[{"problem": p.problem, "answer": p.answer} for p in rl],
+        grpo=[{"problem": p.problem, "answer": p.answer} for p in grpo],
     )
 
 
@@ -172,7 +172,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 384) -> Any:
 def toy_corpus(splits: ToySplits, system_prompt: str = SYSTEM_PROMPT) -> list[str]:
     texts = [system_prompt, "system", "user", "assistant", "Wait, let me verify.", "The answer is"]
     texts += [r["problem"] for r in splits.sft] + [r["response"] for r in splits.sft]
-    texts += [r["problem"] for r in splits.rl[:500]]
+    texts += [r["problem"] for r in splits.grpo[:500]]
     return texts
 
 
@@ -237,12 +237,12 @@ def _build_once(out: Path, build: Any) -> None:
 
 def toy_splits(recipe: Any) -> tuple[ToySplits, list[dict[str, str]]]:
     """The recipe's toy task (seeded, so the model's tokenizer and the data step see the same splits), and its dev
-    problems: the last ``n_dev`` RL problems, set apart (disjoint from SFT, RL and the held-out test problems)."""
+    problems: the last ``n_dev`` GRPO problems, set apart (disjoint from the SFT, GRPO and test problems)."""
     t = recipe.data.toy
-    splits = make_toy_data(t.n_sft, t.n_test, t.n_rl + t.n_dev, t.verbose_fraction, t.max_verify_blocks,
+    splits = make_toy_data(t.n_sft, t.n_test, t.n_grpo + t.n_dev, t.verbose_fraction, t.max_verify_blocks,
                            seed=recipe.seed)
-    dev = splits.rl[t.n_rl:]
-    splits.rl = splits.rl[: t.n_rl]
+    dev = splits.grpo[t.n_grpo:]
+    splits.grpo = splits.grpo[: t.n_grpo]
     return splits, dev
 
 
@@ -262,7 +262,7 @@ def prepare_toy_model(recipe: Any, out: Path) -> str:
 
 
 def prepare_toy_data(recipe: Any, out: Path, tokenizer_path: str) -> dict[str, Path]:
-    """The toy's SFT, GRPO, held-out and dev sets in ``out`` (once): generated, then built by the same code as
+    """The toy's SFT, GRPO, test and dev sets in ``out`` (once): generated, then built by the same code as
     ``mathrecipe data build`` (normalise, shortest correct trace, dedup, decontaminate, report)."""
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -284,8 +284,8 @@ def prepare_toy_data(recipe: Any, out: Path, tokenizer_path: str) -> dict[str, P
                                           for r in splits.sft])
         report = BuildReport()
         sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
-        rl = normalise_problems(datasets.Dataset.from_list(splits.rl), "toy-rl")
-        sft, grpo = build_sets([("toy", sft_src)], [("toy-rl", rl)], {"toy-test": test, "toy-dev": dev},
+        grpo_src = normalise_problems(datasets.Dataset.from_list(splits.grpo), "toy-grpo")
+        sft, grpo = build_sets([("toy", sft_src)], [("toy-grpo", grpo_src)], {"toy-test": test, "toy-dev": dev},
                                load_tokenizer(tokenizer_path, recipe.model), d.build, d.system_prompt, report)
         write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram},
                       sft_max_length=recipe.sft.max_length)

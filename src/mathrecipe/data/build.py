@@ -160,7 +160,7 @@ def build_sets(
     sft = None
     if merged is not None:
         n0 = len(merged)
-        merged = shortest_traces(merged, tokenizer, cfg.batch_size, cfg.num_proc)
+        merged = shortest_traces(merged, tokenizer, cfg.map_batch_size, cfg.num_proc)
         merged = dedup(merged, report)
         report.step("merge + dedup (shortest correct trace kept)", n0, len(merged))
         n1 = len(merged)
@@ -266,10 +266,10 @@ def build(recipe: Recipe) -> dict[str, Any]:
     for i, src in enumerate(cfg.sources):
         name = src.name or src.kind
         raw = load_source(src.path, src.split, src.data_files, what=f"data.build.sources[{i}].path")
-        ds = register(report, name, SOURCES[src.kind](raw, name, cfg.num_proc, cfg.batch_size))
+        ds = register(report, name, SOURCES[src.kind](raw, name, cfg.num_proc, cfg.map_batch_size))
         if src.sft:
             sft_parts.append((name, ds if src.sample is None else select_sample(
-                ds, src.sample, tokenizer, recipe.seed, report, name, cfg.batch_size, cfg.num_proc)))
+                ds, src.sample, tokenizer, recipe.seed, report, name, cfg.map_batch_size, cfg.num_proc)))
         if src.grpo:
             grpo_parts.append((name, ds.remove_columns(["generations"])))
     sft, grpo = build_sets(sft_parts, grpo_parts, benchmarks, tokenizer, cfg, recipe.data.system_prompt, report)

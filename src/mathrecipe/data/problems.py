@@ -1,4 +1,4 @@
-"""Problems to answer: the ONE loader behind ``run``'s held-out and dev sets, ``eval``'s benchmarks and ``solve``'s
+"""Problems to answer: the ONE loader behind ``run``'s test and dev sets, ``eval``'s benchmarks and ``solve``'s
 input.
 
 Rows come from a .jsonl or .csv file (read directly, so values stay as written and errors name the line; a leading

@@ -95,7 +95,7 @@ def normalise_light_r1(ds: Any, source: str, num_proc: int = 1, batch_size: int 
 
 
 def normalise_problems(ds: Any, source: str, problem_column: str = "problem", answer_column: str = "answer") -> Any:
-    """Problem/answer rows without traces (e.g. RL problems) -> the normalised schema (no generations)."""
+    """Problem/answer rows without traces (e.g. GRPO problems) -> the normalised schema (no generations)."""
     require(ds, [problem_column, answer_column], source)
 
     def fn(batch: dict[str, list]) -> dict[str, list]:

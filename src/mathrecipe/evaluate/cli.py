@@ -86,7 +86,8 @@ def resolve_eval(args: argparse.Namespace) -> dict[str, Any]:
     if not benchmarks:
         raise MathRecipeError("--benchmarks names no benchmark (e.g. --benchmarks math500,aime24)")
     return dict(model=args.model, benchmarks=benchmarks, out_dir=args.out, settings=s.settings,
-                samples_by_benchmark=s.samples_by_benchmark, backend=s.values["backend"], batch_size=s.batch_size,
+                samples_by_benchmark=s.samples_by_benchmark, backend=s.values["backend"],
+                generate_batch_size=s.generate_batch_size,
                 kv_cache_gib=s.values["kv_cache_gib"], budgets=args.budgets or (), ks=args.k, data_dir=args.data_dir,
                 system_prompt=s.system_prompt, limit=args.limit, problem_column=args.problem_column,
                 answer_column=args.answer_column, toy_length=not args.recipe and s.from_recipe("max_new_tokens"))

@@ -3,7 +3,7 @@
 An entry is one samples file: a ``mathrecipe eval`` folder gives one per benchmark it holds; a ``mathrecipe run``
 folder gives its selected SFT epoch (``sft/eval-epoch{N}.samples.jsonl``), its start model when GRPO started
 without SFT (``eval/start.samples.jsonl``) and its GRPO policy (``eval/grpo.samples.jsonl``); their rows carry no
-benchmark, so they are the benchmark "held-out". Several runs whose GRPO started from one checkpoint (e.g. one
+benchmark, so they are the benchmark "test". Several runs whose GRPO started from one checkpoint (e.g. one
 SFT model, several length-control methods or seeds) contribute that start model once, from the first of them. Each
 entry is compared with the FIRST entry of its benchmark on the problems both hold: the mean of the per-problem
 differences, with a seeded bootstrap 95 % CI over problems. ``pareto.png`` puts every entry at (mean tokens,
@@ -24,7 +24,7 @@ from mathrecipe.evaluate.render import pct, plot_budget_curves
 from mathrecipe.evaluate.samples import complete_rows, read_samples
 from mathrecipe.files import atomic_write_text
 
-HELD_OUT = "held-out"  # the benchmark name of a run's in-run samples (they carry none)
+TEST = "test"  # the benchmark name of a run's in-run samples (they carry none)
 CURVE_POINTS = 40
 
 
@@ -112,7 +112,7 @@ def _run_dir(d: Path) -> list[Entry]:
         if not path.is_file():
             raise MathRecipeError(f"{path}: missing, though {d / 'report.json'} lists that stage "
                                   "(was the run's evaluation turned off, e.g. sft.eval_each_epoch=false?)")
-        entries.append(Entry(label, str(path), {HELD_OUT: _complete(read_samples(path).rows, HELD_OUT, None, path)},
+        entries.append(Entry(label, str(path), {TEST: _complete(read_samples(path).rows, TEST, None, path)},
                              model, group))
     return entries
 

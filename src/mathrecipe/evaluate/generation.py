@@ -85,7 +85,7 @@ class Generator(Protocol):
 # ------------------------------------------------------------------------------------------ batch size
 
 
-def check_batch_size(value: Any, key: str = "batch_size") -> BatchSize:
+def check_batch_size(value: Any, key: str = "generate_batch_size") -> BatchSize:
     """An int >= 1 or "auto" (also from text, as the CLI passes it); anything else names ``key``."""
     if value == "auto":
         return "auto"
@@ -209,8 +209,8 @@ class HFGenerator:
         return model_context(self.model.config)
 
     def static_cache_fits(self, batch: int, tokens_per_sequence: int) -> bool:
-        """On CPU, generate with a preallocated (static) KV cache when its full size fits the KV budget: the default
-        cache grows by torch.cat every token (41 % of the toy's evaluation time; static: 1.64x faster at 160 new
+        """On CPU, generate with a preallocated (static) KV cache when its full size fits the KV-cache memory: the
+        default cache grows by torch.cat every token (41 % of the toy's evaluation time; static: 1.64x faster at 160 new
         tokens, the same tokens). On GPU, or when the full cache would not fit, the growing cache stays."""
         p = next(self.model.parameters())
         if p.device.type != "cpu":
@@ -355,7 +355,7 @@ class Backend:
     ``make(model_or_path, tokenizer, batch_size=, kv_cache_gib=, seed=, processes=, model_config=, device=)``
     returns the :class:`Generator`. ``gpu_share`` is the memory model ``mathrecipe plan`` uses: an engine that
     preallocates this share of the GPU (weights, runtime, KV cache: ``memory.engine_kv_room_gib``), or None for one
-    whose memory is the weights plus the KV cache of its batch (``eval.batch_size``, ``eval.kv_cache_gib``).
+    whose memory is the weights plus the KV cache of its batch (``eval.generate_batch_size``, ``eval.kv_cache_gib``).
     """
 
     name: str

@@ -1,5 +1,5 @@
 """The in-run evaluation of ``mathrecipe run``: after every SFT epoch (the model in memory) and for saved models
-(the start model, the GRPO policy), on the held-out problems, with the recipe's ``eval`` settings.
+(the start model, the GRPO policy), on the test problems, with the recipe's ``eval`` settings.
 
 Rank-aware: under a multi-process launch EVERY rank must call :func:`evaluate_for_recipe` /
 :func:`evaluate_saved_model`. The problems are split across ranks (strided, padded so that every rank generates the
@@ -66,13 +66,13 @@ def _broadcast(obj: Any, world: int) -> Any:
 
 def problem_prompt_ids(tokenizer: Any, problems: Sequence[Mapping[str, Any]], system_prompt: str | None,
                        max_new_tokens: int, context: int | None, where: str) -> list[list[int]]:
-    """The held-out problems' prompt ids, each prompt + ``max_new_tokens`` checked against the model's ``context``
+    """The test problems' prompt ids, each prompt + ``max_new_tokens`` checked against the model's ``context``
     (``checked_prompt_ids``): one line naming the rows that do not fit, refused rather than skipped -- a number over
     fewer problems would read as the set's. ``mathrecipe run`` checks before training, and again here."""
     return checked_prompt_ids(tokenizer, [str(p["problem"]) for p in problems],
                               [f"{i} (id {p['id']})" for i, p in enumerate(problems, 1)], system_prompt,
                               max_new_tokens, context, where=where,
-                              fix="leave those problems out of the held-out set, or lower eval.max_new_tokens if the "
+                              fix="leave those problems out of the test set, or lower eval.max_new_tokens if the "
                               "prompt alone fits (skipping them would report a number over fewer problems)")
 
 
@@ -94,7 +94,7 @@ def evaluate_model(
     the same on every rank.
     """
     if not problems:
-        raise MathRecipeError("no problems to evaluate: the held-out set is empty")
+        raise MathRecipeError("no problems to evaluate: the test set is empty")
     rank, world = dist_info()
     # every rank checks the same prompts against the same model, so a refusal stops every rank alike
     ids = problem_prompt_ids(tokenizer, problems, system_prompt, settings.max_new_tokens,
@@ -128,9 +128,9 @@ def evaluate_model(
 def evaluate_for_recipe(recipe: Any, model: Any, tokenizer: Any, problems: Sequence[Mapping[str, Any]],
                         desc: str) -> tuple[Rows, dict[str, Any]]:
     """Evaluate a model in memory (an SFT epoch) with the recipe's eval settings, seed and system prompt, through
-    transformers (``eval.batch_size``, ``eval.kv_cache_gib``). Call it on every rank."""
+    transformers (``eval.generate_batch_size``, ``eval.kv_cache_gib``). Call it on every rank."""
     e = recipe.eval
-    gen = HFGenerator(model, tokenizer, batch_size=e.batch_size, kv_cache_gib=e.kv_cache_gib)
+    gen = HFGenerator(model, tokenizer, batch_size=e.generate_batch_size, kv_cache_gib=e.kv_cache_gib)
     return evaluate_model(gen, tokenizer, problems, recipe_settings(recipe), recipe.data.system_prompt, desc=desc)
 
 
@@ -144,8 +144,9 @@ def evaluate_saved_model(recipe: Any, model_path: str, tokenizer: Any, problems:
     e = recipe.eval
     device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
               else torch.device("cpu"))
-    gen = make_generator(e.backend, model_path, tokenizer, batch_size=e.batch_size, kv_cache_gib=e.kv_cache_gib,
-                         seed=recipe.seed + rank, processes=world, model_config=recipe.model, device=device)
+    gen = make_generator(e.backend, model_path, tokenizer, batch_size=e.generate_batch_size,
+                         kv_cache_gib=e.kv_cache_gib, seed=recipe.seed + rank, processes=world,
+                         model_config=recipe.model, device=device)
     try:
         return evaluate_model(gen, tokenizer, problems, recipe_settings(recipe), recipe.data.system_prompt,
                               desc=desc)

@@ -128,7 +128,7 @@ def run_eval(
     settings: SamplingSettings,
     samples_by_benchmark: Mapping[str, int] | None = None,
     backend: str = "hf",
-    batch_size: BatchSize = "auto",
+    generate_batch_size: BatchSize = "auto",
     kv_cache_gib: float | None = None,
     budgets: Sequence[int] = (),
     ks: Sequence[int] | None = None,
@@ -155,7 +155,7 @@ def run_eval(
     # ---- checks: nothing is loaded or written before they pass
     model = check_model_arg(str(model))
     require_backend(backend)
-    batch_size = check_batch_size(batch_size)
+    generate_batch_size = check_batch_size(generate_batch_size)
     if kv_cache_gib is not None and not kv_cache_gib > 0:
         raise SettingError("kv_cache_gib", f"must be > 0, got {kv_cache_gib}")
     budgets = _check_ints("budgets", budgets)
@@ -225,7 +225,8 @@ def run_eval(
             settings.max_new_tokens, context, where=f"benchmark {name}",
             fix="remove or shorten those problems, or lower --max-new-tokens if the prompt alone fits (skipping them "
                 "would report a number over fewer problems than the benchmark has)") for name, part in todo.items()}
-        tokenizer, gen = open_generator(backend, model, batch_size, kv_cache_gib, settings.seed, tokenizer=tokenizer)
+        tokenizer, gen = open_generator(backend, model, generate_batch_size, kv_cache_gib, settings.seed,
+                                        tokenizer=tokenizer)
         config["model_files"] = model_fingerprint(model)  # a hub model is in the cache now
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")  # before any row it describes

@@ -27,6 +27,28 @@ def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+# Flags renamed so that each concept has one name (README "Names"): old flag -> new flag.
+RENAMED_FLAGS = {"--batch-size": "--generate-batch-size"}
+
+
+class RenamedFlag(argparse.Action):
+    """An old flag's spelling: giving it is one line naming the new flag (hidden from --help)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.new = new
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        raise MathRecipeError(f"{option_string} is now {self.new} (one name per concept); use {self.new}"
+                              + (f" {values}" if values is not None else ""))
+
+
+def add_renamed_flags(p: argparse.ArgumentParser, renamed: Mapping[str, str]) -> None:
+    """Register each old flag of ``renamed`` (old -> new) as a :class:`RenamedFlag`."""
+    for old, new in renamed.items():
+        p.add_argument(old, action=RenamedFlag, new=new)
+
+
 def eval_keys() -> list[str]:
     """The recipe's eval keys, in declaration order: each is also a flag."""
     from mathrecipe.recipe import EvalConfig
@@ -61,6 +83,7 @@ def add_sampling_args(p: argparse.ArgumentParser, helps: Mapping[str, str] | Non
         text = (helps or {}).get(f.name) or f.metadata.get("help", "")
         p.add_argument(flag(f.name), dest=f.name, default=None, help=text.replace("%", "%%"),
                        **_flag_kwargs(hints[f.name]))
+    add_renamed_flags(p, RENAMED_FLAGS)
 
 
 def sampling_settings(values: Mapping[str, Any], seed: int) -> SamplingSettings:
@@ -82,7 +105,7 @@ class Resolved:
     values: dict[str, Any]
     origin: dict[str, str]  # key -> "--top-p", "preset r1's top_p" or "recipe r.yaml's eval.top_p"
     settings: SamplingSettings
-    batch_size: BatchSize
+    generate_batch_size: BatchSize
     system_prompt: str | None
     recipe_source: str  # "the built-in recipe" or "recipe FILE"
     samples_by_benchmark: dict[str, int] = field(default_factory=dict)
@@ -121,14 +144,15 @@ def resolve_sampling(args: argparse.Namespace) -> Resolved:
     system_prompt = args.system_prompt if args.system_prompt is not None else recipe.data.system_prompt
     try:
         settings = sampling_settings(values, seed)
-        batch_size = check_batch_size(values["batch_size"])
+        generate_batch_size = check_batch_size(values["generate_batch_size"])
         if values["kv_cache_gib"] is not None and not values["kv_cache_gib"] > 0:
             raise SettingError("kv_cache_gib", f"must be > 0, got {values['kv_cache_gib']}")
         require_backend(values["backend"])
     except SettingError as e:
         raise MathRecipeError(f"{origin.get(e.key, flag(e.key))} {e.detail}") from None
-    return Resolved(values, origin, settings, batch_size, system_prompt or None, src, per_bench)
+    return Resolved(values, origin, settings, generate_batch_size, system_prompt or None, src, per_bench)
 
 
-__all__ = ["Resolved", "add_sampling_args", "eval_keys", "flag", "recipe_settings", "resolve_sampling",
+__all__ = ["RENAMED_FLAGS", "RenamedFlag", "Resolved", "add_renamed_flags", "add_sampling_args", "eval_keys", "flag",
+           "recipe_settings", "resolve_sampling",
            "sampling_settings"]

@@ -34,7 +34,7 @@ def work_text(s: StagePlan) -> str:
         return text
     if "sequences" not in w:
         return f"{w['samples']} samples per problem of <= {_n(w['sequence_tokens_max'])} tokens " \
-               "(problem count: eval_path is not a local file)"
+               "(problem count: test_path is not a local file)"
     text = (f"{_n(w['problems'])} problems x {w['samples']} samples = {_n(w['sequences'])} sequences, "
             f"<= {_n(w['generated_tokens_max'])} generated tokens")
     if "generate_calls" in w:

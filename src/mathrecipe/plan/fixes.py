@@ -47,20 +47,20 @@ def _candidates(recipe: Recipe, stage: str, target: Target, plan: StagePlan) -> 
         optim = s.optim if stage == "sft" else str(s.extra.get("optim", "adamw_torch_fused"))
         if moment_bytes(optim) > 2:
             out.append({f"{stage}.optim" if stage == "sft" else "grpo.extra.optim": "paged_adamw_8bit"})
-        b, a = s.batch_size, s.gradient_accumulation_steps
+        b, a = s.per_device_train_batch_size, s.gradient_accumulation_steps
         while b > 1 and b % 2 == 0:
             b, a = b // 2, a * 2
             if stage == "grpo" and (b * a) % s.num_generations:
                 break
-            out.append({f"{stage}.batch_size": b, f"{stage}.gradient_accumulation_steps": a})
+            out.append({f"{stage}.per_device_train_batch_size": b, f"{stage}.gradient_accumulation_steps": a})
         if target.gpus > 1 and launch.shards != "weights" and not s.fsdp and Path(zero3).is_file():
             out.append({f"{stage}.deepspeed": zero3})
     elif stage == "eval":
         e = recipe.eval
         fit = plan.work.get("largest_batch_that_fits")
         if BACKENDS[e.backend].gpu_share is None:  # memory grows with the batch: auto, or an engine
-            if e.batch_size != "auto" and fit:
-                out.append({"eval.batch_size": "auto"})
+            if e.generate_batch_size != "auto" and fit:
+                out.append({"eval.generate_batch_size": "auto"})
             out += [{"eval.backend": name} for name, b in BACKENDS.items() if b.gpu_share is not None]
     return out
 

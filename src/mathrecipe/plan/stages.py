@@ -10,8 +10,8 @@ verdict against the target, and the work (optimizer steps, tokens, sequences) of
     (and, under ZeRO-3, all weights gathered), freed before the train step.
   - eval: by ``eval.backend``'s memory model (``generation.BACKENDS``). hf: bf16 weights + batch x (512 +
     max_new_tokens) tokens of KV cache + batch x V x 8 bytes (last-position fp32 logits and probabilities);
-    ``eval.batch_size: auto`` is the largest batch whose KV fits eval.kv_cache_gib or, unset, the card less the
-    weights and reserve. An engine (vLLM): its share (0.9) must hold the weights and one sequence.
+    ``eval.generate_batch_size: auto`` is the largest batch whose KV fits eval.kv_cache_gib or, unset, the card less
+    the weights and reserve. An engine (vLLM): its share (0.9) must hold the weights and one sequence.
 
 A stage fits when its total (with 1 GiB of CUDA context and communication buffers) is within 95% of the card (the
 rest is allocator fragmentation). Estimates are upper bounds by design: prompts are taken at 512 tokens, completions
@@ -181,7 +181,7 @@ def _data_rows(path: str | None) -> tuple[int | None, list[int] | None]:
 
 def _sft_work(recipe: Recipe, n: int, seq: int) -> dict[str, Any]:
     s, d = recipe.sft, recipe.data
-    per_step = s.batch_size * s.gradient_accumulation_steps * n
+    per_step = s.per_device_train_batch_size * s.gradient_accumulation_steps * n
     work: dict[str, Any] = {"sequences_per_step": per_step, "tokens_per_step_max": per_step * seq, "epochs": s.epochs}
     if d.source == "toy":
         rows, tokens, how = d.toy.n_sft, None, "toy rows (before dedup)"
@@ -199,7 +199,7 @@ def _sft_work(recipe: Recipe, n: int, seq: int) -> dict[str, Any]:
         rows_eff, approx, how = rows, "<=", f"{rows} rows (packing: at most this many packed rows)"
     else:
         rows_eff = rows
-    per_epoch = math.ceil(math.ceil(rows_eff / (s.batch_size * n)) / s.gradient_accumulation_steps)
+    per_epoch = math.ceil(math.ceil(rows_eff / (s.per_device_train_batch_size * n)) / s.gradient_accumulation_steps)
     work.update(rows=rows, rows_from=how, steps_per_epoch=per_epoch, optimizer_steps=per_epoch * s.epochs,
                 approx=approx, tokens_total_max=per_epoch * s.epochs * per_step * seq)
     return work
@@ -228,10 +228,11 @@ def plan_sft(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
     eager = recipe.model.attn_implementation == "eager"
     unset = [] if s.max_length else [f"sft.max_length is unset: planned at {seq} tokens per row"]
     plan, _, mixed, gc = _training_plan("sft", recipe, shape, target, s.optim, "sft.optim",
-                                        f"{s.batch_size} x {seq}-token {'packed ' if s.packing else ''}rows", unset)
+                                        f"{s.per_device_train_batch_size} x {seq}-token "
+                                        f"{'packed ' if s.packing else ''}rows", unset)
     act = 2 if mixed else 4
-    plan.items += _gib(activation_bytes(shape, s.batch_size, seq, act, gc, eager))
-    plan.notes.append(checkpointing_note(shape, s.batch_size, seq, act, eager))
+    plan.items += _gib(activation_bytes(shape, s.per_device_train_batch_size, seq, act, gc, eager))
+    plan.notes.append(checkpointing_note(shape, s.per_device_train_batch_size, seq, act, eager))
     if target.gpu:
         plan.items.append(("CUDA context", CUDA_CONTEXT_GIB, "all"))
     plan.work = _sft_work(recipe, target.gpus, seq)
@@ -245,7 +246,7 @@ def _grpo_work(recipe: Recipe, n: int) -> dict[str, Any]:
     work: dict[str, Any] = {"optimizer_steps": g.max_steps, "completions_per_step": gen, "prompts_per_step": prompts,
                             "completion_tokens_per_step_max": gen * g.max_completion_length,
                             "completion_tokens_total_max": gen * g.max_completion_length * g.max_steps}
-    rows = d.toy.n_rl if d.source == "toy" else _data_rows(d.grpo_path)[0]
+    rows = d.toy.n_grpo if d.source == "toy" else _data_rows(d.grpo_path)[0]
     if rows:
         work.update(prompt_rows=rows, epochs_of_prompts=round(prompts * g.max_steps / rows, 3))
     return work
@@ -263,13 +264,14 @@ def plan_grpo(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
                "hf": "HF generate", "paged": "paged generate"}[g.backend]
     plan, launch, mixed, gc = _training_plan(
         "grpo", recipe, shape, target, optim, "grpo.extra.optim",
-        f"{rollout}, {g.batch_size} x ({PROMPT_TOKENS} + {g.max_completion_length})-token sequences", [])
+        f"{rollout}, {g.per_device_train_batch_size} x ({PROMPT_TOKENS} + {g.max_completion_length})-token "
+        "sequences", [])
     act = 2 if mixed else 4
     if g.beta > 0:
         ref = (2 if mixed else 4) * shape.params / (n if launch.zero_stage == 3 else 1)
         plan.items.append(("reference model", ref / GIB, "all"))
-    plan.items += _gib(activation_bytes(shape, g.batch_size, seq, act, gc), "train")
-    plan.notes.append(checkpointing_note(shape, g.batch_size, seq, act))
+    plan.items += _gib(activation_bytes(shape, g.per_device_train_batch_size, seq, act, gc), "train")
+    plan.notes.append(checkpointing_note(shape, g.per_device_train_batch_size, seq, act))
     kv_tok = shape.kv_bytes_per_token(2 if mixed else 4)
     if colocate:
         if target.gpu_mem_gib is None:
@@ -309,7 +311,7 @@ def plan_grpo(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
     return plan
 
 
-def _eval_budget(shape: ModelShape, target: Target, recipe: Recipe) -> float | None:
+def _eval_kv_gib(shape: ModelShape, target: Target, recipe: Recipe) -> float | None:
     e = recipe.eval
     if e.kv_cache_gib is not None:
         return e.kv_cache_gib
@@ -325,7 +327,7 @@ def plan_eval(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
     dtype = 2 if target.gpu else 4
     seq = PROMPT_TOKENS + e.max_new_tokens
     plan = StagePlan("eval", "", usable_gib=target.usable_gib)
-    problems = recipe.data.toy.n_test if recipe.data.source == "toy" else _data_rows(recipe.data.eval_path)[0]
+    problems = recipe.data.toy.n_test if recipe.data.source == "toy" else _data_rows(recipe.data.test_path)[0]
     sequences = None if problems is None else problems * e.samples
     plan.work = {"samples": e.samples, "sequence_tokens_max": seq}
     if problems is not None:
@@ -342,20 +344,20 @@ def plan_eval(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
                                      f"weights and one {seq}-token sequence; use a larger GPU or tensor parallelism")
         return plan
     per_seq = eval_batch_bytes(shape, seq, dtype)
-    budget = _eval_budget(shape, target, recipe)
-    if e.batch_size == "auto":
-        if budget is None:
+    kv_gib = _eval_kv_gib(shape, target, recipe)
+    if e.generate_batch_size == "auto":
+        if kv_gib is None:
             batch = None
-            plan.notes.append("eval.batch_size=auto: resolved on the GPU (no memory known here)")
+            plan.notes.append("eval.generate_batch_size=auto: resolved on the GPU (no memory known here)")
         else:
-            batch = auto_eval_batch_size(shape, seq, budget, dtype)
+            batch = auto_eval_batch_size(shape, seq, kv_gib, dtype)
             if sequences is not None:
                 batch = min(batch, sequences)
             plan.work["auto_batch_size"] = batch
             if batch < 1:
-                plan.problems.append(f"not one {seq}-token sequence fits the {budget:.1f} GiB KV budget")
+                plan.problems.append(f"not one {seq}-token sequence fits the {kv_gib:.1f} GiB for the KV cache")
     else:
-        batch = e.batch_size
+        batch = e.generate_batch_size
     plan.setup = (f"{backend.label}, batch {batch if batch is not None else 'auto'} x ({PROMPT_TOKENS} + "
                   f"{e.max_new_tokens}) tokens")
     plan.items.append(("weights", dtype * shape.params / GIB, "all"))
@@ -364,12 +366,13 @@ def plan_eval(recipe: Recipe, shape: ModelShape, target: Target) -> StagePlan:
         if sequences is not None:
             plan.work["generate_calls"] = math.ceil(sequences / batch)
     if e.kv_cache_gib is not None and batch and batch * per_seq / GIB > e.kv_cache_gib:
-        plan.problems.append(f"eval.batch_size={batch} needs {batch * per_seq / GIB:.1f} GiB of KV cache, over "
+        plan.problems.append(f"eval.generate_batch_size={batch} needs {batch * per_seq / GIB:.1f} GiB of KV cache, "
+                             "over "
                              f"eval.kv_cache_gib={e.kv_cache_gib:g}")
     if target.gpu:
         plan.items.append(("CUDA context", CUDA_CONTEXT_GIB, "all"))
-    if budget is not None and e.batch_size != "auto":
-        plan.work["largest_batch_that_fits"] = auto_eval_batch_size(shape, seq, budget, dtype)
+    if kv_gib is not None and e.generate_batch_size != "auto":
+        plan.work["largest_batch_that_fits"] = auto_eval_batch_size(shape, seq, kv_gib, dtype)
     return plan
 
 

@@ -1,4 +1,4 @@
-"""``mathrecipe solve``: AIMO-style answers -- majority voting with early stopping, under a time budget.
+"""``mathrecipe solve``: AIMO-style answers -- majority voting with early stopping, under a time limit.
 
 One job per module: ``answers`` (the int0-999 format and vote pooling), ``policy`` (the stopping rule, the time share,
 samples when behind, the bound on a generate call's time, a wave's price: pure functions), ``solver`` (the loop over
@@ -7,7 +7,7 @@ rerun keeps), ``clock`` (when the process started), ``cli`` (arguments, input, p
 
     from mathrecipe.solve import Solver, SolveOptions
     solver = Solver(generator, tokenizer, SamplingSettings(samples=15, max_new_tokens=16384, stop_at_think=True),
-                    SolveOptions(time_budget_s=5 * 3600))
+                    SolveOptions(time_limit_s=5 * 3600))
     results = solver.solve([{"id": "p1", "problem": "..."}])      # results[0].answer, .stop, .tally, .tokens
 """
 

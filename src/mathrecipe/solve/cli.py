@@ -1,4 +1,4 @@
-"""``mathrecipe solve``: AIMO-style answers under a time budget -> answers.csv, solve.jsonl.
+"""``mathrecipe solve``: AIMO-style answers under a time limit -> answers.csv, solve.jsonl.
 
 Every argument, the model folder and the problem file are checked before the model loads; a bad one is one line
 naming the flag, file, row or column, and the fix. Sampling defaults come from the recipe's eval section (built-in,
@@ -116,13 +116,13 @@ def grade_row(row: dict[str, Any], gold: str | None, answer_format: str, grader:
         row["correct"] = None
 
 
-def summary_lines(rows: Sequence[Mapping[str, Any]], elapsed_s: float, budget: str | None, kept: int) -> list[str]:
+def summary_lines(rows: Sequence[Mapping[str, Any]], elapsed_s: float, limit: str | None, kept: int) -> list[str]:
     stops: dict[str, int] = {}
     for r in rows:
         stops[r["stop"]] = stops.get(r["stop"], 0) + 1
     unanswered = sum(r.get("answer") is None for r in rows)
     lines = [f"solved {len(rows)} problems in {format_duration(elapsed_s)}"
-             + (f" (budget {budget})" if budget else "")
+             + (f" (time limit {limit})" if limit else "")
              + (f", {kept} of them kept from an earlier run" if kept else "")
              + f": {sum(r.get('samples', 0) for r in rows)} samples, {sum(r.get('tokens', 0) for r in rows)} "
              "tokens; stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(stops.items()))
@@ -140,11 +140,11 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], elapsed_s: float, budget: s
 
 # ------------------------------------------------------------------------------------------------ run
 
-EXIT_RESERVE_S = 1.0  # kept back at the budget's end for the last write and the exit
+EXIT_RESERVE_S = 1.0  # kept back at the time limit's end for the last write and the exit
 
 
 def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | Path, settings: Any,
-              options: SolveOptions, backend: str = "hf", batch_size: Any = "auto",
+              options: SolveOptions, backend: str = "hf", generate_batch_size: Any = "auto",
               kv_cache_gib: float | None = None, system_prompt: str | None = None,
               started_at: float | None = None, progress: bool = True,
               all_problems: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
@@ -154,7 +154,7 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
     ``problems`` is a selection of it; :mod:`resume`); problems it already answered are kept and skipped, their
     time counted as spent. Prompts that do not fit the model's context with ``max_new_tokens`` are skipped with a
     row saying why. After every problem both files are rewritten with every answered problem, graded when the
-    problem has a gold answer. The global budget (``options.time_budget_s``) runs from ``started_at`` (default:
+    problem has a gold answer. The global time limit (``options.time_limit_s``) runs from ``started_at`` (default:
     now) less the time the kept answers used.
     """
     from tqdm.auto import tqdm
@@ -171,7 +171,7 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
     rows = bind(out, config, LOG_FILE)
     rows = {pid: r for pid, r in rows.items() if pid in order}
     kept = len(rows)
-    clock_start = started_at - spent_seconds(list(rows.values()))  # the budget's clock carries over reruns
+    clock_start = started_at - spent_seconds(list(rows.values()))  # the time limit's clock carries over reruns
     for pid, r in rows.items():
         r.pop("gold", None)
         r.pop("correct", None)
@@ -184,13 +184,13 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
     if kept:
         log.info("resuming %s: %d answered problems kept, %d to solve", out, kept, len(todo))
     elapsed = lambda: time.monotonic() - started_at  # noqa: E731
-    budget_end = (clock_start + options.time_budget_s - EXIT_RESERVE_S) if options.time_budget_s else math.inf
-    if todo and budget_end <= time.monotonic():  # start-up took the whole budget: loading the model would overrun
-        log.warning("--time-budget: no time left after start-up (%.1f s); no problem solved", elapsed())
+    limit_end = (clock_start + options.time_limit_s - EXIT_RESERVE_S) if options.time_limit_s else math.inf
+    if todo and limit_end <= time.monotonic():  # start-up took the whole time limit: loading the model would overrun
+        log.warning("--time-limit: no time left after start-up (%.1f s); no problem solved", elapsed())
         rows.update({str(p["id"]): unsolved_row(str(p["id"]), NO_TIME) for p in todo})
         todo = []
     if todo:
-        tokenizer, gen = open_generator(backend, model, batch_size, kv_cache_gib, settings.seed)
+        tokenizer, gen = open_generator(backend, model, generate_batch_size, kv_cache_gib, settings.seed)
         context = _context(gen, model)
         measured = prompt_tokens(tokenizer, [str(p["problem"]) for p in todo], system_prompt, context)
         long = set(overlong_prompts([n for _, n in measured], settings.max_new_tokens, context))
@@ -239,13 +239,13 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
                          prompts=[ids for _, ids in todo_ok])  # type: ignore[misc]
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(out, ordered())
-    budget = (format_duration(options.time_budget_s) if options.time_budget_s
+    limit = (format_duration(options.time_limit_s) if options.time_limit_s
               else f"{format_duration(options.per_problem_s)} a problem" if options.per_problem_s else None)
     final = ordered()
-    return final, summary_lines(final, elapsed(), budget, kept)
+    return final, summary_lines(final, elapsed(), limit, kept)
 
 
-GRADER_MARGIN_S = 6.0  # a grader call may take its 5 s timeout: not started this close to the budget's end
+GRADER_MARGIN_S = 6.0  # a grader call may take its 5 s timeout: not started this close to the time limit's end
 
 
 def _context(gen: Any, model: str) -> int | None:
@@ -285,7 +285,7 @@ def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) 
     options = SolveOptions(
         wave=args.wave, chunk_tokens=args.chunk_tokens, early_stop=args.early_stop, min_lead=args.min_lead,
         stop_at_first_box=args.stop_at_first_box, answer_format=args.answer_format, share=args.share,
-        time_budget_s=parse_duration(args.time_budget, "--time-budget") if args.time_budget is not None else None,
+        time_limit_s=parse_duration(args.time_limit, "--time-limit") if args.time_limit is not None else None,
         per_problem_s=parse_duration(args.per_problem, "--per-problem") if args.per_problem is not None else None)
     if args.limit is not None and args.limit < 1:
         raise MathRecipeError(f"--limit must be >= 1 (the first N problems), got {args.limit}")
@@ -295,7 +295,8 @@ def resolve_solve(args: argparse.Namespace, stdin: Iterable[str] | None = None) 
     model = check_model_arg(args.model)
     problems = read_problems(args.problems, args.problem_column, args.answer_column, stdin)
     return dict(model=model, problems=problems[: args.limit], all_problems=problems, out_dir=out,
-                settings=s.settings, options=options, backend=s.values["backend"], batch_size=s.batch_size,
+                settings=s.settings, options=options, backend=s.values["backend"],
+                generate_batch_size=s.generate_batch_size,
                 kv_cache_gib=s.values["kv_cache_gib"], system_prompt=s.system_prompt)
 
 
@@ -314,7 +315,7 @@ def _own_process() -> bool:
 def cmd_solve(args: argparse.Namespace) -> int:
     from mathrecipe.solve.clock import process_started_at
 
-    # As a command, a budget covers the whole process: interpreter start, imports, loading. Called from Python (a
+    # As a command, a time limit covers the whole process: interpreter start, imports, loading. Called from Python (a
     # notebook, a test), it runs from this call: run_solve(started_at=...) counts from any other moment.
     started_at = process_started_at() if _own_process() else time.monotonic()
     kwargs = resolve_solve(args)
@@ -322,9 +323,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     print(f"wrote {Path(args.out) / ANSWERS_FILE} and {Path(args.out) / LOG_FILE}")
-    if kwargs["options"].time_budget_s is not None and _own_process():
+    if kwargs["options"].time_limit_s is not None and _own_process():
         # Every file is written (atomically) and closed: end without the interpreter's teardown of torch and
-        # transformers, which took 1-3 s on a loaded 2-core machine -- past the budget. Grading workers end on
+        # transformers, which took 1-3 s on a loaded 2-core machine -- past the time limit. Grading workers end on
         # their closed stdin.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -335,18 +336,19 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 def add_solve_parser(sub: Any) -> None:
     """Register ``solve`` (with its ``func``) on the top-level ``mathrecipe`` subparsers."""
-    from mathrecipe.evaluate.sampling import add_sampling_args
+    from mathrecipe.evaluate.sampling import add_renamed_flags, add_sampling_args
     from mathrecipe.recipe import EvalConfig
 
     d = EvalConfig()
     p = sub.add_parser(
-        "solve", help="answer problems AIMO-style: majority vote with early stopping, under a time budget",
+        "solve", help="answer problems AIMO-style: majority vote with early stopping, under a time limit",
         description="Draw up to --samples completions per problem (in parallel waves, generated --chunk-tokens "
         "at a time), stop each at </think> (--stop-at-think) or its first box (--stop-at-first-box), stop a problem "
         "once its majority cannot be overturned by the samples left (or leads by --min-lead), and keep a global "
         "clock from the process's start: each problem gets its share of the time left (or borrows what a first "
         "answer needs at the measured speed), fewer samples when behind, and no chunk starts that would pass the "
-        "budget. Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, seconds, why it stopped) "
+        "time limit (--time-limit). Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, "
+        "seconds, why it stopped) "
         "to --out after every problem; rerun the same command to resume (answered problems are kept); a prompt too "
         "long for the model is skipped with its row saying so; with an answer column, prints the accuracy. Sampling "
         f"defaults: the recipe's eval section (built-in: samples {d.samples}, temperature {d.temperature}, max new "
@@ -357,12 +359,13 @@ def add_solve_parser(sub: Any) -> None:
                    help="JSONL/CSV/parquet file with 'id' and 'problem' columns (and optionally 'answer'), "
                    "or - for JSONL on stdin")
     p.add_argument("--out", default="solve-out", help="output folder (default: solve-out)")
-    p.add_argument("--time-budget", dest="time_budget",
+    p.add_argument("--time-limit", dest="time_limit",
                    help="for all problems together, e.g. 5h (AIMO: 5h for 50 problems), counted from the process's "
                    "start: imports and loading the model count, and the command exits within it")
+    add_renamed_flags(p, {"--time-budget": "--time-limit"})  # "budget" is a number of tokens (eval --budgets)
     p.add_argument("--per-problem", dest="per_problem", help="the same time for each problem, e.g. 6m")
     p.add_argument("--share", default="adaptive",
-                   help="how --time-budget is shared: 'adaptive' (default): each problem may use the time left / "
+                   help="how --time-limit is shared: 'adaptive' (default): each problem may use the time left / "
                    "problems left, or what a first answer needs at the measured speed (borrowed from later problems); "
                    "'equal': the time left when solving begins / problems, fixed (a baseline: bench/bench_solve.py)")
     # "-3m" would otherwise be taken for an option ("expected one argument"): read as a value, it gets the
@@ -385,7 +388,7 @@ def add_solve_parser(sub: Any) -> None:
     p.add_argument("--wave", default="auto", type=_wave,
                    help="samples drawn in parallel per wave. 'auto' (default): without a time limit the fewest that "
                    "could settle the vote (8 of 15 first, then what a split vote still needs: fewest tokens); with "
-                   "--time-budget/--per-problem all at once, the rest cancelled once settled (least time). A number: "
+                   "--time-limit/--per-problem all at once, the rest cancelled once settled (least time). A number: "
                    "that many per wave")
     p.add_argument("--chunk-tokens", dest="chunk_tokens", type=int,
                    help="tokens per generate call; the clock, --stop-at-first-box and a settled vote act between "

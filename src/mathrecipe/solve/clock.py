@@ -1,9 +1,9 @@
-"""When this process started, on the ``time.monotonic`` clock: a competition's budget covers the whole process
-(interpreter start, imports, model loading), so ``mathrecipe solve`` counts its ``--time-budget`` from there.
+"""When this process started, on the ``time.monotonic`` clock: a competition's time limit covers the whole process
+(interpreter start, imports, model loading), so ``mathrecipe solve`` counts its ``--time-limit`` from there.
 
 Measured on a loaded 2-core machine, importing torch and transformers and loading the toy model took 6-13 s before
 ``mathrecipe solve`` could read its own clock, and the interpreter's teardown after the last file was written took
-another 1-3 s: a budget counted from the command's start overran by both.
+another 1-3 s: a time limit counted from the command's start overran by both.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def next_wave(counts: Sequence[int], remaining: int, min_lead: int | None = None
 
 
 def time_share(remaining_s: float, problems_left: int) -> float:
-    """A problem's share of the global budget: remaining_s / problems_left (time an early stop saves flows on)."""
+    """A problem's share of the global time limit: remaining_s / problems_left (time an early stop saves flows on)."""
     if problems_left < 1:
         raise ValueError(f"problems_left must be >= 1, got {problems_left}")
     return max(0.0, remaining_s) / problems_left
@@ -170,10 +170,10 @@ class CallTimes:
         if fit is None:
             return None
         a, b, floor = fit
-        budget = seconds / self.SAFETY if bound else seconds
-        if floor > budget or a > budget:
+        allowed = seconds / self.SAFETY if bound else seconds
+        if floor > allowed or a > allowed:
             return 0
-        return UNBOUNDED if b <= 0 else math.floor((budget - a) / b + 1e-9)  # 1e-9: k0 from t0 / (t0 / k0)
+        return UNBOUNDED if b <= 0 else math.floor((allowed - a) / b + 1e-9)  # 1e-9: k0 from t0 / (t0 / k0)
 
 
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0}

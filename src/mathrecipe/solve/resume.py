@@ -4,7 +4,7 @@
 :func:`mathrecipe.evaluate.identity.model_fingerprint`, as ``eval`` binds its folder), backend, system prompt, sampling,
 voting rules and :func:`problems_hash`; it is written before the first answer. A rerun with the same binding keeps
 every problem ``solve.jsonl`` already answered and solves the rest; one with another model, settings or problem
-file is refused in one line. What the clock does (``--time-budget``, ``--per-problem``), how samples are grouped
+file is refused in one line. What the clock does (``--time-limit``, ``--per-problem``), how samples are grouped
 (``--wave``, ``--chunk-tokens``), ``--limit`` and batch sizes are not bound: they change how an answer is reached,
 not what an answer means.
 """
@@ -104,7 +104,7 @@ def bind(out: Path, config: Mapping[str, Any], log_file: str) -> dict[str, dict[
 
 
 def spent_seconds(rows: Sequence[Mapping[str, Any]]) -> float:
-    """Budget time the kept answers already used: the clock when the last of them was written (``clock_s``, which
+    """Time the kept answers already used: the clock when the last of them was written (``clock_s``, which
     counts from the first run's start and carries over reruns); rows without it count their own seconds."""
     clocks = [float(r["clock_s"]) for r in rows if isinstance(r.get("clock_s"), (int, float))]
     if clocks:

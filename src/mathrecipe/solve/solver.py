@@ -15,8 +15,8 @@ sequence). Between chunks the solver:
   cancelled, samples not started are never drawn -- or when all planned samples have voted;
 - keeps the clock: a chunk is started only with as many steps as :class:`policy.CallTimes` bounds within the
   deadline (a chunk that would overrun is cut short, one that cannot fit is not started); when time is up, samples
-  in flight vote with their last complete box, if any. Under a global budget a problem's share of the time left is
-  planned by the expected call time and the budget's end by the bound: a slow call borrows from later shares, never
+  in flight vote with their last complete box, if any. Under a global time limit a problem's share of the time left is
+  planned by the expected call time and the time limit's end by the bound: a slow call borrows from later shares, never
   past the end.
 
 Why chunks: neither backend can cancel a request inside one ``generate`` call (vLLM's offline ``LLM.generate`` has
@@ -28,7 +28,7 @@ when nothing can act mid-wave -- waves of the fewest samples that could settle t
 ``stop_at_first_box`` -- and stopping acts between waves. Caveat for vLLM: ``VLLMGenerator`` gives every
 prompt of a call the same seed, so continuation chunks of one wave share their random stream.
 
-Problems are answered in file order (the competition serves them one at a time). Time share: with a global budget
+Problems are answered in file order (the competition serves them one at a time). Time share: with a global time limit
 each problem may use its share of the time left (:func:`policy.time_share`), so time saved by early stops flows to
 later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`). A wave is priced from
 the measured calls (:func:`policy.wave_seconds` of :func:`policy.typical_steps`, the steps recent problems took to a
@@ -74,7 +74,7 @@ USEFUL_VOTES = 1  # valid answers a wave is planned to reach: the first one (a p
 # on the toy, planning for 1 answered 30-31/40 on a loaded machine where planning for 3 answered 11-16)
 CHUNKS_PER_SAMPLE = 8  # default chunk_tokens = ceil(max_new_tokens / this)
 AUTO = "auto"  # wave: policy.next_wave
-SHARES = ("adaptive", "equal")  # how a global budget is shared among the problems
+SHARES = ("adaptive", "equal")  # how a global time limit is shared among the problems
 
 # why a problem stopped
 ALL, TIME, NO_TIME = "all samples", "time", "no time"
@@ -98,9 +98,9 @@ class SolveOptions:
     min_lead: int | None = None  # also stop once the leader leads by this many votes
     stop_at_first_box: bool = False
     answer_format: str = INT_FORMAT
-    time_budget_s: float | None = None  # all problems, shared (the clock starts at ``started_at``)
+    time_limit_s: float | None = None  # all problems, shared (the clock starts at ``started_at``)
     per_problem_s: float | None = None  # each problem alone
-    share: str = "adaptive"  # under time_budget_s: "adaptive" (time left / problems left, borrowing) or "equal"
+    share: str = "adaptive"  # under time_limit_s: "adaptive" (time left / problems left, borrowing) or "equal"
 
     def __post_init__(self) -> None:
         check_answer_format(self.answer_format)
@@ -112,13 +112,14 @@ class SolveOptions:
         for flag, v in (("--chunk-tokens", self.chunk_tokens), ("--min-lead", self.min_lead)):
             if v is not None and not whole(v):
                 raise MathRecipeError(f"{flag} must be an integer >= 1, got {v!r}")
-        for flag, s in (("--time-budget", self.time_budget_s), ("--per-problem", self.per_problem_s)):
+        for flag, s in (("--time-limit", self.time_limit_s), ("--per-problem", self.per_problem_s)):
             if s is not None and not s > 0:
                 raise MathRecipeError(f"{flag} must be a positive duration, got {s}")
         if self.share not in SHARES:
             raise MathRecipeError(f"--share must be one of {', '.join(SHARES)}, got {self.share!r}")
-        if self.time_budget_s is not None and self.per_problem_s is not None:
-            raise MathRecipeError("--time-budget and --per-problem are exclusive: give one (a global budget shares "
+        if self.time_limit_s is not None and self.per_problem_s is not None:
+            raise MathRecipeError("--time-limit and --per-problem are exclusive: give one (a global time limit "
+                                  "shares "
                                   "its time among the problems; --per-problem gives each the same)")
 
 
@@ -181,9 +182,9 @@ def _ended(s: Sample, settings: SamplingSettings, opts: SolveOptions, finished: 
 class Solver:
     """Answers problems one at a time with a :class:`Generator` (see the module docstring for the rules).
 
-    ``clock`` is injectable (tests drive a simulated one); ``started_at`` is when the global budget started (the
+    ``clock`` is injectable (tests drive a simulated one); ``started_at`` is when the global time limit started (the
     command passes its process's start, so imports and loading count, as in the competition); default: the first
-    ``solve`` call. ``reserve_s`` is kept back at the budget's end (the command's last write and exit).
+    ``solve`` call. ``reserve_s`` is kept back at the time limit's end (the command's last write and exit).
     """
 
     def __init__(self, generator: Generator, tokenizer: Any, settings: SamplingSettings, options: SolveOptions,
@@ -201,14 +202,14 @@ class Solver:
         self.equal_share: float | None = None  # share="equal": each problem's share, fixed at the first problem
         self.share_end: float | None = None  # the planned problem's share ends (adaptive share)
 
-    # ------------------------------------------------------------------------------------------ the budget
+    # ------------------------------------------------------------------------------------------ the time limit
 
     def end(self) -> float:
-        """When the global budget's time for generating ends (its end less ``reserve_s``); inf without one."""
-        if self.opts.time_budget_s is None:
+        """When the global time limit's time for generating ends (its end less ``reserve_s``); inf without one."""
+        if self.opts.time_limit_s is None:
             return math.inf
         assert self.started_at is not None
-        return self.started_at + self.opts.time_budget_s - self.reserve_s
+        return self.started_at + self.opts.time_limit_s - self.reserve_s
 
     def chunk_for(self, deadline: float) -> int:
         """Decode steps per generate call (see :meth:`solve_one`)."""
@@ -226,18 +227,18 @@ class Solver:
         (:func:`policy.planned_samples`). A wave cut at its share after an answer answers by plurality; one cut
         before any sample ended answers nothing.
 
-        --per-problem: the share is fixed; both deadlines are its end. --time-budget: the share is the time left /
+        --per-problem: the share is fixed; both deadlines are its end. --time-limit: the share is the time left /
         problems left; the soft deadline ends the share -- or, when a wave needs more to reach an answer, ends
         that wave (:meth:`soft_deadline`: borrowed from later shares, which shrink to repay it, so some problems are
         answered rather than all cut before any sample writes its answer; the last ones get what is left, or
         nothing). A borrowing problem stops at its first answer once its share is over (``share_end``). The
-        hard deadline is the budget's end (:meth:`end`), kept by the bound. No clock: both infinite.
+        hard deadline is the time limit's end (:meth:`end`), kept by the bound. No clock: both infinite.
         """
         self.share_end = None
         now, n = self.clock(), self.settings.samples
         if self.opts.per_problem_s is not None:
             share, end = self.opts.per_problem_s, now + self.opts.per_problem_s
-        elif self.opts.time_budget_s is not None:
+        elif self.opts.time_limit_s is not None:
             end = self.end()
             if self.opts.share == "equal":  # a baseline: the same share for every problem, fixed when solving began
                 if self.equal_share is None:
@@ -263,8 +264,8 @@ class Solver:
         return wave_seconds(self.times, samples, steps, self.chunk_for(deadline), bound)
 
     def soft_deadline(self, start: float, share: float, samples: int) -> float:
-        """Under a global budget: a problem that started at ``start`` may use its ``share``, or what a wave of
-        ``samples`` needs when that is more and its bound still ends before the budget does (borrowing time that
+        """Under a global time limit: a problem that started at ``start`` may use its ``share``, or what a wave of
+        ``samples`` needs when that is more and its bound still ends before the time limit does (borrowing time that
         cannot buy an answer would only starve the problems after it)."""
         end = self.end()
         need = self.need(samples, end)
@@ -274,10 +275,10 @@ class Solver:
         return min(end, start + (need if bound is not None and start + bound <= end else share))
 
     def time_left(self) -> float | None:
-        """Seconds left of the global budget (None without one)."""
-        if self.opts.time_budget_s is None or self.started_at is None:
+        """Seconds left of the global time limit (None without one)."""
+        if self.opts.time_limit_s is None or self.started_at is None:
             return None
-        return self.started_at + self.opts.time_budget_s - self.clock()
+        return self.started_at + self.opts.time_limit_s - self.clock()
 
     def _generate(self, prompts: list[list[int]], settings: SamplingSettings, limit_s: float) -> Any:
         """``generator.generate``; with a finite ``limit_s``, transformers' own ``max_time`` criterion on an HF model
@@ -337,10 +338,10 @@ class Solver:
             self.started_at = self.clock()
         ids = (list(prompts) if prompts is not None
                else batch_prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt))
-        if ids and (self.opts.time_budget_s is not None or self.opts.per_problem_s is not None) and not self.warm:
+        if ids and (self.opts.time_limit_s is not None or self.opts.per_problem_s is not None) and not self.warm:
             # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels, a cache at the
             # wave's batch): measured, it would make the time bound think every call that slow. Not timed (the
-            # budget still pays); skipped when even that would pass the budget's end.
+            # time limit still pays); skipped when even that would pass the time limit's end.
             if self.end() - self.clock() > 0:
                 self._generate(ids[:1], dataclasses.replace(self.settings, max_new_tokens=WARM_UP_STEPS),
                                self.end() - self.clock())
@@ -351,7 +352,7 @@ class Solver:
             blind = self.need(self.settings.samples, self.end()) is None
             soft, hard, planned = self.deadline(len(problems) - i)
             replan = None
-            if blind and self.opts.time_budget_s is not None and self.opts.share != "equal":
+            if blind and self.opts.time_limit_s is not None and self.opts.share != "equal":
                 # planned before any call was measured: re-planned once the probe has measured one
                 replan = functools.partial(self.soft_deadline, start, soft - start, planned)
             r = self.solve_one(str(p["id"]), prompt, planned, soft, hard, on_call, replan, self.share_end)
@@ -441,7 +442,7 @@ class Solver:
             if on_call:
                 on_call()
             if ran < k and flight and self.clock() >= hard_deadline:
-                stop = TIME  # the call was ended by its time limit: the budget's end has come
+                stop = TIME  # the call was ended by its time limit: the time limit's end has come
                 break
         for x in flight:  # still in flight when the problem stopped
             if stop == TIME:  # out of time: a box already written is the best guess this sample has
