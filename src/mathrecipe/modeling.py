@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.errors import MathRecipeError
-from mathrecipe.recipe import ModelConfig
+from mathrecipe.schema import ModelConfig
 
 log = logging.getLogger(__name__)
 
