@@ -483,7 +483,3 @@ def validate_sources(sources: list[SourceConfig]) -> None:
         s = src.sample
         if s is not None and not 0 <= s.mid_min_accuracy <= s.mid_max_accuracy <= 1:
             raise RecipeError(f"{key}.sample: mid_min_accuracy <= mid_max_accuracy, both in [0, 1]")
-
-
-def dump_recipe(r: Recipe, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(r.to_dict(), sort_keys=False))
