@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from mathrecipe.grpo import CollapseGuard, build_rewards, last_safe_step
-from mathrecipe.hardware import precision_kwargs
+from mathrecipe.hardware import checkpointing_field, precision_kwargs
 from mathrecipe.recipe import load_recipe
 from mathrecipe.sft import select_epoch
 
@@ -95,9 +95,9 @@ def test_cpu_defaults_are_fp32_without_checkpointing():
 
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
-    assert precision_kwargs("auto") == {"bf16": False, "fp16": False, "gradient_checkpointing": False,
-                                        "use_cpu": True}
-    assert precision_kwargs("auto", gradient_checkpointing=True)["gradient_checkpointing"] is True
+    gc = checkpointing_field()
+    assert precision_kwargs("auto") == {"bf16": False, "fp16": False, gc: False, "use_cpu": True}
+    assert precision_kwargs("auto", gradient_checkpointing=True)[gc] is True
     with pytest.raises(ValueError, match="precision=bf16 needs a GPU"):
         precision_kwargs("bf16")
 

@@ -324,6 +324,7 @@ SFT_BY_RULE = {
     "output_dir": "output_dir", "save_strategy": "sft.save_steps", "save_steps": "sft.save_steps",
     "fsdp": "sft.fsdp", "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision",
     "use_cpu": "sft.precision", "gradient_checkpointing": "sft.gradient_checkpointing",
+    "activation_checkpointing": "sft.gradient_checkpointing",  # transformers >= 5.23's name for it
     "completion_only_loss": "(always on: the trace is trained)", "use_liger_kernel": "sft.use_liger_kernel",
 }
 GRPO_BY_RULE = {
@@ -331,7 +332,7 @@ GRPO_BY_RULE = {
     "use_transformers_paged": "grpo.backend", "use_transformers_continuous_batching": "grpo.backend",
     "save_strategy": "grpo.save_steps", "save_steps": "grpo.save_steps", "fsdp": "grpo.fsdp",
     "fsdp_config": "grpo.fsdp", "bf16": "grpo.precision", "fp16": "grpo.precision", "use_cpu": "grpo.precision",
-    "gradient_checkpointing": "grpo.gradient_checkpointing",
+    "gradient_checkpointing": "grpo.gradient_checkpointing", "activation_checkpointing": "grpo.gradient_checkpointing",
 }
 # TRL arguments each stage sets from the recipe, and the recipe key to use instead of passing them through *.extra
 # (passing one there used to raise a bare TypeError inside TRL).
