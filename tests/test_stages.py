@@ -144,3 +144,21 @@ def test_cpu_rollouts_use_a_static_cache_only_when_it_fits(tmp_path):
     big = load_recipe(root / "recipes" / "paper" / "fast-math-r1-1.5b.yaml",
                       ["grpo.backend=hf", "grpo.batch_size=16", "grpo.precision=auto"])
     assert "cache_implementation" not in grpo_args(big, tmp_path)
+
+
+def test_stage_configs_raise_no_deprecation_warning_of_their_own(tmp_path):
+    """The stages pass gradient checkpointing under the name the installed transformers wants (5.23+ warns with a
+    FutureWarning on ``gradient_checkpointing``, which a person reading `mathrecipe run` saw twice)."""
+    import warnings
+
+    from trl import GRPOConfig, SFTConfig
+
+    from mathrecipe.grpo import grpo_args
+    from mathrecipe.sft import sft_args
+
+    recipe = load_recipe(None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        SFTConfig(**sft_args(recipe, tmp_path / "sft"))
+        GRPOConfig(**grpo_args(recipe, tmp_path / "grpo"))
+    assert [str(w.message) for w in seen if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []

@@ -176,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mathrecipe.console import weight_bars
     from mathrecipe.errors import MathRecipeError, environment_message
 
     try:
-        return int(args.func(args) or 0)
+        with weight_bars():  # a small model's load/save draws no bar; a big one's still does
+            return int(args.func(args) or 0)
     except MathRecipeError as e:
         print(f"mathrecipe: error: {e}", file=sys.stderr)
         return 2
