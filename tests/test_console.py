@@ -15,6 +15,7 @@ from mathrecipe.console import (
     SHORT_ROWS,
     WEIGHT_BAR_DELAY_S,
     dataset_bars,
+    error_line,
     trl_checkpointing_calls,
     weight_bars,
 )
@@ -64,6 +65,16 @@ def test_only_trls_old_checkpointing_names_are_hidden_and_only_inside():
             warnings.warn("`other` is deprecated", FutureWarning, stacklevel=1)
         warnings.warn(old, FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["`other` is deprecated", old]
+
+
+def test_an_error_that_interrupts_a_bar_stands_on_its_own_line(capsys):
+    from tqdm import tqdm
+
+    bar = tqdm(total=2, file=sys.stderr)  # e.g. the training bar of a stage whose checkpoint save failed
+    bar.update(1)
+    error_line("saving failed")
+    bar.close()
+    assert "mathrecipe: error: saving failed" in capsys.readouterr().err.splitlines()
 
 
 def _bars(stderr: str) -> list[str]:

@@ -73,3 +73,13 @@ def trl_checkpointing_calls() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TRL_OLD_CHECKPOINTING_NAMES, category=FutureWarning)
         yield
+
+
+def error_line(message: str) -> None:
+    """Print ``mathrecipe: error: <message>`` to stderr on a line of its own: through ``tqdm.write``, which first
+    clears any bar still drawn (a training bar interrupted by the error would otherwise run into the message)."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(f"mathrecipe: error: {message}", file=sys.stderr)
