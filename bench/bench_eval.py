@@ -157,7 +157,8 @@ def _pairs() -> list[tuple[str, str]]:
 def bench_grading(repeats: int) -> dict[str, Any]:
     import logging
 
-    from mathrecipe.grading import Grader, _verify_in_process
+    from mathrecipe.grading import Grader
+    from mathrecipe.grading.verify import verify_in_process
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     listed = _pairs()
@@ -165,7 +166,7 @@ def bench_grading(repeats: int) -> dict[str, Any]:
 
     def raw(pairs: list[tuple[str, str]]) -> tuple[float, list[bool]]:
         t = time.perf_counter()
-        res = [_verify_in_process(g, p, 3) for g, p in pairs]
+        res = [verify_in_process(g, p, 3) for g, p in pairs]
         return time.perf_counter() - t, res
 
     def ours(pairs: list[tuple[str, str]], workers: int | None) -> tuple[float, list[bool], int]:

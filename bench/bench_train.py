@@ -121,6 +121,7 @@ def sft_flags(setting: str, recipe: Any, out: Path) -> dict[str, Any]:
     """SFTConfig flags of a setting; the shared ones (batch, learning rate, steps) are set by the caller."""
     from trl import SFTConfig
 
+    from mathrecipe.hardware import checkpointing_field
     from mathrecipe.sft import sft_args
 
     args = sft_args(recipe, out)
@@ -129,7 +130,7 @@ def sft_flags(setting: str, recipe: Any, out: Path) -> dict[str, Any]:
         return dict(TRL_DEFAULTS)
     if setting == "trl_competent":
         return {**COMPETENT, "optim": optim}
-    flags = {**{k: args[k] for k in ("bf16", "fp16", "gradient_checkpointing", "use_cpu")}, "optim": optim}
+    flags = {**{k: args[k] for k in ("bf16", "fp16", checkpointing_field(), "use_cpu")}, "optim": optim}
     if setting == "mathrecipe_packed":
         flags.update(packing=True, padding_free=True)  # TRL's bfd packing; no pad tokens are computed
     return flags
@@ -171,6 +172,7 @@ def grpo_flags(setting: str, recipe: Any, out: Path) -> dict[str, Any]:
     from trl import GRPOConfig
 
     from mathrecipe.grpo import grpo_args
+    from mathrecipe.hardware import checkpointing_field
 
     args = grpo_args(recipe, out)
     cfg = GRPOConfig(**args)
@@ -179,7 +181,7 @@ def grpo_flags(setting: str, recipe: Any, out: Path) -> dict[str, Any]:
         return dict(TRL_DEFAULTS)
     if setting == "trl_competent":
         return {**COMPETENT, "optim": optim}
-    keys = ("bf16", "fp16", "gradient_checkpointing", "use_cpu", "cache_implementation")
+    keys = ("bf16", "fp16", checkpointing_field(), "use_cpu", "cache_implementation")
     return {**{k: args[k] for k in keys if k in args}, "optim": optim}
 
 

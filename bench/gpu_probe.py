@@ -153,7 +153,9 @@ class _Timer:
             def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
                 if model is not None:
                     timer.param_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-                    timer.checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+                    name = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
+                            else "is_gradient_checkpointing")  # transformers 5.23 renamed it (the old name warns)
+                    timer.checkpointing = bool(getattr(model, name, False))
 
             def on_step_begin(self, *a: Any, **kw: Any) -> None:
                 _sync()

@@ -249,7 +249,7 @@ def test_real_training_rows_against_the_real_benchmarks(tmp_path, shared_data, t
 
 
 def test_system_prompt_of_hand_made_sets(tmp_path):
-    from mathrecipe.data.io import DataError, check_system_prompt, dataset_system_prompt, write_dataset_meta
+    from mathrecipe.data.io import DataError, check_system_prompt, dataset_system_prompt
 
     def rows(path, objs):
         path.write_text("".join(json.dumps(o) + "\n" for o in objs))
@@ -273,7 +273,7 @@ def test_system_prompt_of_hand_made_sets(tmp_path):
     assert dataset_system_prompt(text) is None
     check_system_prompt(text, "Be brief.", "GRPO data")
     # metadata beside a file wins over its rows
-    write_dataset_meta(same, {"system_prompt": "Other."})
+    (tmp_path / "same.jsonl.mathrecipe.json").write_text(json.dumps({"system_prompt": "Other."}))
     assert (tmp_path / "same.jsonl.mathrecipe.json").exists() and dataset_system_prompt(same) == "Other."
     (tmp_path / "same.jsonl.mathrecipe.json").write_text("{oops")
     with pytest.raises(DataError, match=r"same.jsonl.mathrecipe.json: not valid JSON"):

@@ -6,11 +6,9 @@ from mathrecipe.prompts import (
     SYSTEM_PROMPT,
     build_messages,
     describe_overlong,
-    grpo_example,
     model_context,
     overlong_prompts,
     render_prompt,
-    sft_example,
 )
 
 
@@ -52,10 +50,11 @@ def test_prompt_identical_across_sft_grpo_and_eval(tiny_model_dir, tiny_tokenize
     problem, response = "Compute 45 - 12 + 30.", "<think>\n45 - 12 = 33\n33 + 30 = 63\n\\boxed{63}\n</think>\nok"
     eval_ids = tiny_tokenizer.encode(render_prompt(tiny_tokenizer, problem), add_special_tokens=False)
 
-    grpo_text = apply_chat_template(grpo_example(problem, "63"), tiny_tokenizer)["prompt"]
+    grpo_text = apply_chat_template({"prompt": build_messages(problem), "answer": "63"}, tiny_tokenizer)["prompt"]
     assert tiny_tokenizer.encode(grpo_text, add_special_tokens=False) == eval_ids
 
-    ds = Dataset.from_list([sft_example(problem, response)])
+    ds = Dataset.from_list([{"prompt": build_messages(problem),
+                            "completion": [{"role": "assistant", "content": response}]}])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     cfg = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False,
                     gradient_checkpointing=False, completion_only_loss=True, max_length=256)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from mathrecipe.grpo import build_rewards
-from mathrecipe.hardware import precision_kwargs
+from mathrecipe.hardware import checkpointing_field, precision_kwargs
 from mathrecipe.health import CollapseGuard, last_safe_step
 from mathrecipe.recipe import load_recipe
 from mathrecipe.sft import select_epoch
@@ -97,9 +97,9 @@ def test_cpu_defaults_are_fp32_without_checkpointing():
 
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
-    assert precision_kwargs("auto") == {"bf16": False, "fp16": False, "gradient_checkpointing": False,
-                                        "use_cpu": True}
-    assert precision_kwargs("auto", gradient_checkpointing=True)["gradient_checkpointing"] is True
+    gc = checkpointing_field()
+    assert precision_kwargs("auto") == {"bf16": False, "fp16": False, gc: False, "use_cpu": True}
+    assert precision_kwargs("auto", gradient_checkpointing=True)[gc] is True
     with pytest.raises(ValueError, match="precision=bf16 needs a GPU"):
         precision_kwargs("bf16")
 
@@ -177,3 +177,21 @@ def test_cpu_rollouts_use_a_static_cache_only_when_it_fits(tmp_path, monkeypatch
     big = load_recipe(root / "recipes" / "paper" / "fast-math-r1-1.5b.yaml",
                       ["grpo.backend=hf", "grpo.per_device_train_batch_size=16", "grpo.precision=auto"])
     assert "cache_implementation" not in grpo_args(big, tmp_path)
+
+
+def test_stage_configs_raise_no_deprecation_warning_of_their_own(tmp_path):
+    """The stages pass gradient checkpointing under the name the installed transformers wants (5.23+ warns with a
+    FutureWarning on ``gradient_checkpointing``, which a person reading `mathrecipe run` saw twice)."""
+    import warnings
+
+    from trl import GRPOConfig, SFTConfig
+
+    from mathrecipe.grpo import grpo_args
+    from mathrecipe.sft import sft_args
+
+    recipe = load_recipe(None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        SFTConfig(**sft_args(recipe, tmp_path / "sft"))
+        GRPOConfig(**grpo_args(recipe, tmp_path / "grpo"))
+    assert [str(w.message) for w in seen if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []

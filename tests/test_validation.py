@@ -61,9 +61,11 @@ def test_over_long_traces_are_refused_with_the_count(tmp_path, capsys):
 def test_a_rerun_with_other_settings_is_refused_not_mixed(tmp_path, capsys):
     out = tmp_path / "run"
     (out).mkdir()
-    from mathrecipe.recipe import dump_recipe, load_recipe
+    import yaml
 
-    dump_recipe(load_recipe(None, [f"output_dir={out}", *TINY]), out / "recipe.yaml")
+    from mathrecipe.recipe import load_recipe
+
+    (out / "recipe.yaml").write_text(yaml.safe_dump(load_recipe(None, [f"output_dir={out}", *TINY]).to_dict()))
     assert main(["run", f"output_dir={out}", *TINY, "sft.learning_rate=0.01", "sft.enabled=false",
                  "grpo.enabled=false"]) == 2
     _one_line_error(capsys, "sft.learning_rate", "--restart")

@@ -182,17 +182,19 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mathrecipe.console import error_line, weight_bars
 
     try:
-        return int(args.func(args) or 0)
+        with weight_bars():  # a small model's load/save draws no bar; a big one's still does
+            return int(args.func(args) or 0)
     except MathRecipeError as e:
-        print(f"mathrecipe: error: {e}", file=sys.stderr)
+        error_line(str(e))
         return 2
     except Exception as e:  # a full disk, a forbidden path ...: one line; anything else keeps its traceback
         message = environment_message(e)
         if message is None:
             raise
-        print(f"mathrecipe: error: {message}", file=sys.stderr)
+        error_line(message)
         return 2
 
 

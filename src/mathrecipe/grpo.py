@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe.checkpoints import CompleteMarker, checkpoint_step, last_complete_checkpoint
+from mathrecipe.console import dataset_bars, trl_checkpointing_calls
 from mathrecipe.data.io import DataError, check_system_prompt, load_table, require_columns, require_nonempty
 from mathrecipe.files import atomic_write_json, replace_dir
 from mathrecipe.hardware import has_cuda, precision_kwargs
@@ -38,7 +39,8 @@ def load_grpo_dataset(path: str | Path, system_prompt: str | None) -> Any:
     require_columns(ds, ["prompt", "answer"], source)
     require_nonempty(ds, ["prompt", "answer"], source)
     if isinstance(ds[0]["prompt"], str):
-        ds = ds.map(lambda r: {"prompt": build_messages(r["prompt"], system_prompt)})
+        with dataset_bars(len(ds)):
+            ds = ds.map(lambda r: {"prompt": build_messages(r["prompt"], system_prompt)})
     return ds
 
 
@@ -287,8 +289,9 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
     guard = CollapseGuard(g.max_kl if g.beta > 0 else None)
     health = HealthMonitor(recipe, accuracy_reward(rewards), guard)
     # health before CompleteMarker: a checkpoint is marked complete only once its health file is written
-    trainer = GRPOTrainer(model=model, args=config, reward_funcs=rewards, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[guard, health, CompleteMarker()])
+    with dataset_bars(len(dataset)):
+        trainer = GRPOTrainer(model=model, args=config, reward_funcs=rewards, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[guard, health, CompleteMarker()])
     health.trainer = trainer
     resume = last_complete_checkpoint(out) if g.save_steps else None
     if resume is not None:
@@ -303,7 +306,8 @@ def run_grpo(recipe: Recipe, model_path: str, data_path: str | Path, out_dir: st
         log.info("GRPO: %s is at grpo.max_steps=%d; it is the final policy", resume, g.max_steps)
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
     else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with trl_checkpointing_calls():  # TRL's rollout helpers read transformers' deprecated names
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     health.finish()
 
     state = PartialState()

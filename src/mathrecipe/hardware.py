@@ -29,14 +29,27 @@ def resolve_precision(precision: str, gradient_checkpointing: bool | None, cuda:
     return precision, (cuda if gradient_checkpointing is None else gradient_checkpointing)
 
 
+def checkpointing_field() -> str:
+    """The TrainingArguments field that switches gradient checkpointing: ``activation_checkpointing`` where the
+    installed transformers has it (5.23 renamed the field and warns with a FutureWarning on the old name, which
+    TRL's configs still default), else ``gradient_checkpointing`` (5.20-5.22, within the pinned range)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def precision_kwargs(precision: str = "auto", gradient_checkpointing: bool | None = None) -> dict[str, Any]:
-    """Keyword arguments for a TRL/transformers TrainingArguments: bf16/fp16, gradient_checkpointing, use_cpu."""
+    """Keyword arguments for a TRL/transformers TrainingArguments: bf16/fp16, gradient checkpointing (under the
+    field name of :func:`checkpointing_field`), use_cpu."""
     import torch
 
     cuda = torch.cuda.is_available()
     precision, gc = resolve_precision(precision, gradient_checkpointing, cuda,
                                       cuda and torch.cuda.is_bf16_supported())
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "gradient_checkpointing": gc,
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", checkpointing_field(): gc,
             "use_cpu": not cuda}
 
 

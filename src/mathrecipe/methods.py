@@ -107,10 +107,3 @@ def resolve_method(tree: dict[str, Any]) -> dict[str, Any]:
     else:
         tree["rewards"] = {r: {**copy.deepcopy(d), **(given.get(r) or {})} for r, d in method.rewards.items()}
     return tree
-
-
-def method_rewards(name: str) -> dict[str, Any]:
-    """The option objects of a method's rewards with their defaults (the built-in recipe's ``rewards``)."""
-    from mathrecipe.recipe import reward_options
-
-    return reward_options(METHODS[name].rewards)

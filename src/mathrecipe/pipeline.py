@@ -122,6 +122,7 @@ def evaluate_checkpoint(recipe: Recipe, model_path: str, problems: list[dict], o
         return json.loads(done.read_text())
     rows, summary = evaluate_saved_model(recipe, model_path, load_tokenizer(model_path, recipe.model), problems,
                                          desc=f"eval {name}")
+    log.info("eval %s: accuracy %.3f, mean tokens %.1f", name, summary["accuracy"], summary["mean_tokens"])
     state = distributed_state()
     if state.is_main_process:
         write_jsonl(rows, out / f"{name}.samples.jsonl")
@@ -142,8 +143,11 @@ def _stage(name: str, folder: Path, train: Any, report: dict[str, Any], state: A
     if done.is_file():
         section = json.loads(done.read_text())
         report.setdefault("reused", []).append(name)
+        log.info("%s: finished in an earlier invocation (%s); reused", name.upper(), done)
     else:
+        t = time.time()
         section = train()
+        log.info("%s: finished, %d steps in %.0f s", name.upper(), section["steps"], time.time() - t)
         if state.is_main_process:
             atomic_write_json(done, section)
         state.wait_for_everyone()
@@ -192,6 +196,7 @@ def run(recipe: Recipe, stages: tuple[str, ...] = ("sft", "grpo"), restart: bool
     if not state.is_main_process:
         model_path = prepare_model(recipe, out / "model-init")
         paths = prepare_data(recipe, out / "data", model_path)
+    log.info("model %s and data ready in %.1f s", model_path, time.time() - t0)
     problems = run_problems(recipe, paths["test"])
     dev = run_problems(recipe, paths["dev"], "data.dev_path") if "dev" in paths else None
     e = recipe.eval

@@ -160,19 +160,6 @@ def sft_tokens(tokenizer: Any, prompt: Sequence[Message], completion: str,
     return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
 
 
-def sft_example(problem: str, response: str, system_prompt: str | None = SYSTEM_PROMPT) -> dict[str, Any]:
-    """A conversational prompt-completion row (the trace is the completion: the loss falls on it only)."""
-    return {
-        "prompt": build_messages(problem, system_prompt),
-        "completion": [{"role": "assistant", "content": response}],
-    }
-
-
-def grpo_example(problem: str, answer: str, system_prompt: str | None = SYSTEM_PROMPT) -> dict[str, Any]:
-    """A TRL conversational GRPO row: the prompt messages and the gold answer for the rewards."""
-    return {"prompt": build_messages(problem, system_prompt), "answer": answer}
-
-
 # ------------------------------------------------------------------------------------------ context length
 
 # config attributes that hold a model's context window, in the order transformers' own configs use them

@@ -341,6 +341,7 @@ SFT_BY_RULE = {
     "output_dir": "output_dir", "save_strategy": "sft.save_steps", "save_steps": "sft.save_steps",
     "fsdp": "sft.fsdp", "fsdp_config": "sft.fsdp", "bf16": "sft.precision", "fp16": "sft.precision",
     "use_cpu": "sft.precision", "gradient_checkpointing": "sft.gradient_checkpointing",
+    "activation_checkpointing": "sft.gradient_checkpointing",  # transformers >= 5.23's name for it
     "completion_only_loss": "(always on: the trace is trained)", "use_liger_kernel": "sft.use_liger_kernel",
 }
 GRPO_BY_RULE = {
@@ -348,7 +349,7 @@ GRPO_BY_RULE = {
     "use_transformers_paged": "grpo.backend", "use_transformers_continuous_batching": "grpo.backend",
     "save_strategy": "grpo.save_steps", "save_steps": "grpo.save_steps", "fsdp": "grpo.fsdp",
     "fsdp_config": "grpo.fsdp", "bf16": "grpo.precision", "fp16": "grpo.precision", "use_cpu": "grpo.precision",
-    "gradient_checkpointing": "grpo.gradient_checkpointing",
+    "gradient_checkpointing": "grpo.gradient_checkpointing", "activation_checkpointing": "grpo.gradient_checkpointing",
 }
 # TRL arguments each stage sets from the recipe, and the recipe key to use instead of passing them through *.extra
 # (passing one there used to raise a bare TypeError inside TRL).
@@ -502,7 +503,3 @@ def validate_sources(sources: list[SourceConfig]) -> None:
         s = src.sample
         if s is not None and not 0 <= s.mid_min_accuracy <= s.mid_max_accuracy <= 1:
             raise RecipeError(f"{key}.sample: mid_min_accuracy <= mid_max_accuracy, both in [0, 1]")
-
-
-def dump_recipe(r: Recipe, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(r.to_dict(), sort_keys=False))

@@ -51,11 +51,6 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def verdict_lines(report: dict[str, Any]) -> list[str]:
-    """``effect 1 (...): reproduced (0.05 -> 0.82)`` or ``NOT reproduced (...): cause``."""
-    return _verdict_text(verdicts(report))
-
-
 def _fmt(x: Any, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 

@@ -18,6 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mathrecipe.checkpoints import CompleteMarker, last_complete_checkpoint
+from mathrecipe.console import dataset_bars
 from mathrecipe.data.io import DataError, check_system_prompt, load_table, require_columns, write_jsonl
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.evaluate.inrun import evaluate_for_recipe
@@ -52,7 +53,8 @@ def load_sft_dataset(path: str | Path) -> Any:
                 raise DataError(f"{source}, row {idx + 1}: empty prompt or completion")
             return {"prompt": prompt, "completion": completion}
 
-        return ds.map(pc, with_indices=True, remove_columns=ds.column_names)
+        with dataset_bars(len(ds)):
+            return ds.map(pc, with_indices=True, remove_columns=ds.column_names)
     require_columns(ds, ["messages"], source)
 
     def split(row: dict[str, Any], idx: int) -> dict[str, Any]:
@@ -61,7 +63,8 @@ def load_sft_dataset(path: str | Path) -> Any:
             raise DataError(f"{source}, row {idx + 1}: column 'messages' must end with a non-empty assistant turn")
         return {"prompt": msgs[:-1], "completion": msgs[-1]["content"]}
 
-    return ds.map(split, with_indices=True, remove_columns=ds.column_names)
+    with dataset_bars(len(ds)):
+        return ds.map(split, with_indices=True, remove_columns=ds.column_names)
 
 
 def tokenize_sft(ds: Any, tokenizer: Any, num_proc: int | None = None) -> Any:
@@ -73,7 +76,8 @@ def tokenize_sft(ds: Any, tokenizer: Any, num_proc: int | None = None) -> Any:
         rows = [sft_tokens(tokenizer, p, c, fmt) for p, c in zip(batch["prompt"], batch["completion"])]
         return {"input_ids": [r["input_ids"] for r in rows], "completion_mask": [r["completion_mask"] for r in rows]}
 
-    return ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenise SFT rows")
+    with dataset_bars(len(ds)):
+        return ds.map(fn, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenise SFT rows")
 
 
 def check_lengths(tokenized: Any, max_length: int | None, path: str | Path, packing_strategy: str | None = None) -> None:
@@ -289,8 +293,9 @@ def run_sft(recipe: Recipe, model_path: str, data_path: str | Path, problems: li
     if resume is not None:
         log.info("SFT: resuming from %s", resume)
     # CompleteMarker before EpochEval: an epoch is evaluated only once its checkpoint is marked complete
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[CompleteMarker(), epoch_eval, ContinueSchedule()])
+    with dataset_bars(len(dataset)):  # TRL's label-building maps over the rows
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[CompleteMarker(), epoch_eval, ContinueSchedule()])
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     epochs = [epoch_eval.epochs[e] for e in sorted(epoch_eval.epochs)]
     chosen = select_epoch(epochs, s.select)

@@ -268,6 +268,7 @@ def prepare_toy_data(recipe: Any, out: Path, tokenizer_path: str) -> dict[str, P
     def build(tmp: Path) -> dict[str, Any]:
         import datasets
 
+        from mathrecipe.console import dataset_bars
         from mathrecipe.data.build import build_sets, register, write_outputs
         from mathrecipe.data.io import write_jsonl
         from mathrecipe.data.report import BuildReport
@@ -283,12 +284,13 @@ def prepare_toy_data(recipe: Any, out: Path, tokenizer_path: str) -> dict[str, P
                                            "generations": [r["response"]], "correctness_math_verify": [True]}
                                           for r in splits.sft])
         report = BuildReport()
-        sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
-        grpo_src = normalise_problems(datasets.Dataset.from_list(splits.grpo), "toy-grpo")
-        sft, grpo = build_sets([("toy", sft_src)], [("toy-grpo", grpo_src)], {"toy-test": test, "toy-dev": dev},
-                               load_tokenizer(tokenizer_path, recipe.model), d.build, d.system_prompt, report)
-        write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram},
-                      sft_max_length=recipe.sft.max_length)
+        with dataset_bars(len(splits.sft) + len(splits.grpo)):
+            sft_src = register(report, "toy", normalise_openr1(raw, "toy"))
+            grpo_src = normalise_problems(datasets.Dataset.from_list(splits.grpo), "toy-grpo")
+            sft, grpo = build_sets([("toy", sft_src)], [("toy-grpo", grpo_src)], {"toy-test": test, "toy-dev": dev},
+                                   load_tokenizer(tokenizer_path, recipe.model), d.build, d.system_prompt, report)
+            write_outputs(tmp, sft, grpo, report, {"benchmarks": ["toy-test", "toy-dev"], "ngram": d.build.ngram},
+                          sft_max_length=recipe.sft.max_length)
         write_jsonl(test, tmp / "test.jsonl")
         write_jsonl(dev, tmp / "dev.jsonl")
         return {"rows": {"test": len(test), "dev": len(dev)}}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrecipe import __version__
+from mathrecipe.console import dataset_bars
 from mathrecipe.data.decontam import NgramIndex, build_index, first_match, normalise_text
 from mathrecipe.data.io import save_dataset
 from mathrecipe.data.report import BuildReport, length_check, length_stats, write_data_report
@@ -266,14 +267,16 @@ def build(recipe: Recipe) -> dict[str, Any]:
     for i, src in enumerate(cfg.sources):
         name = src.name or src.kind
         raw = load_source(src.path, src.split, src.data_files, what=f"data.build.sources[{i}].path")
-        ds = register(report, name, SOURCES[src.kind](raw, name, cfg.num_proc, cfg.map_batch_size))
-        if src.sft:
-            sft_parts.append((name, ds if src.sample is None else select_sample(
-                ds, src.sample, tokenizer, recipe.seed, report, name, cfg.map_batch_size, cfg.num_proc)))
-        if src.grpo:
-            grpo_parts.append((name, ds.remove_columns(["generations"])))
-    sft, grpo = build_sets(sft_parts, grpo_parts, benchmarks, tokenizer, cfg, recipe.data.system_prompt, report)
-    return write_outputs(Path(cfg.output_dir), sft, grpo, report,
-                         {"tokenizer": str(tok_name), "ngram": cfg.ngram, "min_overlap": cfg.min_overlap,
-                          "benchmarks": list(benchmarks)},
-                         sft_max_length=recipe.sft.max_length if recipe.sft.enabled else None)
+        with dataset_bars(len(raw)):
+            ds = register(report, name, SOURCES[src.kind](raw, name, cfg.num_proc, cfg.map_batch_size))
+            if src.sft:
+                sft_parts.append((name, ds if src.sample is None else select_sample(
+                    ds, src.sample, tokenizer, recipe.seed, report, name, cfg.map_batch_size, cfg.num_proc)))
+            if src.grpo:
+                grpo_parts.append((name, ds.remove_columns(["generations"])))
+    with dataset_bars(sum(len(ds) for _, ds in sft_parts + grpo_parts)):
+        sft, grpo = build_sets(sft_parts, grpo_parts, benchmarks, tokenizer, cfg, recipe.data.system_prompt, report)
+        return write_outputs(Path(cfg.output_dir), sft, grpo, report,
+                             {"tokenizer": str(tok_name), "ngram": cfg.ngram, "min_overlap": cfg.min_overlap,
+                              "benchmarks": list(benchmarks)},
+                             sft_max_length=recipe.sft.max_length if recipe.sft.enabled else None)

@@ -178,11 +178,6 @@ def meta_path(path: str | Path) -> Path:
     return p / META_FILE if p.is_dir() else p.with_name(f"{p.name}.{META_FILE}")
 
 
-def write_dataset_meta(path: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the metadata of the set at ``path`` (a folder or a file), atomically."""
-    return atomic_write_text(meta_path(path), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-
-
 def read_dataset_meta(path: str | Path) -> dict[str, Any] | None:
     """The metadata of the set at ``path``, or None when it has none."""
     m = meta_path(path)

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 CONFIG_FORMAT = 3  # 3: the model's files are part of its identity (model_files)
 BUDGET_POINTS = 40  # budget.png's grid when no --budgets are asked for
 VLLM_CHUNK_SEQUENCES = 4096  # vLLM schedules a whole chunk itself; bigger chunks keep it busy
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def default_ks(n: int) -> list[int]:

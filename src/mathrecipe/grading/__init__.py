@@ -30,19 +30,16 @@ from dataclasses import dataclass
 
 from mathrecipe.errors import MathRecipeError
 from mathrecipe.grading.cache import VerdictCache
-from mathrecipe.grading.extract import answer_end, boxed_spans, extract_answer
+from mathrecipe.grading.extract import boxed_spans, extract_answer
 from mathrecipe.grading.pool import WorkerPool
 from mathrecipe.grading.protocol import Outcome
-from mathrecipe.grading.verify import _verify_in_process as _verify_in_process  # the bench's raw baseline
 
 __all__ = [
     "GradeResult",
     "Grader",
-    "answer_end",
     "boxed_spans",
     "default_grader",
     "extract_answer",
-    "grade_many",
     "is_correct",
 ]
 
@@ -177,8 +174,3 @@ def default_grader() -> Grader:
 def is_correct(completion: str, gold: str) -> bool:
     """True when the last ``\\boxed{}`` answer of ``completion`` is mathematically equal to ``gold``."""
     return default_grader().grade([completion], [gold])[0].correct
-
-
-def grade_many(completions: Sequence[str], golds: Sequence[str]) -> list[GradeResult]:
-    """Grade many completions at once (in parallel worker processes, each answer under the hard bound)."""
-    return default_grader().grade(completions, golds)

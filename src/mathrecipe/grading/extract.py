@@ -87,11 +87,3 @@ def extract_answer(text: str | None) -> str | None:
         return None
     spans = [c for c, _ in boxed_spans(text) if c]
     return spans[-1] if spans else None
-
-
-def answer_end(text: str | None) -> int | None:
-    """Character offset just past the last complete, non-empty box; None when there is none."""
-    if not text:
-        return None
-    ends = [e for c, e in boxed_spans(text) if c]
-    return ends[-1] if ends else None

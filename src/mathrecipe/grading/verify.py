@@ -10,7 +10,7 @@ import time
 from mathrecipe.grading.protocol import Outcome
 
 
-def _verify_in_process(gold: str, pred: str, parse_timeout: int) -> bool:
+def verify_in_process(gold: str, pred: str, parse_timeout: int) -> bool:
     """Raw math-verify: ``verify(gold, pred)`` (not symmetric: gold first), both parsed as ``\\boxed{...}``.
 
     ``parse_timeout`` is math-verify's own ``signal.alarm`` bound (seconds, main thread only); when it fires,
@@ -38,7 +38,7 @@ def judge(gold: str, pred: str, parse_timeout: int) -> Outcome:
 
     t = time.monotonic()
     try:
-        ok = _verify_in_process(gold, pred, parse_timeout)
+        ok = verify_in_process(gold, pred, parse_timeout)
     except TimeoutException:
         return Outcome("alarm", False, f"math-verify's {parse_timeout}s alarm fired")
     except Exception as e:  # a parse/verify error: "not verified equal", reported upward
