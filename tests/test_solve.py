@@ -703,6 +703,75 @@ def test_the_process_never_outlives_its_budget(tiny_model_dir, tmp_path):
     assert any(r["samples"] for r in rows) and rows[-1]["stop"] == "no time"  # it worked, and work was left
 
 
+def test_the_watchdog_fires_at_its_time_writes_then_exits():
+    """Issue 17.5: at ``at`` the watchdog runs ``on_fire`` (never before), then exits with status 0."""
+    import threading
+    import time
+
+    from mathrecipe.solve.clock import Watchdog
+
+    fired, exited = [], threading.Event()
+    at = time.monotonic() + 0.2
+    w = Watchdog(at, lambda: fired.append(time.monotonic()), exit=lambda code: exited.set()).start()
+    assert exited.wait(30) and w.fired
+    assert fired and fired[0] >= at
+
+
+def test_a_cancelled_watchdog_never_fires():
+    import time
+
+    from mathrecipe.solve.clock import Watchdog
+
+    calls = []
+    w = Watchdog(time.monotonic() + 0.3, lambda: calls.append("fire"), exit=lambda code: calls.append(code)).start()
+    w.cancel()
+    time.sleep(0.5)
+    assert calls == [] and not w.fired
+
+
+def test_the_watchdog_waits_briefly_for_the_owners_lock_then_exits_anyway():
+    """The owner holds the lock (a write in progress): the watchdog waits at most ``lock_wait``, then ends the
+    process even if the owner never lets go (each of the owner's writes is atomic, so no file is left torn)."""
+    import threading
+    import time
+
+    from mathrecipe.solve.clock import Watchdog
+
+    exited = threading.Event()
+    w = Watchdog(time.monotonic(), lambda: None, exit=lambda code: exited.set(), lock_wait=0.05)
+    with w.lock:
+        w.start()
+        assert exited.wait(30)  # while the lock is still held here
+
+
+@pytest.mark.slow
+def test_a_step_the_solver_cannot_bound_still_ends_before_the_time_limit(tiny_model_dir, tmp_path):
+    """Issue 17.5: a step with no bound the solver can set (loading, a probe, a grader call) hangs. Measured from
+    outside, the command still ends before --time-limit, exit 0, with both files naming every problem."""
+    import subprocess
+    import sys
+    import time
+
+    problems_file = _many_problems(tmp_path / "p.jsonl", 5)
+    out = tmp_path / "out"
+    _, env = _solve_command()
+    code = ("import sys, time; import mathrecipe.cli as cli; from mathrecipe.solve.solver import Solver; "
+            "Solver.calibrate_cpu_threads = lambda self, prompt: time.sleep(300); "  # the hang
+            "sys.argv[0] = cli.__file__; sys.exit(cli.main(sys.argv[1:]))")  # as the command itself
+    limit = 25.0  # start-up took 4 s here, 6-13 s on a loaded machine
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code, "-q", "solve", "--model", str(tiny_model_dir), "--problems",
+                           str(problems_file), "--samples", "2", "--max-new-tokens", "16", "--time-limit",
+                           f"{limit}s", "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert wall < limit, wall
+    assert "--time-limit reached" in proc.stderr
+    rows = _rows(out / "solve.jsonl")
+    assert sorted(r["id"] for r in rows) == [f"q{i}" for i in range(5)] and {r["stop"] for r in rows} == {"no time"}
+    assert len((out / "answers.csv").read_text().splitlines()) == 6
+
+
 # ------------------------------------------------------------------------------------------ resume
 
 

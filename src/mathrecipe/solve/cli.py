@@ -8,6 +8,7 @@ or ``--recipe FILE``), then ``--preset``, then flags -- as in ``mathrecipe eval`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -141,12 +142,13 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], elapsed_s: float, limit: st
 # ------------------------------------------------------------------------------------------------ run
 
 EXIT_RESERVE_S = 1.0  # kept back at the time limit's end for the last write and the exit
+WATCHDOG_MARGIN_S = 0.25  # the command's own process ends this long before its time limit, whatever it is doing
 
 
 def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | Path, settings: Any,
               options: SolveOptions, backend: str = "hf", generate_batch_size: Any = "auto",
               kv_cache_gib: float | None = None, system_prompt: str | None = None,
-              started_at: float | None = None, progress: bool = True,
+              started_at: float | None = None, progress: bool = True, exit_at_limit: bool = False,
               all_problems: Sequence[Mapping[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Answer ``problems`` into ``out_dir`` and return (the rows of solve.jsonl, summary lines).
 
@@ -155,7 +157,8 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
     time counted as spent. Prompts that do not fit the model's context with ``max_new_tokens`` are skipped with a
     row saying why. After every problem both files are rewritten with every answered problem, graded when the
     problem has a gold answer. The global time limit (``options.time_limit_s``) runs from ``started_at`` (default:
-    now) less the time the kept answers used.
+    now) less the time the kept answers used. ``exit_at_limit`` (the command's own process only): a watchdog
+    writes both files and ends the process just before the time limit, whatever is still running.
     """
     from tqdm.auto import tqdm
 
@@ -185,64 +188,88 @@ def run_solve(model: str, problems: Sequence[Mapping[str, Any]], out_dir: str | 
         log.info("resuming %s: %d answered problems kept, %d to solve", out, kept, len(todo))
     elapsed = lambda: time.monotonic() - started_at  # noqa: E731
     limit_end = (clock_start + options.time_limit_s - EXIT_RESERVE_S) if options.time_limit_s else math.inf
-    if todo and limit_end <= time.monotonic():  # start-up took the whole time limit: loading the model would overrun
-        log.warning("--time-limit: no time left after start-up (%.1f s); no problem solved", elapsed())
-        rows.update({str(p["id"]): unsolved_row(str(p["id"]), NO_TIME) for p in todo})
-        todo = []
-    if todo:
-        tokenizer, gen = open_generator(backend, model, generate_batch_size, kv_cache_gib, settings.seed)
-        context = _context(gen, model)
-        measured = prompt_tokens(tokenizer, [str(p["problem"]) for p in todo], system_prompt, context)
-        long = set(overlong_prompts([n for _, n in measured], settings.max_new_tokens, context))
-        if long:
-            long_ids = [str(todo[i]["id"]) for i in sorted(long)]
-            log.warning(describe_overlong(
-                "--problems", [f"{order[pid] + 1} (id {pid!r})" for pid in long_ids],
-                [measured[i][1] for i in sorted(long)], settings.max_new_tokens, context,  # type: ignore[arg-type]
-                f"skipped with an empty answer ('{TOO_LONG}' in {LOG_FILE}); shorten the problem or lower "
-                "--max-new-tokens"))
-            for i in sorted(long):
-                pid = str(todo[i]["id"])
-                rows[pid] = too_long_row(pid, measured[i][1], measured[i][0] is not None, context)  # type: ignore
+    watchdog = None
+    if exit_at_limit and options.time_limit_s is not None and todo:
+        from mathrecipe.solve.clock import Watchdog
+
+        def fire() -> None:  # the time limit's end is here: what is answered stays, the rest had no time
+            for p in problems:
+                rows.setdefault(str(p["id"]), unsolved_row(str(p["id"]), NO_TIME))
+            out.mkdir(parents=True, exist_ok=True)
+            write_outputs(out, ordered())
+            answered = sum(1 for r in rows.values() if r.get("stop") != NO_TIME)
+            print(f"mathrecipe: --time-limit reached after {elapsed():.1f} s: wrote {out / ANSWERS_FILE} ({answered} "
+                  f"of {len(rows)} problems answered)", file=sys.stderr, flush=True)
+
+        watchdog = Watchdog(clock_start + options.time_limit_s - WATCHDOG_MARGIN_S, fire).start()
+    guard = watchdog.lock if watchdog is not None else contextlib.nullcontext()
+    try:
+        if todo and limit_end <= time.monotonic():  # start-up took the whole time limit: loading the model would overrun
+            log.warning("--time-limit: no time left after start-up (%.1f s); no problem solved", elapsed())
+            with guard:
+                rows.update({str(p["id"]): unsolved_row(str(p["id"]), NO_TIME) for p in todo})
+            todo = []
+        if todo:
+            tokenizer, gen = open_generator(backend, model, generate_batch_size, kv_cache_gib, settings.seed)
+            context = _context(gen, model)
+            measured = prompt_tokens(tokenizer, [str(p["problem"]) for p in todo], system_prompt, context)
+            long = set(overlong_prompts([n for _, n in measured], settings.max_new_tokens, context))
+            if long:
+                long_ids = [str(todo[i]["id"]) for i in sorted(long)]
+                log.warning(describe_overlong(
+                    "--problems", [f"{order[pid] + 1} (id {pid!r})" for pid in long_ids],
+                    [measured[i][1] for i in sorted(long)], settings.max_new_tokens, context,  # type: ignore[arg-type]
+                    f"skipped with an empty answer ('{TOO_LONG}' in {LOG_FILE}); shorten the problem or lower "
+                    "--max-new-tokens"))
+                with guard:
+                    for i in sorted(long):
+                        pid = str(todo[i]["id"])
+                        rows[pid] = too_long_row(pid, measured[i][1], measured[i][0] is not None, context)  # type: ignore
+            out.mkdir(parents=True, exist_ok=True)
+            with guard:
+                write_outputs(out, ordered())
+            todo_ok = [(p, ids) for i, (p, (ids, _)) in enumerate(zip(todo, measured)) if i not in long]
+            solver = Solver(gen, tokenizer, settings, options, system_prompt=system_prompt, started_at=clock_start,
+                            reserve_s=EXIT_RESERVE_S)
+            if todo_ok and solver.end() > time.monotonic():
+                threads = solver.calibrate_cpu_threads(todo_ok[0][1])  # type: ignore[arg-type]
+                if threads:
+                    log.info("CPU threads for generation: %d of %d (seconds a decode step: %s)", threads["threads"],
+                             threads["default"], ", ".join(f"{v:.3f} on {k}" for k, v in threads["per_step_s"].items()))
+            selected = sum(1 for p in problems if str(p["id"]) in rows)
+            with tqdm(total=len(problems), initial=selected, desc="solve", unit="problem", disable=not progress,
+                      file=sys.stderr) as bar:
+
+                def show() -> None:
+                    left = solver.time_left()
+                    bar.set_postfix_str(f"time left {format_duration(left)}" if left is not None
+                                        else f"elapsed {format_duration(elapsed())}")
+
+                def done(r: ProblemResult) -> None:
+                    row = r.row()
+                    row["clock_s"] = round(time.monotonic() - clock_start, 3)
+                    left = solver.time_left()
+                    grade_row(row, gold[r.id], options.answer_format, solver.grader,
+                              use_grader=left is None or left > GRADER_MARGIN_S)
+                    with guard:
+                        rows[r.id] = row
+                        if r.stop != NO_TIME:  # nothing to keep: written once at the end, not rewritten per problem
+                            write_outputs(out, ordered())
+                    bar.update(1)
+                    show()
+
+                solver.solve([p for p, _ in todo_ok], on_problem=done, on_call=show,
+                             prompts=[ids for _, ids in todo_ok])  # type: ignore[misc]
         out.mkdir(parents=True, exist_ok=True)
-        write_outputs(out, ordered())
-        todo_ok = [(p, ids) for i, (p, (ids, _)) in enumerate(zip(todo, measured)) if i not in long]
-        solver = Solver(gen, tokenizer, settings, options, system_prompt=system_prompt, started_at=clock_start,
-                        reserve_s=EXIT_RESERVE_S)
-        if todo_ok and solver.end() > time.monotonic():
-            threads = solver.calibrate_cpu_threads(todo_ok[0][1])  # type: ignore[arg-type]
-            if threads:
-                log.info("CPU threads for generation: %d of %d (seconds a decode step: %s)", threads["threads"],
-                         threads["default"], ", ".join(f"{v:.3f} on {k}" for k, v in threads["per_step_s"].items()))
-        selected = sum(1 for p in problems if str(p["id"]) in rows)
-        with tqdm(total=len(problems), initial=selected, desc="solve", unit="problem", disable=not progress,
-                  file=sys.stderr) as bar:
-
-            def show() -> None:
-                left = solver.time_left()
-                bar.set_postfix_str(f"time left {format_duration(left)}" if left is not None
-                                    else f"elapsed {format_duration(elapsed())}")
-
-            def done(r: ProblemResult) -> None:
-                row = r.row()
-                row["clock_s"] = round(time.monotonic() - clock_start, 3)
-                left = solver.time_left()
-                grade_row(row, gold[r.id], options.answer_format, solver.grader,
-                          use_grader=left is None or left > GRADER_MARGIN_S)
-                rows[r.id] = row
-                if r.stop != NO_TIME:  # nothing to keep: written once at the end, not rewritten per problem
-                    write_outputs(out, ordered())
-                bar.update(1)
-                show()
-
-            solver.solve([p for p, _ in todo_ok], on_problem=done, on_call=show,
-                         prompts=[ids for _, ids in todo_ok])  # type: ignore[misc]
-    out.mkdir(parents=True, exist_ok=True)
-    write_outputs(out, ordered())
-    limit = (format_duration(options.time_limit_s) if options.time_limit_s
-              else f"{format_duration(options.per_problem_s)} a problem" if options.per_problem_s else None)
-    final = ordered()
-    return final, summary_lines(final, elapsed(), limit, kept)
+        with guard:
+            write_outputs(out, ordered())
+        limit = (format_duration(options.time_limit_s) if options.time_limit_s
+                  else f"{format_duration(options.per_problem_s)} a problem" if options.per_problem_s else None)
+        final = ordered()
+        return final, summary_lines(final, elapsed(), limit, kept)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 GRADER_MARGIN_S = 6.0  # a grader call may take its 5 s timeout: not started this close to the time limit's end
@@ -319,7 +346,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     # notebook, a test), it runs from this call: run_solve(started_at=...) counts from any other moment.
     started_at = process_started_at() if _own_process() else time.monotonic()
     kwargs = resolve_solve(args)
-    _, lines = run_solve(**kwargs, started_at=started_at, progress=not getattr(args, "quiet", False))
+    own = _own_process()
+    _, lines = run_solve(**kwargs, started_at=started_at, progress=not getattr(args, "quiet", False),
+                         exit_at_limit=own)
     for line in lines:
         print(line)
     print(f"wrote {Path(args.out) / ANSWERS_FILE} and {Path(args.out) / LOG_FILE}")
