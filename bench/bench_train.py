@@ -146,7 +146,7 @@ def run_sft(recipe: Any, model_path: str, data: Path, setting: str, steps: int, 
     ds = tokenize_sft(load_sft_dataset(data), tok)
     s = recipe.sft
     flags = sft_flags(setting, recipe, out)
-    cfg = SFTConfig(output_dir=str(out), per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
+    cfg = SFTConfig(output_dir=str(out), per_device_train_batch_size=s.per_device_train_batch_size, learning_rate=s.learning_rate,
                     max_steps=steps + WARMUP_STEPS, max_length=s.max_length, completion_only_loss=True,
                     report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True, seed=0, **flags)
     timer = _step_timer()
@@ -195,7 +195,7 @@ def run_grpo(recipe: Any, model_path: str, data: Path, setting: str, steps: int,
     g = recipe.grpo
     rewards, weights = build_rewards(recipe)
     flags = grpo_flags(setting, recipe, out)
-    cfg = GRPOConfig(output_dir=str(out), per_device_train_batch_size=g.batch_size,
+    cfg = GRPOConfig(output_dir=str(out), per_device_train_batch_size=g.per_device_train_batch_size,
                      num_generations=g.num_generations, max_completion_length=g.max_completion_length,
                      learning_rate=g.learning_rate, beta=g.beta, temperature=g.temperature, top_p=g.top_p,
                      max_steps=steps + 1, reward_weights=weights, report_to="none", save_strategy="no",
