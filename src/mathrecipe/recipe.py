@@ -21,6 +21,8 @@ from mathrecipe.methods import METHODS, resolve_method
 from mathrecipe.rewards import REWARDS
 from mathrecipe.schema import (  # noqa: F401  (re-exported: the recipe's sections are imported from here)
     MOVED,
+    RENAMED,
+    RENAMED_KEYS,
     BuildConfig,
     DataConfig,
     EvalConfig,
@@ -211,25 +213,6 @@ def did_you_mean(name: str, names: Any, prefix: str = "") -> str:
     """'did you mean '<prefix><closest>'? ' for a mistyped name, or ''."""
     close = difflib.get_close_matches(name, list(names), n=1)
     return f"did you mean '{prefix}{close[0]}'? " if close else ""
-
-
-# Keys renamed so that each concept has one name (README "Names"): old key -> new key. An old recipe spelling is
-# one line naming the new key; a run folder recorded under the old names still resumes (preflight reads it through
-# this table).
-RENAMED_KEYS: dict[str, str] = {
-    "sft.batch_size": "sft.per_device_train_batch_size",
-    "grpo.batch_size": "grpo.per_device_train_batch_size",
-    "eval.batch_size": "eval.generate_batch_size",
-    "data.build.batch_size": "data.build.map_batch_size",
-    "data.eval_path": "data.test_path",
-    "data.toy.n_rl": "data.toy.n_grpo",
-}
-# Keys that were renamed or moved: the old spelling is one line naming the new one.
-RENAMED: dict[str, str] = {
-    **MOVED,
-    **{old: f"recipe key '{old}' is now '{new}' (one name per concept); rename it in the recipe or override"
-       for old, new in RENAMED_KEYS.items()},
-}
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:

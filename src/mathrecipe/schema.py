@@ -1,4 +1,5 @@
-"""The recipe's sections for the model, the data (and its build), SFT, evaluation and health alarms.
+"""The recipe's sections for the model, the data (and its build), SFT, evaluation and health alarms, and the old
+spellings of renamed or moved keys.
 
 Every field is documented where it is declared, as TRL's config classes do it: ``field(metadata={"help": ...})``
 says what it means, its unit, and the value the paper recipes (``recipes/paper/``) hold where they set one; the
@@ -282,4 +283,22 @@ MOVED: dict[str, str] = {
     **{f"data.build.{k}": f"data.build.{k} is now data.build.sources[N].sample.{k}, the sample filter of the source "
        f"it samples; {_SOURCE_SHAPE}"
        for k in ("long_min_tokens", "long_min_accuracy", "n_long", "mid_min_accuracy", "mid_max_accuracy", "n_mid")},
+}
+
+# Keys renamed so that each concept has one name (README "Names"): old key -> new key. An old recipe spelling is
+# one line naming the new key; a run folder recorded under the old names still resumes (preflight reads it through
+# this table).
+RENAMED_KEYS: dict[str, str] = {
+    "sft.batch_size": "sft.per_device_train_batch_size",
+    "grpo.batch_size": "grpo.per_device_train_batch_size",
+    "eval.batch_size": "eval.generate_batch_size",
+    "data.build.batch_size": "data.build.map_batch_size",
+    "data.eval_path": "data.test_path",
+    "data.toy.n_rl": "data.toy.n_grpo",
+}
+# Keys that were renamed or moved: the old spelling is one line naming the new one.
+RENAMED: dict[str, str] = {
+    **MOVED,
+    **{old: f"recipe key '{old}' is now '{new}' (one name per concept); rename it in the recipe or override"
+       for old, new in RENAMED_KEYS.items()},
 }
