@@ -34,20 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from timing import loadavg, spread  # bench/timing.py (this script's folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MATHRECIPE_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 GEN_SETTINGS = ("plain_generate", "mathrecipe")
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return list(os.getloadavg())
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
 def _fmt(s: dict[str, float], digits: int = 0) -> str:

@@ -31,12 +31,13 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from timing import spread  # bench/timing.py (this script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -171,10 +172,6 @@ def run_row(name: str, args: list[str], problems: list[dict[str, Any]], answer_f
           f"answered {result['answered']:3d}  wall {wall:7.1f}s" + (f" (budget {budget_s:.1f}s)" if budget_s else "")
           + f"  load {load:.1f}  samples/problem {result['samples_per_problem']:.2f}  stops {stops}", flush=True)
     return result
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def summarize(name: str, runs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

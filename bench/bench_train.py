@@ -34,6 +34,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from timing import loadavg, spread  # bench/timing.py (this script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MATHRECIPE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TRL_DEFAULTS = {"bf16": True, "fp16": False, "gradient_checkpointing": True, "use_cpu": True,
@@ -43,18 +45,6 @@ COMPETENT = {"bf16": False, "fp16": False, "gradient_checkpointing": False, "use
 SFT_SETTINGS = ("trl_defaults", "trl_competent", "mathrecipe", "mathrecipe_packed")
 GRPO_SETTINGS = ("trl_defaults", "trl_competent", "mathrecipe")
 WARMUP_STEPS = 2  # not timed: first-call allocations, lazy initialisation
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return list(os.getloadavg())
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """min / median / max of a timing over repeats."""
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
 # ------------------------------------------------------------------------------------------ the workload
