@@ -8,6 +8,7 @@ from mathrecipe.cli import main as _mathrecipe_main
 from mathrecipe.evaluate.generation import Completion, SamplingSettings
 from mathrecipe.prompts import prompt_tokens
 from mathrecipe.solve import cli as solve_cli
+from mathrecipe.solve import solver as solver_module
 from mathrecipe.solve.answers import Tally, int_answer
 from mathrecipe.solve.cli import read_problems
 from mathrecipe.solve.policy import (
@@ -171,11 +172,23 @@ def test_durations():
 def test_share_and_samples_when_behind():
     assert time_share(300, 3) == 100
     assert time_share(-5, 2) == 0
-    assert planned_samples(15, 600, None) == 15  # nothing measured yet
-    assert planned_samples(15, 600, 300) == 15  # the share covers a typical problem
-    assert planned_samples(15, 290, 300) == 10  # behind: the AIMO-2 team's 15 -> 10
-    assert planned_samples(15, 600, 300, last_cut=True) == 10  # the last problem ran out of time
-    assert planned_samples(1, 1, 300) == 1
+    flat = [300.0] * 15  # a GPU: parallel samples cost the same
+    cpu = [0.1 * m for m in range(1, 16)]  # a CPU: a wave's cost grows with its samples
+    assert planned_samples(15, 600, [None] * 15) == 15  # nothing priced yet
+    assert planned_samples(15, 600, [None] * 15, last_cut=True) == 10
+    assert planned_samples(15, 600, flat) == 15  # the share covers a wave of all 15
+    assert planned_samples(15, 290, flat) == 10  # behind, all cost the same: the AIMO-2 team's 15 -> 10
+    assert planned_samples(15, 600, flat, last_cut=True) == 10  # the last problem ran out of time
+    assert planned_samples(15, 1.5, cpu) == 15
+    assert planned_samples(15, 0.75, cpu) == 7  # the most samples the share buys
+    assert planned_samples(15, 1.2, cpu) == 10  # ... at most a third fewer
+    assert planned_samples(15, 0.05, cpu) == 1  # not even one fits: as many as cost what one does (borrowing)
+    assert planned_samples(15, 0.05, [0.1, 0.105, 0.108, 0.2] + [0.3] * 11) == 3
+    assert planned_samples(15, 0.05, [None] * 14 + [0.3]) == 1  # one sample unpriced: the wave that prices it
+    assert planned_samples(15, 0.25, [None, 0.2] + [0.3] * 13) == 2  # what is priced and fits
+    assert planned_samples(1, 1, [300.0]) == 1
+    with pytest.raises(ValueError, match="one price per wave size"):
+        planned_samples(15, 1, [0.1])
 
 
 def test_call_bound_holds_for_linear_costs():
@@ -196,6 +209,26 @@ def test_call_bound_holds_for_linear_costs():
     assert times.max_steps(4, 2.4) == 64 and times.max_steps(4, 1.8) == 0
 
 
+def test_a_wave_is_priced_per_batch_size():
+    """Calls cost a_m + b_m * k at batch m; a batch never measured is interpolated between its measured neighbours."""
+    times = CallTimes()
+    for k in (20, 40):
+        times.record(1, k, 0.02 + 0.004 * k)  # one sample
+        times.record(9, k, 0.1 + 0.02 * k)  # nine: each adds to a step's time, as on a CPU
+    assert times.seconds(1, 30) == pytest.approx(0.14)
+    assert times.seconds(9, 30) == pytest.approx(0.7)
+    assert times.seconds(5, 30) == pytest.approx(0.42)  # halfway between 1 and 9
+    assert times.seconds(5, 30, priced_only=True) == pytest.approx(0.42)
+    assert times.seconds(12, 30) is None  # larger than any measured: not priced
+    # the bound at a measured batch comes from its own calls: the larger batch's costlier calls are not slow moments
+    assert times.max_steps(1, 0.2) == 36  # 1.2 * (0.02 + 0.004 k) <= 0.2
+    only_large = CallTimes()
+    for k in (20, 40):
+        only_large.record(9, k, 0.1 + 0.02 * k)
+    assert only_large.seconds(1, 30) == pytest.approx(0.7)  # an upper estimate from the larger batch ...
+    assert only_large.seconds(1, 30, priced_only=True) is None  # ... which does not price a wave of one
+
+
 # ------------------------------------------------------------------------------------------ the solver
 
 
@@ -208,12 +241,14 @@ class FakeClock:
 
 
 class Scripted:
-    """A Generator that writes given completions, chunk by chunk, and advances a fake clock by call_s + step_s per
-    decode step of the call (the longest sequence in it). ``plan[problem text]`` lists the completions in the order
-    samples are drawn; each ends with end-of-sequence."""
+    """A Generator that writes given completions, chunk by chunk, and advances a fake clock by call_s + (step_s +
+    sample_step_s x the call's sequences) per decode step of the call (the longest sequence in it): sample_step_s = 0
+    is a GPU's parallel samples, > 0 a CPU's. ``plan[problem text]`` lists the completions in the order samples are
+    drawn; each ends with end-of-sequence."""
 
-    def __init__(self, tokenizer, plan, clock=None, call_s=0.05, step_s=0.01):
+    def __init__(self, tokenizer, plan, clock=None, call_s=0.05, step_s=0.01, sample_step_s=0.0):
         self.tok, self.clock, self.call_s, self.step_s = tokenizer, clock, call_s, step_s
+        self.sample_step_s = sample_step_s
         self.scripts = {p: [tokenizer.encode(t, add_special_tokens=False) for t in texts] for p, texts in plan.items()}
         self.next = {p: 0 for p in plan}
         self.running = {}  # tuple(prompt + generated so far) -> full script
@@ -246,7 +281,8 @@ class Scripted:
             steps = max([steps] + [len(c.token_ids) for c in out[-1]])
         self.calls.append((len(prompts), settings.samples, settings.max_new_tokens))
         if self.clock is not None:
-            self.clock.now += self.call_s + self.step_s * steps
+            rows = sum(len(r) for r in out)
+            self.clock.now += self.call_s + (self.step_s + self.sample_step_s * rows) * steps
         return out
 
 
@@ -400,15 +436,32 @@ def test_one_call_per_wave_unless_something_acts_mid_wave(tiny_tokenizer):
         assert max(c[2] for c in gen.calls) == chunk, opts  # the warm-up asks for 1 token
 
 
-def test_samples_planned_fewer_when_behind(tiny_tokenizer):
-    plan = {f"problem {i}.": [trace(100 + j, 8) for j in range(8)] for i in range(6)}  # never decided
-    clock = FakeClock()
-    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004)
-    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(
-        time_limit_s=1.5, wave=2, chunk_tokens=160), clock=clock, started_at=clock.now)
-    results = solver.solve(problems(6))
-    assert results[0].planned == 8 and 6 <= min(r.planned for r in results[1:]) < 8
-    assert clock.now - 1000.0 <= 1.5
+def test_samples_planned_fewer_when_behind(tiny_tokenizer, monkeypatch):
+    """Never-decided problems (81 tokens each), a budget that waves of all 8 samples cannot keep up with.
+    Parallel samples that cost the same (a GPU): a third fewer, the AIMO-2 cut. Samples that each add to a call's
+    time (a CPU, 3 ms a sample-step): what the share buys -- 1 sample, 0.62 s -- which answers problems where the
+    AIMO-2 cut (6 samples, 1.9 s a wave against shares of ~0.25 s) answers none in the same budget."""
+    plan = {f"problem {i}.": [trace(100 + j, 8) for j in range(8)] for i in range(12)}
+
+    def run(sample_step_s):
+        clock = FakeClock()
+        gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004, sample_step_s=sample_step_s)
+        solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(
+            time_limit_s=3.0, chunk_tokens=160), clock=clock, started_at=clock.now)
+        results = solver.solve(problems(12))
+        assert clock.now - 1000.0 <= 3.0
+        return [r.planned for r in results if r.samples], sum(r.answer is not None for r in results)
+
+    planned, answered = run(0.0)
+    assert set(planned) == {6} and answered >= 6
+    planned, answered = run(0.003)
+    assert set(planned) == {1} and answered >= 3, planned
+
+    def aimo_cut(n, share, costs, last_cut=False):  # the rule before costs were priced per wave size
+        return n if not last_cut and (costs[-1] is None or costs[-1] <= share) else math.ceil(2 * n / 3)
+
+    monkeypatch.setattr(solver_module, "planned_samples", aimo_cut)
+    assert run(0.003)[1] == 0
 
 
 def test_time_cut_votes_with_boxes_already_written(tiny_tokenizer):
@@ -1028,20 +1081,24 @@ def test_cpu_threads_are_kept_only_when_they_make_calls_faster(tiny_tokenizer, m
 
 
 def test_a_borrowing_problem_stops_at_its_first_answer(tiny_tokenizer):
-    """When its share is over, a problem's borrowed time buys an answer, not a settled vote. Even problems: three short samples and five long ones; odd problems: all long. The long ones price a wave
-    high, so every problem borrows; an even one stops right after its three short samples vote instead of waiting
-    for the long ones, and the time goes on to the next problems: every even problem is answered (3 of 6 if the
-    even ones wait)."""
+    """When its share is over, a problem's borrowed time buys an answer, not a settled vote. Even problems: three
+    short samples and five long ones; odd problems: all long. The long ones price a wave high, so every problem
+    borrows; an even one stops right after its short samples vote instead of waiting for the long ones (3.6 s), and
+    the time goes on to the next problems: 5 or 6 even problems are answered (3 of 6 if the even ones wait)."""
     plan = {f"problem {i}.": ([trace(i, 1)] * 3 + [trace(i, 14)] * 5) if i % 2 == 0 else [trace(i, 14)] * 8
             for i in range(12)}
     clock = FakeClock()
     gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.01)
-    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(time_limit_s=12.0),
+    # 12 s for the problems, 1 s for the two calls that price a wave of 1 and of 8 before the first one
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160), SolveOptions(time_limit_s=13.0),
                     clock=clock, started_at=clock.now)
     results = solver.solve(problems(12))
-    assert clock.now - 1000.0 <= 12.0
-    assert [r.answer for r in results[0::2]] == list(range(0, 12, 2))
-    assert all(r.tally.votes == 3 and "finished" not in [s.end for s in r.samples] for r in results[0::2])
+    assert clock.now - 1000.0 <= 13.0
+    even = [r for r in results[0::2] if r.answer is not None]
+    assert len(even) >= 5 and all(r.answer == int(r.id[1:]) for r in even)
+    # problem 0's first scripts went to the pricing calls: it has two short samples, the others three
+    assert all(r.tally.votes == (2 if r.id == "p0" else 3) and "finished" not in [s.end for s in r.samples]
+               for r in even)
 
 
 def test_a_problem_cut_before_a_useful_vote_is_priced_above_what_it_got(tiny_tokenizer):

@@ -375,7 +375,7 @@ def add_solve_parser(sub: Any) -> None:
         "at a time), stop each at </think> (--stop-at-think) or its first box (--stop-at-first-box), stop a problem "
         "once its majority cannot be overturned by the samples left (or leads by --min-lead), and keep a global "
         "clock from the process's start: each problem gets its share of the time left (or borrows what a first "
-        "answer needs at the measured speed), fewer samples when behind, and no chunk starts that would pass the "
+        "answer needs at the measured speed), when behind the most samples its share can buy, and no chunk starts that would pass the "
         "time limit (--time-limit). Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, "
         "seconds, why it stopped) "
         "to --out after every problem; rerun the same command to resume (answered problems are kept); a prompt too "

@@ -64,21 +64,42 @@ def time_share(remaining_s: float, problems_left: int) -> float:
     return max(0.0, remaining_s) / problems_left
 
 
-def planned_samples(max_samples: int, share_s: float, typical_s: float | None, last_cut: bool = False,
-                    need_s: float | None = None) -> int:
-    """Samples to plan for a problem: N on time, ceil(2N/3) when behind (the second-placed AIMO-2 team cut 15 to 10
-    when the time left per problem fell below 5 minutes).
+CUT_SHARE = 2 / 3  # behind with samples that cost the same: the second-placed AIMO-2 team's cut (15 -> 10)
+SAME_COST = 1.1  # waves within 10 % of the cheapest one's time "cost the same" (a GPU's parallel samples)
 
-    Behind: the last problem ran out of its time, or the share is below ``typical_s`` (the mean time of the problems
-    that finished without the clock so far) or below ``need_s`` (what a wave of N samples is expected to take now,
-    :func:`wave_seconds`); None: not known yet. A step, not a proportion: a problem's time hardly falls with its
-    sample count when samples run in parallel, so a proportional cut would spiral down.
+
+def planned_samples(max_samples: int, share_s: float, costs: Sequence[float | None], last_cut: bool = False) -> int:
+    """Samples to plan for a problem, from what a wave of m samples is expected to take now.
+
+    ``costs[m - 1]``: the expected seconds of a wave of m samples to its first answer (:func:`wave_seconds`), None
+    where nothing priced it yet (no call at a batch of m or fewer measured). With N = ``max_samples``:
+
+    - on time -- the last problem did not run out of time and c(N) <= ``share_s``, or nothing is priced yet: N
+      (nothing priced after a problem ran out of time: ceil(2N/3));
+    - behind, the largest m <= ceil(2N/3) with c(m) <= ``share_s`` (on a CPU a wave's cost grows with its samples:
+      fewer samples that finish beat many that are cut before they write an answer);
+    - behind and no such m: 1 when c(1) is not priced yet (the one wave that measures the cheapest cost), else the
+      largest m <= ceil(2N/3) with c(m) <= 1.1 c(1) -- the samples that cost about what one does. On a GPU, where
+      parallel samples cost the same, that is ceil(2N/3), the AIMO-2 team's cut (15 -> 10 when the time left per
+      problem fell below 5 minutes); on a CPU, 1 or 2.
     """
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    behind = (last_cut or (typical_s is not None and share_s < typical_s)
-              or (need_s is not None and share_s < need_s))
-    return math.ceil(2 * max_samples / 3) if behind else max_samples
+    if len(costs) != max_samples:
+        raise ValueError(f"costs must give one price per wave size 1..{max_samples}, got {len(costs)}")
+    full = costs[-1]
+    if full is None and not last_cut:
+        return max_samples
+    if not last_cut and full is not None and full <= share_s:
+        return max_samples
+    cap = math.ceil(CUT_SHARE * max_samples)
+    fits = [m for m in range(1, cap + 1) if costs[m - 1] is not None and costs[m - 1] <= share_s]
+    if fits:
+        return max(fits)
+    one = costs[0]
+    if one is None:
+        return 1 if full is not None else cap
+    return max(m for m in range(1, cap + 1) if costs[m - 1] is not None and costs[m - 1] <= SAME_COST * one)
 
 
 def typical_steps(history: Sequence[int], max_new_tokens: int, quantile: float = 0.75) -> int:
@@ -94,13 +115,14 @@ def typical_steps(history: Sequence[int], max_new_tokens: int, quantile: float =
     return max(1, min(max_new_tokens, xs[min(len(xs) - 1, math.ceil(quantile * len(xs)) - 1)]))
 
 
-def wave_seconds(times: CallTimes, batch: int, steps: int, chunk: int, bound: bool = False) -> float | None:
+def wave_seconds(times: CallTimes, batch: int, steps: int, chunk: int, bound: bool = False,
+                 priced_only: bool = False) -> float | None:
     """Seconds a wave of ``batch`` samples takes to run ``steps`` decode steps in calls of ``chunk`` steps:
     floor(steps / chunk) x t(chunk) + t(steps mod chunk), with t from :meth:`CallTimes.seconds` (None: no call at
-    this batch or larger measured yet)."""
+    this batch or larger measured yet; ``priced_only``: nor at this batch or smaller)."""
     full, rest = divmod(max(0, steps), max(1, chunk))
-    one = times.seconds(batch, chunk, bound) if full else 0.0
-    tail = times.seconds(batch, rest, bound) if rest else 0.0
+    one = times.seconds(batch, chunk, bound, priced_only) if full else 0.0
+    tail = times.seconds(batch, rest, bound, priced_only) if rest else 0.0
     if one is None or tail is None:
         return None
     return full * one + tail
@@ -111,7 +133,8 @@ class CallTimes:
     seen so far.
 
     A call of k decode steps takes about t(k) = a + b*k (a: prefill and call overhead, b: one step), both growing
-    with the batch. From the recent calls i = (m_i, k_i, t_i) with batch m_i >= m (at least as costly):
+    with the batch. From the recent calls i = (m_i, k_i, t_i) at batch m itself, or when there are none at batches
+    m_i > m (at least as costly; mixing batches would read their differences as slow moments):
 
     - calls of several step counts: (a, b) by least squares (b clamped to [0, min_i t_i / k_i], a >= 0), and
       e = max_i (t_i - a - b*k_i) >= 0, the worst recent residual (a shared machine's slow moments):
@@ -122,7 +145,10 @@ class CallTimes:
     A call is planned with the largest k whose U(k) fits the time left. For costs linear in k no call overruns;
     SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call at batch >= m
     nothing bounds the next one (``max_steps`` returns None): the caller makes a short probe. ``bound=False``
-    gives the expected time instead: the fit without the worst residual and the margin (one step count: the median).
+    gives the expected time instead: the fit without the worst residual and the margin (one step count: the median),
+    for an unmeasured batch interpolated linearly in m between the nearest batches measured below and above (a CPU's
+    cost grows with the batch, a GPU's hardly: either is seen, not assumed); with none measured below, the fit over
+    the larger batches, an upper estimate.
     """
 
     SAFETY = 1.2
@@ -136,9 +162,10 @@ class CallTimes:
             self._calls.append((batch, steps, seconds))
 
     def _fit(self, batch: int, bound: bool) -> tuple[float, float, float] | None:
-        """(a, b, floor) with t(k) = max(floor, a + b*k) before the margin -- the residual folded into a -- or None
-        when no call at this batch or larger was seen."""
-        seen = [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
+        """(a, b, floor) with t(k) = max(floor, a + b*k) before the margin -- the residual folded into a -- from the
+        calls at this batch, or when there are none at larger batches; None when neither was seen."""
+        seen = [(k, t) for m, k, t in reversed(self._calls) if m == batch][: self.WINDOW]
+        seen = seen or [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
         if not seen:
             return None
         if len({k for k, _ in seen}) == 1:
@@ -153,8 +180,30 @@ class CallTimes:
         e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
         return a + e, b, 0.0
 
-    def seconds(self, batch: int, steps: int, bound: bool = False) -> float | None:
-        """U(``steps``) at ``batch`` (``bound=False``: the expected time); None when nothing measured it."""
+    def _expected(self, batch: int, steps: int) -> float | None:
+        """The expected time at exactly ``batch``: its own calls' fit, or interpolated between the nearest batches
+        measured below and above; None unless both sides (or the batch itself) were measured."""
+        def at(m: int) -> float:
+            a, b, floor = self._fit(m, bound=False)  # type: ignore[misc]  # m was measured
+            return max(floor, a + b * steps)
+
+        batches = {m for m, _, _ in self._calls}
+        if batch in batches:
+            return at(batch)
+        below, above = [m for m in batches if m < batch], [m for m in batches if m > batch]
+        if not below or not above:
+            return None
+        lo, hi = max(below), min(above)
+        return at(lo) + (at(hi) - at(lo)) * (batch - lo) / (hi - lo)
+
+    def seconds(self, batch: int, steps: int, bound: bool = False, priced_only: bool = False) -> float | None:
+        """U(``steps``) at ``batch`` (``bound=False``: the expected time); None when nothing measured it
+        (``priced_only``: None also when no call at this batch or smaller was measured, so the value is not merely
+        the upper estimate from larger batches)."""
+        if not bound:
+            t = self._expected(batch, steps)
+            if t is not None or priced_only:
+                return t
         fit = self._fit(batch, bound)
         if fit is None:
             return None

@@ -30,10 +30,12 @@ prompt of a call the same seed, so continuation chunks of one wave share their r
 
 Problems are answered in file order (the competition serves them one at a time). Time share: with a global time limit
 each problem may use its share of the time left (:func:`policy.time_share`), so time saved by early stops flows to
-later problems, and plans a third fewer samples when behind (:func:`policy.planned_samples`). A wave is priced from
-the measured calls (:func:`policy.wave_seconds` of :func:`policy.typical_steps`, the steps recent problems took to a
-first answer); a problem whose share cannot buy that borrows from later ones and stops at its first answer
-(:meth:`Solver.deadline`), so a slow machine answers some problems rather than cutting every sample before it ends.
+later problems. A wave is priced from the measured calls (:func:`policy.wave_seconds` of :func:`policy.typical_steps`,
+the steps recent problems took to a first answer) for each number of samples; when behind, a problem plans the most
+samples its share can buy (:func:`policy.planned_samples`: on a CPU, where a wave's cost grows with its samples, a
+few samples that finish; on a GPU, where they cost the same, a third fewer), and a problem whose share cannot buy
+even that borrows from later ones and stops at its first answer (:meth:`Solver.deadline`), so a slow machine answers
+some problems rather than cutting every sample before it ends.
 """
 
 from __future__ import annotations
@@ -195,7 +197,6 @@ class Solver:
         self.started_at, self.reserve_s = started_at, reserve_s
         self.times = CallTimes()
         self.chunk = default_chunk_tokens(settings.max_new_tokens)
-        self.spent_s, self.finished = 0.0, 0  # time and count of problems that finished without the clock
         self.steps_needed: deque[int] = deque(maxlen=32)  # decode steps recent problems took to a first answer
         self.last_cut = False  # the last problem ran out of time
         self.warm = False
@@ -222,10 +223,10 @@ class Solver:
 
         Both clocks plan alike: ``steps`` = :func:`policy.typical_steps` of the decode steps recent problems took to
         a first answer (``USEFUL_VOTES`` valid answers, or their stop when that came first), ``need(m)`` = what a wave
-        of m samples running that many steps takes at the calls' current speed (:func:`policy.wave_seconds`), and a
-        third fewer samples when the share is below ``need(N)`` or the last problem ran out of time
-        (:func:`policy.planned_samples`). A wave cut at its share after an answer answers by plurality; one cut
-        before any sample ended answers nothing.
+        of m samples running that many steps takes at the calls' current speed (:func:`policy.wave_seconds`), and
+        N samples when the share covers ``need(N)``, else the most the share can buy, at most a third fewer
+        (:func:`policy.planned_samples`, which also cuts after a problem ran out of time). A wave cut at its share
+        after an answer answers by plurality; one cut before any sample ended answers nothing.
 
         --per-problem: the share is fixed; both deadlines are its end. --time-limit: the share is the time left /
         problems left; the soft deadline ends the share -- or, when a wave needs more to reach an answer, ends
@@ -248,8 +249,7 @@ class Solver:
                 share = time_share(end - now, problems_left)
         else:
             return math.inf, math.inf, n
-        typical = self.spent_s / self.finished if self.finished else None
-        planned = planned_samples(n, share, typical, self.last_cut, self.need(n, end))
+        planned = planned_samples(n, share, self.costs(n, end), self.last_cut)
         if self.opts.per_problem_s is not None:
             return end, end, planned
         if self.opts.share == "equal":
@@ -257,22 +257,34 @@ class Solver:
         self.share_end = now + share
         return self.soft_deadline(now, share, planned), end, planned
 
-    def need(self, samples: int, deadline: float, bound: bool = False) -> float | None:
+    def need(self, samples: int, deadline: float, bound: bool = False, priced_only: bool = False) -> float | None:
         """Expected seconds (``bound``: the bound on the seconds) a wave of ``samples`` needs now to reach a first
-        answer (None: no call measured yet)."""
+        answer (None: no call measured yet; ``priced_only``: see :meth:`policy.CallTimes.seconds`)."""
         steps = typical_steps(self.steps_needed, self.settings.max_new_tokens)
-        return wave_seconds(self.times, samples, steps, self.chunk_for(deadline), bound)
+        return wave_seconds(self.times, samples, steps, self.chunk_for(deadline), bound, priced_only)
+
+    def costs(self, samples: int, deadline: float) -> list[float | None]:
+        """What 1, 2, ..., ``samples`` samples are expected to take now to a first answer (None: not priced yet),
+        for :func:`policy.planned_samples`: one wave of m under ``wave="auto"``, ceil(m / k) waves of at most k
+        under ``wave=k``."""
+        k = self.opts.wave if isinstance(self.opts.wave, int) else samples
+        out: list[float | None] = []
+        for m in range(1, samples + 1):
+            one = self.need(min(k, m), deadline, priced_only=True)
+            out.append(None if one is None else math.ceil(m / k) * one)
+        return out
 
     def soft_deadline(self, start: float, share: float, samples: int) -> float:
         """Under a global time limit: a problem that started at ``start`` may use its ``share``, or what a wave of
-        ``samples`` needs when that is more and its bound still ends before the time limit does (borrowing time that
-        cannot buy an answer would only starve the problems after it)."""
+        ``samples`` is expected to need when that is more and still ends before the time limit does (borrowing time
+        that cannot buy an answer would only starve the problems after it). Expected, not bounded: each call is
+        still bounded by the time limit's end, and a bound that one slow call inflated would refuse every later
+        problem its wave -- with no call made, nothing would ever replace that slow call in the bound."""
         end = self.end()
         need = self.need(samples, end)
         if need is None or need <= share:
             return min(end, start + share)
-        bound = self.need(samples, end, bound=True)
-        return min(end, start + (need if bound is not None and start + bound <= end else share))
+        return min(end, start + (need if start + need <= end else share))
 
     def time_left(self) -> float | None:
         """Seconds left of the global time limit (None without one)."""
@@ -326,6 +338,21 @@ class Solver:
         self.warm = True
         return {"threads": best, "default": n, "per_step_s": {"1": t1 / k1, str(n): tn / kn}}
 
+    def price_waves(self, prompt: list[int]) -> None:
+        """Time a short call (``PROBE_STEPS`` steps) of one sample and of a whole wave where none was measured, so
+        that the first problem knows what its cheapest and its fullest wave cost (:func:`policy.planned_samples`;
+        between them, the price is interpolated) instead of spending problems to learn it. Each is skipped when the
+        time limit's end has come."""
+        n = self.settings.samples
+        for batch in dict.fromkeys((1, n if self.opts.wave == AUTO else min(n, int(self.opts.wave)))):
+            left = self.end() - self.clock()
+            if left <= 0 or self.times.seconds(batch, 1, priced_only=True) is not None:
+                continue
+            c0 = self.clock()
+            out = self._generate([prompt], dataclasses.replace(self.settings, samples=batch,
+                                                               max_new_tokens=PROBE_STEPS), left)[0]
+            self.times.record(batch, max(1, max((len(o.token_ids) for o in out), default=1)), self.clock() - c0)
+
     # ------------------------------------------------------------------------------------------ a problem
 
     def solve(self, problems: Sequence[Mapping[str, Any]],
@@ -338,7 +365,8 @@ class Solver:
             self.started_at = self.clock()
         ids = (list(prompts) if prompts is not None
                else batch_prompt_ids(self.tok, [str(p["problem"]) for p in problems], self.system_prompt))
-        if ids and (self.opts.time_limit_s is not None or self.opts.per_problem_s is not None) and not self.warm:
+        clocked = self.opts.time_limit_s is not None or self.opts.per_problem_s is not None
+        if ids and clocked and not self.warm:
             # A backend's first call pays one-time costs (lazy initialisation, allocator, kernels, a cache at the
             # wave's batch): measured, it would make the time bound think every call that slow. Not timed (the
             # time limit still pays); skipped when even that would pass the time limit's end.
@@ -346,6 +374,8 @@ class Solver:
                 self._generate(ids[:1], dataclasses.replace(self.settings, max_new_tokens=WARM_UP_STEPS),
                                self.end() - self.clock())
             self.warm = True
+        if ids and clocked:
+            self.price_waves(ids[0])
         results = []
         for i, (p, prompt) in enumerate(zip(problems, ids)):
             start = self.clock()
@@ -453,9 +483,6 @@ class Solver:
                 x.end = CANCELLED
         seconds = self.clock() - t0
         self.last_cut = stop in (TIME, NO_TIME)
-        if not self.last_cut:
-            self.spent_s += seconds
-            self.finished += 1
         if useful is not None or stop in SETTLED:
             self.steps_needed.append(steps if useful is None else useful)
         elif steps:  # cut before an answer: it needed more than it got -- left out, the problems that were lucky
