@@ -227,6 +227,11 @@ def test_a_wave_is_priced_per_batch_size():
         only_large.record(9, k, 0.1 + 0.02 * k)
     assert only_large.seconds(1, 30) == pytest.approx(0.7)  # an upper estimate from the larger batch ...
     assert only_large.seconds(1, 30, priced_only=True) is None  # ... which does not price a wave of one
+    # an old call at a batch stops bounding it once WINDOW newer calls were made: the machine may be busier now
+    for _ in range(CallTimes.WINDOW):
+        times.record(9, 40, 0.1 + 0.02 * 40)
+    assert times.max_steps(1, 0.2) < 36
+    assert times.seconds(1, 30) == pytest.approx(0.14)  # the expected price keeps it
 
 
 # ------------------------------------------------------------------------------------------ the solver
@@ -462,6 +467,20 @@ def test_samples_planned_fewer_when_behind(tiny_tokenizer, monkeypatch):
 
     monkeypatch.setattr(solver_module, "planned_samples", aimo_cut)
     assert run(0.003)[1] == 0
+
+
+def test_waves_of_k_are_priced_and_run_at_k(tiny_tokenizer):
+    """--wave 2 under a time limit: the warm-up and the pricing calls run at the wave's batch (2), not at --samples
+    (8), so every call the solver makes is one the plan priced; problems are answered within the budget."""
+    plan = {f"problem {i}.": [trace(100 + j, 8) for j in range(8)] for i in range(12)}
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.05, step_s=0.004, sample_step_s=0.003)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=160),
+                    SolveOptions(time_limit_s=4.0, wave=2), clock=clock, started_at=clock.now)
+    results = solver.solve(problems(12))
+    assert clock.now - 1000.0 <= 4.0
+    assert max(c[1] for c in gen.calls) <= 2  # no call drew more than a wave of 2, the probes included
+    assert sum(r.answer is not None for r in results) >= 1
 
 
 def test_time_cut_votes_with_boxes_already_written(tiny_tokenizer):

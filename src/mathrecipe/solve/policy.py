@@ -71,8 +71,8 @@ SAME_COST = 1.1  # waves within 10 % of the cheapest one's time "cost the same" 
 def planned_samples(max_samples: int, share_s: float, costs: Sequence[float | None], last_cut: bool = False) -> int:
     """Samples to plan for a problem, from what a wave of m samples is expected to take now.
 
-    ``costs[m - 1]``: the expected seconds of a wave of m samples to its first answer (:func:`wave_seconds`), None
-    where nothing priced it yet (no call at a batch of m or fewer measured). With N = ``max_samples``:
+    ``costs[m - 1]``: the expected seconds of m samples to their first answer (:func:`wave_seconds`), None where
+    nothing priced it yet (no call measured at m itself, nor at batches on both sides of m). With N = ``max_samples``:
 
     - on time -- the last problem did not run out of time and c(N) <= ``share_s``, or nothing is priced yet: N
       (nothing priced after a problem ran out of time: ceil(2N/3));
@@ -161,11 +161,18 @@ class CallTimes:
         if batch >= 1 and steps >= 1 and seconds >= 0:
             self._calls.append((batch, steps, seconds))
 
+    def measured(self, batch: int) -> bool:
+        """Whether a call at exactly this batch was seen."""
+        return any(m == batch for m, _, _ in self._calls)
+
     def _fit(self, batch: int, bound: bool) -> tuple[float, float, float] | None:
         """(a, b, floor) with t(k) = max(floor, a + b*k) before the margin -- the residual folded into a -- from the
-        calls at this batch, or when there are none at larger batches; None when neither was seen."""
-        seen = [(k, t) for m, k, t in reversed(self._calls) if m == batch][: self.WINDOW]
-        seen = seen or [(k, t) for m, k, t in reversed(self._calls) if m >= batch][: self.WINDOW]
+        calls at this batch, or when there are none at larger batches; None when neither was seen. For the bound,
+        a batch's own calls count only while one is among the last ``WINDOW`` calls: an old probe would miss a
+        machine that has become busy since, which the larger batches' recent calls see."""
+        recent = list(self._calls)[-self.WINDOW:] if bound else self._calls
+        own = any(m == batch for m, _, _ in recent)
+        seen = [(k, t) for m, k, t in reversed(self._calls) if (m == batch if own else m >= batch)][: self.WINDOW]
         if not seen:
             return None
         if len({k for k, _ in seen}) == 1:

@@ -263,15 +263,19 @@ class Solver:
         steps = typical_steps(self.steps_needed, self.settings.max_new_tokens)
         return wave_seconds(self.times, samples, steps, self.chunk_for(deadline), bound, priced_only)
 
+    def wave_size(self, samples: int) -> int:
+        """Samples per wave when ``samples`` are planned: all at once under ``wave="auto"``, else at most k."""
+        return samples if self.opts.wave == AUTO else min(int(self.opts.wave), samples)
+
     def costs(self, samples: int, deadline: float) -> list[float | None]:
-        """What 1, 2, ..., ``samples`` samples are expected to take now to a first answer (None: not priced yet),
-        for :func:`policy.planned_samples`: one wave of m under ``wave="auto"``, ceil(m / k) waves of at most k
-        under ``wave=k``."""
-        k = self.opts.wave if isinstance(self.opts.wave, int) else samples
+        """What 1, 2, ..., ``samples`` samples are expected to take now (None: not priced yet), for
+        :func:`policy.planned_samples`: one wave of m to its first answer under ``wave="auto"``; ceil(m / k) such
+        waves of at most k under ``wave=k``."""
         out: list[float | None] = []
         for m in range(1, samples + 1):
-            one = self.need(min(k, m), deadline, priced_only=True)
-            out.append(None if one is None else math.ceil(m / k) * one)
+            w = self.wave_size(m)
+            one = self.need(w, deadline, priced_only=True)
+            out.append(None if one is None else math.ceil(m / w) * one)
         return out
 
     def soft_deadline(self, start: float, share: float, samples: int) -> float:
@@ -281,7 +285,7 @@ class Solver:
         still bounded by the time limit's end, and a bound that one slow call inflated would refuse every later
         problem its wave -- with no call made, nothing would ever replace that slow call in the bound."""
         end = self.end()
-        need = self.need(samples, end)
+        need = self.need(self.wave_size(samples), end)
         if need is None or need <= share:
             return min(end, start + share)
         return min(end, start + (need if start + need <= end else share))
@@ -339,19 +343,20 @@ class Solver:
         return {"threads": best, "default": n, "per_step_s": {"1": t1 / k1, str(n): tn / kn}}
 
     def price_waves(self, prompt: list[int]) -> None:
-        """Time a short call (``PROBE_STEPS`` steps) of one sample and of a whole wave where none was measured, so
+        """Time a short call (``PROBE_STEPS`` steps) of one sample and of a whole wave where neither was measured, so
         that the first problem knows what its cheapest and its fullest wave cost (:func:`policy.planned_samples`;
         between them, the price is interpolated) instead of spending problems to learn it. Each is skipped when the
         time limit's end has come."""
-        n = self.settings.samples
-        for batch in dict.fromkeys((1, n if self.opts.wave == AUTO else min(n, int(self.opts.wave)))):
+        for batch in dict.fromkeys((1, self.wave_size(self.settings.samples))):
             left = self.end() - self.clock()
-            if left <= 0 or self.times.seconds(batch, 1, priced_only=True) is not None:
+            if left <= 0 or self.times.measured(batch):
                 continue
             c0 = self.clock()
             out = self._generate([prompt], dataclasses.replace(self.settings, samples=batch,
                                                                max_new_tokens=PROBE_STEPS), left)[0]
-            self.times.record(batch, max(1, max((len(o.token_ids) for o in out), default=1)), self.clock() - c0)
+            ran = max((len(o.token_ids) for o in out), default=0)
+            if ran:  # a call cut before its first token (max_time) says nothing about a step's cost
+                self.times.record(batch, ran, self.clock() - c0)
 
     # ------------------------------------------------------------------------------------------ a problem
 
@@ -371,15 +376,16 @@ class Solver:
             # wave's batch): measured, it would make the time bound think every call that slow. Not timed (the
             # time limit still pays); skipped when even that would pass the time limit's end.
             if self.end() - self.clock() > 0:
-                self._generate(ids[:1], dataclasses.replace(self.settings, max_new_tokens=WARM_UP_STEPS),
-                               self.end() - self.clock())
+                warm_up = dataclasses.replace(self.settings, samples=self.wave_size(self.settings.samples),
+                                              max_new_tokens=WARM_UP_STEPS)
+                self._generate(ids[:1], warm_up, self.end() - self.clock())
             self.warm = True
         if ids and clocked:
             self.price_waves(ids[0])
         results = []
         for i, (p, prompt) in enumerate(zip(problems, ids)):
             start = self.clock()
-            blind = self.need(self.settings.samples, self.end()) is None
+            blind = self.need(self.wave_size(self.settings.samples), self.end()) is None
             soft, hard, planned = self.deadline(len(problems) - i)
             replan = None
             if blind and self.opts.time_limit_s is not None and self.opts.share != "equal":
