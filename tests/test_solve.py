@@ -483,6 +483,19 @@ def test_waves_of_k_are_priced_and_run_at_k(tiny_tokenizer):
     assert sum(r.answer is not None for r in results) >= 1
 
 
+def test_a_pricing_call_cut_before_its_first_token_prices_nothing(tiny_tokenizer):
+    """transformers' max_time can end a call before its first token: recorded as one step, its whole time would
+    price every step of a wave (a 100-step wave at 100x the call)."""
+    class Empty:
+        def generate(self, prompts, settings, on_progress=None):
+            return [[Completion("", [], False) for _ in range(settings.samples)] for _ in prompts]
+
+    solver = Solver(Empty(), tiny_tokenizer, settings(samples=4), SolveOptions(time_limit_s=60.0), clock=FakeClock(),
+                    started_at=1000.0)
+    solver.price_waves([1, 2, 3])
+    assert not solver.times.measured(1) and not solver.times.measured(4)
+
+
 def test_time_cut_votes_with_boxes_already_written(tiny_tokenizer):
     plan = {"problem 0": ["<think>\n\\boxed{9}\n" + "Wait, let me verify.\n" * 30 + "</think>"] * 3}
     clock = FakeClock()

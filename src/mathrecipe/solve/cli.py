@@ -344,9 +344,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     # As a command, a time limit covers the whole process: interpreter start, imports, loading. Called from Python (a
     # notebook, a test), it runs from this call: run_solve(started_at=...) counts from any other moment.
-    started_at = process_started_at() if _own_process() else time.monotonic()
-    kwargs = resolve_solve(args)
     own = _own_process()
+    started_at = process_started_at() if own else time.monotonic()
+    kwargs = resolve_solve(args)
     _, lines = run_solve(**kwargs, started_at=started_at, progress=not getattr(args, "quiet", False),
                          exit_at_limit=own)
     for line in lines:
@@ -375,8 +375,8 @@ def add_solve_parser(sub: Any) -> None:
         "at a time), stop each at </think> (--stop-at-think) or its first box (--stop-at-first-box), stop a problem "
         "once its majority cannot be overturned by the samples left (or leads by --min-lead), and keep a global "
         "clock from the process's start: each problem gets its share of the time left (or borrows what a first "
-        "answer needs at the measured speed), when behind the most samples its share can buy, and no chunk starts that would pass the "
-        "time limit (--time-limit). Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, "
+        "answer needs at the measured speed), when behind the most samples its share can buy, and no chunk starts "
+        "that would pass the time limit (--time-limit). Writes answers.csv (id,answer) and solve.jsonl (votes, samples, tokens, "
         "seconds, why it stopped) "
         "to --out after every problem; rerun the same command to resume (answered problems are kept); a prompt too "
         "long for the model is skipped with its row saying so; with an answer column, prints the accuracy. Sampling "
