@@ -1,12 +1,13 @@
 import itertools
 import json
 import math
+import random
 
 import pytest
 
 from mathrecipe.cli import main as _mathrecipe_main
 from mathrecipe.evaluate.generation import Completion, SamplingSettings
-from mathrecipe.prompts import prompt_tokens
+from mathrecipe.prompts import THINK_END, prompt_tokens
 from mathrecipe.solve import cli as solve_cli
 from mathrecipe.solve import solver as solver_module
 from mathrecipe.solve.answers import Tally, int_answer
@@ -263,9 +264,15 @@ class Scripted:
         text = self.tok.decode(prompt)
         return next(p for p in self.scripts if p in text)
 
-    def _emit(self, prompt, script, done, k):
+    def _emit(self, prompt, script, done, k, stop_at_think=False):
         chunk = script[done: done + k]
         finished = done + len(chunk) >= len(script)
+        if stop_at_think:  # as HFGenerator's stop string: the call ends at </think>, not at its chunk's end
+            before = THINK_END in self.tok.decode(script[:done])
+            at = None if before else next(
+                (j for j in range(1, len(chunk) + 1) if THINK_END in self.tok.decode(script[: done + j])), None)
+            if at is not None:
+                chunk, finished = chunk[:at], True
         self.running[tuple(prompt) + tuple(script[: done + len(chunk)])] = (len(prompt), script)
         return Completion(self.tok.decode(chunk), list(chunk), finished)
 
@@ -274,14 +281,15 @@ class Scripted:
         for prompt in prompts:
             if tuple(prompt) in self.running:  # a continuation: prompt = the problem's prompt + generated so far
                 n, script = self.running[tuple(prompt)]
-                out.append([self._emit(prompt[:n], script, len(prompt) - n, settings.max_new_tokens)])
+                out.append([self._emit(prompt[:n], script, len(prompt) - n, settings.max_new_tokens,
+                                       settings.stop_at_think)])
             else:
                 p = self._problem(prompt)
                 row = []
                 for _ in range(settings.samples):
                     script = self.scripts[p][self.next[p] % len(self.scripts[p])]
                     self.next[p] += 1
-                    row.append(self._emit(prompt, script, 0, settings.max_new_tokens))
+                    row.append(self._emit(prompt, script, 0, settings.max_new_tokens, settings.stop_at_think))
                 out.append(row)
             steps = max([steps] + [len(c.token_ids) for c in out[-1]])
         self.calls.append((len(prompts), settings.samples, settings.max_new_tokens))
@@ -373,7 +381,9 @@ def test_stop_at_first_box_and_at_think(tiny_tokenizer):
 
 def test_global_clock_never_overruns_and_shares_saved_time(tiny_tokenizer):
     """20 problems: even ones easy (all agree, one short chunk), odd ones hard (every sample differs, long).
-    Calls take 0.05 s + 4 ms a decode step: an easy problem needs about 0.15 s, a hard one several waves of 0.5 s."""
+    Calls take 0.05 s + 4 ms a decode step: an easy problem needs about 0.1 s, a hard one 3 chunks, 0.43 s, to its
+    samples' answers. An equal split answers the easy ones only; the global clock gives the hard ones the time the
+    easy ones saved and answers them too, which leaves the last problems less (the first 16 are all answered)."""
     plan = {}
     for i in range(20):
         plan[f"problem {i}."] = [trace(i)] * 8 if i % 2 == 0 else [trace(100 + j, 8) for j in range(8)]
@@ -387,8 +397,9 @@ def test_global_clock_never_overruns_and_shares_saved_time(tiny_tokenizer):
         results = solver.solve(problems(20))
         assert clock.now - 1000.0 <= budget, opts  # never past the budget
         assert len(results) == 20
-        assert [r.answer for r in results[0::2]] == list(range(0, 20, 2))  # every easy one answered
         glob = opts.per_problem_s is None
+        easy = results[0:16:2] if glob else results[0::2]
+        assert [r.answer for r in easy] == [int(r.id[1:]) for r in easy]  # the easy ones answered
         used[glob], answered[glob] = clock.now - 1000.0, sum(r.answer is not None for r in results)
         if not glob:
             assert all(r.seconds <= opts.per_problem_s for r in results)
@@ -481,6 +492,27 @@ def test_waves_of_k_are_priced_and_run_at_k(tiny_tokenizer):
     assert clock.now - 1000.0 <= 4.0
     assert max(c[1] for c in gen.calls) <= 2  # no call drew more than a wave of 2, the probes included
     assert sum(r.answer is not None for r in results) >= 1
+
+
+def test_a_batch_priced_from_one_call_length_takes_the_overhead_its_neighbours_show(tiny_tokenizer):
+    """Calls cost 0.4 s + (4 ms + 2 ms a sample) a step: a CPU where the call's overhead dominates. The pricing call
+    at 1 sample runs 8 steps; read as all steps (0.056 s a step), a 40-step wave of 1 would be priced 2.24 s where
+    it takes 0.64 s. Once a wave of 8 was measured at two call lengths (chunks of 16: 16, 16, 8 steps), its overhead
+    (0.4 s) prices the one-sample wave truly, and a problem behind plans 1 sample -- priced off the 8-step call, 3
+    samples (2.40 s) looked within 10 % of one, and it planned 3."""
+    plan = {f"problem {i}.": [trace(i, 4)] * 8 for i in range(3)}
+    clock = FakeClock()
+    gen = Scripted(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.004, sample_step_s=0.002)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=40),
+                    SolveOptions(time_limit_s=100.0, chunk_tokens=16), clock=clock, started_at=clock.now)
+    solver.solve(problems(1))  # 8 samples in one wave, on time
+    assert solver.times.step_counts(1) == {8} and len(solver.times.step_counts(8)) > 1
+    assert solver.times.seconds(1, 40) == pytest.approx(0.4 + 40 * 0.006)
+    assert solver.times.seconds(8, 40) == pytest.approx(0.4 + 40 * 0.02)
+    solver.chunk = 40  # price a wave as one 40-step call, as the numbers above
+    solver.opts = SolveOptions(time_limit_s=100.0, chunk_tokens=40)
+    _, _, planned = solver.deadline(500)  # a share of ~0.2 s: behind, no wave fits
+    assert planned == 1
 
 
 def test_a_pricing_call_cut_before_its_first_token_prices_nothing(tiny_tokenizer):
@@ -1114,9 +1146,10 @@ def test_cpu_threads_are_kept_only_when_they_make_calls_faster(tiny_tokenizer, m
 
 def test_a_borrowing_problem_stops_at_its_first_answer(tiny_tokenizer):
     """When its share is over, a problem's borrowed time buys an answer, not a settled vote. Even problems: three
-    short samples and five long ones; odd problems: all long. The long ones price a wave high, so every problem
-    borrows; an even one stops right after its short samples vote instead of waiting for the long ones (3.6 s), and
-    the time goes on to the next problems: 5 or 6 even problems are answered (3 of 6 if the even ones wait)."""
+    short samples and five long ones; odd problems: all long (no answer within 60 steps). The long ones price a wave
+    high, so every problem borrows; an even one stops right after its short samples vote, after 2 calls (1.2 s),
+    instead of waiting for the long ones (3.6 s). (Where the time goes next: here to the odd problems, which borrow
+    what a wave is priced at and are cut without an answer.)"""
     plan = {f"problem {i}.": ([trace(i, 1)] * 3 + [trace(i, 14)] * 5) if i % 2 == 0 else [trace(i, 14)] * 8
             for i in range(12)}
     clock = FakeClock()
@@ -1127,10 +1160,43 @@ def test_a_borrowing_problem_stops_at_its_first_answer(tiny_tokenizer):
     results = solver.solve(problems(12))
     assert clock.now - 1000.0 <= 13.0
     even = [r for r in results[0::2] if r.answer is not None]
-    assert len(even) >= 5 and all(r.answer == int(r.id[1:]) for r in even)
+    assert len(even) >= 3 and all(r.answer == int(r.id[1:]) for r in even)
+    assert all(r.calls == 2 and r.seconds <= 1.2 + 1e-9 for r in even)
     # problem 0's first scripts went to the pricing calls: it has two short samples, the others three
     assert all(r.tally.votes == (2 if r.id == "p0" else 3) and "finished" not in [s.end for s in r.samples]
                for r in even)
+
+
+class Jittery(Scripted):
+    """Each call takes 0.7-1.5 times its time (seeded): a shared machine's calls scatter around their mean."""
+
+    def __init__(self, *args, seed=0, **kw):
+        super().__init__(*args, **kw)
+        self.rng = random.Random(seed)
+
+    def generate(self, prompts, settings, on_progress=None):
+        before = self.clock.now
+        out = super().generate(prompts, settings, on_progress)
+        self.clock.now += (self.rng.uniform(0.7, 1.5) - 1.0) * (self.clock.now - before)
+        return out
+
+
+def test_a_wave_slower_than_expected_runs_on_to_its_answer(tiny_tokenizer):
+    """Every problem borrows (its share cannot buy a wave of 3 calls), and calls scatter (0.7-1.5x): a wave stopped
+    at its expected time is often cut a few steps before its answer, and wastes all it ran (5 seeds: 9 answered,
+    4-8 waves cut without an answer, the first of them among the first 4 problems). Run on to the calls' bound, a
+    started wave answers (11-13); only a wave started with the last seconds may be cut."""
+    plan = {f"problem {i}.": [trace(i, 6)] for i in range(30)}
+    for seed in range(5):
+        clock = FakeClock()
+        gen = Jittery(tiny_tokenizer, plan, clock=clock, call_s=0.1, step_s=0.01, seed=seed)
+        solver = Solver(gen, tiny_tokenizer, settings(samples=1, max_new_tokens=160),
+                        SolveOptions(time_limit_s=12.0, chunk_tokens=20), clock=clock, started_at=clock.now)
+        results = solver.solve(problems(30))
+        assert clock.now - 1000.0 <= 12.0
+        started = [r for r in results if r.samples]
+        assert sum(r.answer is not None for r in results) >= 10, seed
+        assert all(r.answer == int(r.id[1:]) for r in started[:10]), (seed, [(r.stop, r.answer) for r in started])
 
 
 def test_a_problem_cut_before_a_useful_vote_is_priced_above_what_it_got(tiny_tokenizer):
@@ -1145,3 +1211,5 @@ def test_a_problem_cut_before_a_useful_vote_is_priced_above_what_it_got(tiny_tok
     ran = max(len(s.ids) for s in r.samples)
     assert r.stop == "time" and r.answer is None and 0 < ran < 60
     assert list(solver.steps_needed) == [2 * ran]
+
+

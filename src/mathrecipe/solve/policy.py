@@ -140,7 +140,9 @@ class CallTimes:
       e = max_i (t_i - a - b*k_i) >= 0, the worst recent residual (a shared machine's slow moments):
       U(k) = SAFETY * (a + b*k + e);
     - calls of one step count k_0 (the overhead cannot be told from the steps): t(k) <= t_max for k <= k_0 and
-      t(k) <= k * t_max / k_0 beyond, t_max the slowest of them: U(k) = SAFETY * t_max * max(1, k / k_0).
+      t(k) <= k * t_max / k_0 beyond, t_max the slowest of them: U(k) = SAFETY * t_max * max(1, k / k_0). Their
+      expected time takes the overhead a from the nearest batch measured at two step counts or more (a <= t_0, the
+      median): a + (t_0 - a) * k / k_0.
 
     A call is planned with the largest k whose U(k) fits the time left. For costs linear in k no call overruns;
     SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call at batch >= m
@@ -165,6 +167,10 @@ class CallTimes:
         """Whether a call at exactly this batch was seen."""
         return any(m == batch for m, _, _ in self._calls)
 
+    def step_counts(self, batch: int) -> set[int]:
+        """The step counts of the calls seen at exactly this batch."""
+        return {k for m, k, _ in self._calls if m == batch}
+
     def _fit(self, batch: int, bound: bool) -> tuple[float, float, float] | None:
         """(a, b, floor) with t(k) = max(floor, a + b*k) before the margin -- the residual folded into a -- from the
         calls at this batch, or when there are none at larger batches; None when neither was seen. For the bound,
@@ -172,20 +178,44 @@ class CallTimes:
         machine that has become busy since, which the larger batches' recent calls see."""
         recent = list(self._calls)[-self.WINDOW:] if bound else self._calls
         own = any(m == batch for m, _, _ in recent)
-        seen = [(k, t) for m, k, t in reversed(self._calls) if (m == batch if own else m >= batch)][: self.WINDOW]
+        seen = self._seen(batch, own)
         if not seen:
             return None
         if len({k for k, _ in seen}) == 1:
             times = sorted(t for _, t in seen)
             k0, t0 = seen[0][0], times[-1] if bound else times[len(times) // 2]
-            return 0.0, t0 / k0, t0
+            if bound:
+                return 0.0, t0 / k0, t0
+            # expected: the call's overhead as the nearest batch measured at two lengths has it (t0 / k0 a step
+            # would count the overhead k / k0 times in a call of k steps, and price this batch off its neighbours)
+            a = min(t0, self._overhead(batch))
+            return a, (t0 - a) / k0, 0.0
+        a, b = self._line(seen)
+        e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
+        return a + e, b, 0.0
+
+    def _seen(self, batch: int, own: bool) -> list[tuple[int, float]]:
+        """(steps, seconds) of the last ``WINDOW`` calls at this batch (``own``), else at larger batches."""
+        return [(k, t) for m, k, t in reversed(self._calls) if (m == batch if own else m >= batch)][: self.WINDOW]
+
+    @staticmethod
+    def _line(seen: list[tuple[int, float]]) -> tuple[float, float]:
+        """(a, b) of t = a + b*k by least squares over calls of at least two step counts: b clamped to
+        [0, min t/k], a >= 0."""
         n = len(seen)
         mk, mt = sum(k for k, _ in seen) / n, sum(t for _, t in seen) / n
         b = sum((k - mk) * (t - mt) for k, t in seen) / sum((k - mk) ** 2 for k, _ in seen)
         b = min(max(b, 0.0), min(t / k for k, t in seen))
-        a = max(0.0, mt - b * mk)
-        e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
-        return a + e, b, 0.0
+        return max(0.0, mt - b * mk), b
+
+    def _overhead(self, batch: int) -> float:
+        """A call's overhead (a) at the batch nearest ``batch`` whose calls have two step counts or more; 0 when
+        there is none (then a call's time is read as all steps)."""
+        for m in sorted({m for m, _, _ in self._calls if m != batch}, key=lambda m: (abs(m - batch), m)):
+            seen = self._seen(m, True)
+            if len({k for k, _ in seen}) > 1:
+                return self._line(seen)[0]
+        return 0.0
 
     def _expected(self, batch: int, steps: int) -> float | None:
         """The expected time at exactly ``batch``: its own calls' fit, or interpolated between the nearest batches
