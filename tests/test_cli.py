@@ -24,9 +24,14 @@ def test_the_command_ends_the_process_group_it_opened(monkeypatch, tmp_path):
         return 0
 
     monkeypatch.setattr(cli, "cmd_run", run)
-    assert cli.main(["-q", "run", f"output_dir={tmp_path}"]) == 0
-    assert not dist.is_initialized()
-    assert PartialState._shared_state == {}  # a later PartialState in this process starts afresh
+    try:
+        assert cli.main(["-q", "run", f"output_dir={tmp_path}"]) == 0
+        assert not dist.is_initialized()
+        assert PartialState._shared_state == {}  # a later PartialState in this process starts afresh
+    finally:  # whatever happened, the next test starts without a group
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        PartialState._reset_state()
 
 
 def test_a_group_open_before_the_command_is_left_to_its_owner(monkeypatch, tmp_path):
