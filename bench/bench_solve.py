@@ -24,8 +24,10 @@ Why all the problems by default: the budget is a share of plain maj@N's wall tim
 imports of torch and transformers, loading the model: ~4 s quiet, 7-10 s busy on a 2-core machine) is paid once
 whatever the count. On the demo model 40 problems took plain maj@15 18 s, so 40 % of it (7.2 s) left ~2 s to solve
 in -- a measure of import time, not of the clock (issue 17 was filed when those 40 problems took 126 s and start-up
-was 3 % of it). The whole held-out split (200) keeps start-up at ~16 % of the budget quiet, still more than then. The weak model: ``--weak-model``, else the run's SFT epoch whose recorded
-accuracy is nearest 0.5 (when ``--model`` lies in a run folder), else a toy model after ``WEAK_EPOCHS`` SFT epochs.
+was 3 % of it). The whole held-out split (200) keeps start-up at ~16 % of the budget quiet, still more than then.
+
+The weak model: ``--weak-model``, else the run's SFT epoch whose recorded accuracy is nearest 0.5 (when ``--model``
+lies in a run folder), else a toy model after ``WEAK_EPOCHS`` SFT epochs.
 
 Writes bench/results/solve.json and bench/results/solve.md (``--results NAME`` for other names).
 """

@@ -42,3 +42,19 @@ def test_a_group_open_before_the_command_is_left_to_its_owner(monkeypatch, tmp_p
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+def test_the_group_is_ended_when_the_command_fails_too(monkeypatch, tmp_path):
+    from mathrecipe.errors import MathRecipeError
+
+    def run(args, stages=("sft", "grpo")):
+        _open_group()
+        raise MathRecipeError("a mistake, found after the launcher opened the group")
+
+    monkeypatch.setattr(cli, "cmd_run", run)
+    try:
+        assert cli.main(["-q", "run", f"output_dir={tmp_path}"]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

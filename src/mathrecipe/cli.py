@@ -179,7 +179,11 @@ def end_process_group(open_before: bool) -> None:
     that was open before the command is its caller's, and stays."""
     if open_before or not process_group_open():
         return
-    sys.modules["torch.distributed"].destroy_process_group()
+    try:
+        sys.modules["torch.distributed"].destroy_process_group()
+    except Exception as e:  # the command's work is done and written: a failed teardown must not turn it into an error
+        logging.getLogger(__name__).warning("could not end the process group: %s", e)
+        return
     state = sys.modules.get("accelerate.state")
     if state is not None:  # a later Accelerator or PartialState in this process starts afresh, not on a dead group
         state.AcceleratorState._reset_state(reset_partial_state=True)
@@ -206,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     group_before = process_group_open()
     try:
         with weight_bars():  # a small model's load/save draws no bar; a big one's still does
-            code = int(args.func(args) or 0)
-        end_process_group(group_before)
-        return code
+            return int(args.func(args) or 0)
     except MathRecipeError as e:
         error_line(str(e))
         return 2
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         error_line(message)
         return 2
+    finally:  # on every way out, an error's included: a rank that aborts at exit turns a clean exit code into 134
+        end_process_group(group_before)
 
 
 if __name__ == "__main__":

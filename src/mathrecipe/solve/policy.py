@@ -141,8 +141,8 @@ class CallTimes:
       U(k) = SAFETY * (a + b*k + e);
     - calls of one step count k_0 (the overhead cannot be told from the steps): t(k) <= t_max for k <= k_0 and
       t(k) <= k * t_max / k_0 beyond, t_max the slowest of them: U(k) = SAFETY * t_max * max(1, k / k_0). Their
-      expected time takes the overhead a from the nearest batch measured at two step counts or more (a <= t_0, the
-      median): a + (t_0 - a) * k / k_0.
+      expected time splits t_0 (the median) as the nearest batch measured at two step counts or more splits a call
+      of k_0 steps: a = t_0 * a' / (a' + b' * k_0), and t(k) = a + (t_0 - a) * k / k_0.
 
     A call is planned with the largest k whose U(k) fits the time left. For costs linear in k no call overruns;
     SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call at batch >= m
@@ -186,9 +186,10 @@ class CallTimes:
             k0, t0 = seen[0][0], times[-1] if bound else times[len(times) // 2]
             if bound:
                 return 0.0, t0 / k0, t0
-            # expected: the call's overhead as the nearest batch measured at two lengths has it (t0 / k0 a step
-            # would count the overhead k / k0 times in a call of k steps, and price this batch off its neighbours)
-            a = min(t0, self._overhead(batch))
+            # expected: the call's overhead takes the share of a k0-step call it takes at the nearest batch measured
+            # at two lengths (t0 / k0 a step would count the overhead k / k0 times in a call of k steps, and price
+            # this batch off its neighbours; a share, not seconds: the overhead grows with the batch)
+            a = t0 * self._overhead_share(batch, k0)
             return a, (t0 - a) / k0, 0.0
         a, b = self._line(seen)
         e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
@@ -208,13 +209,15 @@ class CallTimes:
         b = min(max(b, 0.0), min(t / k for k, t in seen))
         return max(0.0, mt - b * mk), b
 
-    def _overhead(self, batch: int) -> float:
-        """A call's overhead (a) at the batch nearest ``batch`` whose calls have two step counts or more; 0 when
-        there is none (then a call's time is read as all steps)."""
+    def _overhead_share(self, batch: int, steps: int) -> float:
+        """a / (a + b * ``steps``): the share of a call of ``steps`` steps that is overhead, at the batch nearest
+        ``batch`` whose recent calls have two step counts or more; 0 when there is none (then a call's time is read
+        as all steps)."""
         for m in sorted({m for m, _, _ in self._calls if m != batch}, key=lambda m: (abs(m - batch), m)):
             seen = self._seen(m, True)
             if len({k for k, _ in seen}) > 1:
-                return self._line(seen)[0]
+                a, b = self._line(seen)
+                return a / (a + b * steps) if a + b * steps > 0 else 0.0
         return 0.0
 
     def _expected(self, batch: int, steps: int) -> float | None:

@@ -35,7 +35,9 @@ the steps recent problems took to a first answer) for each number of samples; wh
 samples its share can buy (:func:`policy.planned_samples`: on a CPU, where a wave's cost grows with its samples, a
 few samples that finish; on a GPU, where they cost the same, a third fewer), and a problem whose share cannot buy
 even that borrows from later ones and stops at its first answer (:meth:`Solver.deadline`), so a slow machine answers
-some problems rather than cutting every sample before it ends.
+some problems rather than cutting every sample before it ends. A wave that started may run past its share to its
+bound (the calls' worst recent moment), never past the time limit's end: cut at its expected time, a slow wave would
+lose all it ran.
 """
 
 from __future__ import annotations
@@ -288,7 +290,8 @@ class Solver:
         with ``bound``: the recent calls' worst moment, and the margin): a wave cut a few steps before its answer
         wastes all it ran -- measured on the toy beside two busy loops, a deadline at the expected time cut 26 of 71
         waves with no answer. The price: a wave that needs more steps than the typical one also runs to its bound
-        before it is cut. A bound that one slow call inflated only lets slow waves run longer (a wave ends when its
+        before it is cut, and one that borrows when little is left may take all of it (the last problems get
+        nothing). A bound that one slow call inflated only lets slow waves run longer (a wave ends when its
         samples do); it never decides whether to borrow, where it would refuse every later problem."""
         end = self.end()
         wave = self.wave_size(samples)
