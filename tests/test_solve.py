@@ -496,14 +496,40 @@ def test_waves_of_k_are_priced_and_run_at_k(tiny_tokenizer):
     assert sum(r.answer is not None for r in results) >= 1
 
 
+@pytest.mark.parametrize("prefill", [0.0, 0.05])
+def test_a_problem_behind_plans_the_samples_that_cost_least(tiny_tokenizer, prefill):
+    """Calls cost (0.4 + prefill x samples) + (4 ms + 2 ms a sample) a step: a CPU where the call's overhead
+    dominates. The pricing call of one sample runs 8 steps; read as all steps, a 40-step wave of 1 is priced at 5
+    times that call (2.24 s, true 0.64 s) and 3 samples look within 10 % of one: a problem behind planned 3. Once a
+    wave of 8 was measured at two lengths (16, 16, 8 steps), the one-sample wave is priced with its overhead, and a
+    problem behind plans 1."""
+    class Gen(Scripted):
+        def generate(self, prompts, settings, on_progress=None):
+            out = super().generate(prompts, settings, on_progress)
+            self.clock.now += prefill * sum(len(r) for r in out)
+            return out
+
+    plan = {f"problem {i}.": [trace(i, 4)] * 8 for i in range(3)}
+    clock = FakeClock()
+    gen = Gen(tiny_tokenizer, plan, clock=clock, call_s=0.4, step_s=0.004, sample_step_s=0.002)
+    solver = Solver(gen, tiny_tokenizer, settings(samples=8, max_new_tokens=40),
+                    SolveOptions(time_limit_s=100.0, chunk_tokens=16), clock=clock, started_at=clock.now)
+    solver.solve(problems(1))  # 8 samples in one wave, on time
+    assert solver.times.step_counts(1) == {8} and len(solver.times.step_counts(8)) > 1
+    solver.chunk, solver.opts = 40, SolveOptions(time_limit_s=100.0, chunk_tokens=40)  # a wave: one 40-step call
+    _, _, planned = solver.deadline(500)  # a share of ~0.2 s: behind, no wave fits
+    assert planned == 1
+
+
 @pytest.mark.parametrize("overhead_per_sample", [0.0, 0.05])
-def test_a_batch_measured_at_one_length_borrows_the_overhead_share_of_its_neighbour(overhead_per_sample):
+def test_a_batch_measured_at_one_length_borrows_its_neighbours_overhead(overhead_per_sample):
     """A batch measured at one call length only (a pricing call: 1 sample, 8 steps) and one measured at several
     (8 samples: 16, 16 and 8 steps), calls costing (0.4 + c*m) + (4 + 2m) ms a step, c the overhead a sample adds
     (a CPU's prefill: 0 or 50 ms). Read as all steps, one sample's 40-step wave is priced at 5 times its probe
-    (2.24-2.49 s, true: 0.64-0.69 s); taking the neighbour's overhead in seconds (0.4-0.8 s), with a prefill the
-    probe would be all overhead and a step free. Taken as the share of a call the neighbour's overhead is, the
-    price stays between its probe and the eight-sample wave, and far below the probe read as all steps."""
+    (2.24-2.49 s, true: 0.64-0.69 s). The neighbour's overhead in seconds (0.4-0.8 s) is right without a prefill;
+    with one it exceeds the whole probe (0.5 s), which would make a step free: then its share of a call is taken.
+    Either way the price lies between the probe and the eight-sample wave, far below the probe read as all steps,
+    and exact without a prefill."""
     def t(m, k):
         return 0.4 + overhead_per_sample * m + (0.004 + 0.002 * m) * k
 
@@ -514,6 +540,8 @@ def test_a_batch_measured_at_one_length_borrows_the_overhead_share_of_its_neighb
     probe, one, eight = times.seconds(1, 8), times.seconds(1, 40), times.seconds(8, 40)
     assert probe == pytest.approx(t(1, 8)) and eight == pytest.approx(t(8, 40))
     assert probe < one < eight and one < 40 / 8 * t(1, 8) / 2
+    if not overhead_per_sample:
+        assert one == pytest.approx(t(1, 40))
 
 
 def test_a_pricing_call_cut_before_its_first_token_prices_nothing(tiny_tokenizer):

@@ -181,12 +181,11 @@ def end_process_group(open_before: bool) -> None:
         return
     try:
         sys.modules["torch.distributed"].destroy_process_group()
+        state = sys.modules.get("accelerate.state")
+        if state is not None:  # a later Accelerator or PartialState in this process starts afresh, not on a dead group
+            state.AcceleratorState._reset_state(reset_partial_state=True)
     except Exception as e:  # the command's work is done and written: a failed teardown must not turn it into an error
         logging.getLogger(__name__).warning("could not end the process group: %s", e)
-        return
-    state = sys.modules.get("accelerate.state")
-    if state is not None:  # a later Accelerator or PartialState in this process starts afresh, not on a dead group
-        state.AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def main(argv: list[str] | None = None) -> int:

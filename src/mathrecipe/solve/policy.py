@@ -141,8 +141,9 @@ class CallTimes:
       U(k) = SAFETY * (a + b*k + e);
     - calls of one step count k_0 (the overhead cannot be told from the steps): t(k) <= t_max for k <= k_0 and
       t(k) <= k * t_max / k_0 beyond, t_max the slowest of them: U(k) = SAFETY * t_max * max(1, k / k_0). Their
-      expected time splits t_0 (the median) as the nearest batch measured at two step counts or more splits a call
-      of k_0 steps: a = t_0 * a' / (a' + b' * k_0), and t(k) = a + (t_0 - a) * k / k_0.
+      expected time takes the overhead a' of the nearest batch measured at two step counts or more, or when a' is
+      not below t_0 (the median) its share of a k_0-step call: a = t_0 * a' / (a' + b' * k_0); t(k) = a + (t_0 - a)
+      * k / k_0.
 
     A call is planned with the largest k whose U(k) fits the time left. For costs linear in k no call overruns;
     SAFETY covers prompts that grew since (each chunk re-reads a longer sequence). Before any call at batch >= m
@@ -186,10 +187,10 @@ class CallTimes:
             k0, t0 = seen[0][0], times[-1] if bound else times[len(times) // 2]
             if bound:
                 return 0.0, t0 / k0, t0
-            # expected: the call's overhead takes the share of a k0-step call it takes at the nearest batch measured
-            # at two lengths (t0 / k0 a step would count the overhead k / k0 times in a call of k steps, and price
-            # this batch off its neighbours; a share, not seconds: the overhead grows with the batch)
-            a = t0 * self._overhead_share(batch, k0)
+            # expected: the call's overhead as the nearest batch measured at two lengths has it (t0 / k0 a step
+            # would count the overhead k / k0 times in a call of k steps, and price this batch off its neighbours);
+            # when that overhead is not below t0 (it grows with the batch: a prefill), its share of a k0-step call
+            a = self._overhead(batch, k0, t0)
             return a, (t0 - a) / k0, 0.0
         a, b = self._line(seen)
         e = max(0.0, max(t - a - b * k for k, t in seen)) if bound else 0.0
@@ -209,15 +210,18 @@ class CallTimes:
         b = min(max(b, 0.0), min(t / k for k, t in seen))
         return max(0.0, mt - b * mk), b
 
-    def _overhead_share(self, batch: int, steps: int) -> float:
-        """a / (a + b * ``steps``): the share of a call of ``steps`` steps that is overhead, at the batch nearest
-        ``batch`` whose recent calls have two step counts or more; 0 when there is none (then a call's time is read
-        as all steps)."""
+    def _overhead(self, batch: int, steps: int, seconds: float) -> float:
+        """The overhead of a call of ``steps`` steps that took ``seconds`` at ``batch``, from the batch nearest it
+        whose recent calls have two step counts or more, with a' + b' k there: a' when a' < ``seconds``, else the
+        same share of the call, ``seconds`` * a' / (a' + b' * ``steps``) (so a step never comes out free); 0 when no
+        batch was measured at two lengths (the call is read as all steps)."""
         for m in sorted({m for m, _, _ in self._calls if m != batch}, key=lambda m: (abs(m - batch), m)):
             seen = self._seen(m, True)
             if len({k for k, _ in seen}) > 1:
                 a, b = self._line(seen)
-                return a / (a + b * steps) if a + b * steps > 0 else 0.0
+                if a < seconds:
+                    return a
+                return seconds * a / (a + b * steps) if b > 0 else 0.0  # b = 0: no split to copy
         return 0.0
 
     def _expected(self, batch: int, steps: int) -> float | None:
