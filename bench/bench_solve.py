@@ -351,7 +351,8 @@ def render(res: dict[str, Any]) -> str:
         "",
         "Global clock (`--share adaptive`, the default): each problem may use the time left / problems left, or, when "
         "that is less than a wave needs at the calls' measured speed, what the wave needs -- borrowed from later "
-        "problems, so some are answered fully rather than all cut before any sample writes its answer. Equal split "
+        "problems, so some are answered fully rather than all cut before any sample writes its answer; a started wave "
+        "may run to its bound (the calls' worst recent moment), never past the budget. Equal split "
         "(`--share equal`): the same planning and sample cut when behind, but every problem's share is fixed at the "
         "time left when solving begins / problems. Both count the budget from the process's start. Start-up: when "
         "the first problem began (interpreter, imports, model loading, the CPU thread probe), from `solve.jsonl`.",
