@@ -166,7 +166,7 @@ class CallTimes:
 
     def measured(self, batch: int) -> bool:
         """Whether a call at exactly this batch was seen."""
-        return any(m == batch for m, _, _ in self._calls)
+        return bool(self.step_counts(batch))
 
     def step_counts(self, batch: int) -> set[int]:
         """The step counts of the calls seen at exactly this batch."""
